@@ -1,0 +1,34 @@
+"""The Guided Complementary Defense (section 3): sub-detectors, entropy ensemble, guided rectifier."""
+
+from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, binary_entropy, entropy_select, is_flagged
+from gcd_lightning.defense.gcd import GCD, DetectResult
+from gcd_lightning.defense.rectifier import (
+    detector_saliency,
+    guided_saliency,
+    masked_duplicates,
+    random_mask,
+    saliency_threshold,
+)
+from gcd_lightning.defense.rectifier_module import RectifierFineTune
+from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
+
+__all__ = [
+    "ADVERSARIAL",
+    "BENIGN",
+    "GCD",
+    "DetectResult",
+    "DetectorInput",
+    "RectifierFineTune",
+    "SubDetector",
+    "binary_entropy",
+    "detector_saliency",
+    "entropy_select",
+    "guided_saliency",
+    "input_sensitivity",
+    "is_flagged",
+    "masked_duplicates",
+    "random_mask",
+    "saliency_threshold",
+    "sensitivity_features",
+]
