@@ -1,0 +1,177 @@
+"""Adversarial sets: which images were attacked, what came out, and whether it worked.
+
+A set is built from a seeded subset of a split whose images ``f`` classifies correctly (the
+others are skipped and counted, as AutoAttack does), and is cached on disk under a key that
+hashes everything that determines it, so that a rerun or a sweep reuses it and a changed
+config never does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from gcd_lightning.attacks import Attack, random_targets, run_attack
+from gcd_lightning.utils.files import load_torch, save_json, save_torch
+
+log = logging.getLogger(__name__)
+
+TENSOR_FIELDS = ("index", "x_adv", "y", "target", "success", "l2", "linf")
+
+
+@dataclasses.dataclass
+class AdversarialSet:
+    """One attack's output on one subset of a split.
+
+    Attributes:
+        index: (N,) positions of the clean images in the split.
+        x_adv: (N, C, H, W) adversarial images in [0, 1].
+        y: (N,) true labels.
+        target: (N,) target classes of a targeted attack, -1 for untargeted ones.
+        success: (N,) bool, ``f`` predicts ``target`` (targeted) or not ``y`` (untargeted).
+        l2, linf: (N,) norms of the perturbation ``x_adv - x``.
+        n_examined: images looked at to find N correctly classified ones.
+        seconds: wall time of the attack.
+    """
+
+    index: torch.Tensor
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor
+    success: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    n_examined: int
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def summary(self) -> dict[str, float]:
+        """Success rate, median L2 of the successful examples, the largest L∞, counts, time."""
+        won = self.success
+        return {
+            "n": len(self),
+            "n_skipped_misclassified": self.n_examined - len(self),
+            "success_rate": won.float().mean().item() if len(self) else float("nan"),
+            "l2_median": self.l2[won].median().item() if won.any() else float("nan"),
+            "linf_max": self.linf.max().item() if len(self) else float("nan"),
+            "seconds": self.seconds,
+        }
+
+    def save(self, path: Path) -> None:
+        """Atomic write of the tensors and counters."""
+        payload = {name: getattr(self, name) for name in TENSOR_FIELDS}
+        payload["meta"] = torch.tensor([self.n_examined, self.seconds], dtype=torch.float64)
+        save_torch(payload, path)
+
+    @classmethod
+    def load(cls, path: Path) -> AdversarialSet:
+        payload = load_torch(path, "cached adversarial set")
+        missing = [name for name in (*TENSOR_FIELDS, "meta") if name not in payload]
+        if missing:
+            raise RuntimeError(f"cached adversarial set at {path} lacks {missing}; delete it and rerun to rebuild it")
+        n_examined, seconds = payload["meta"].tolist()
+        return cls(**{name: payload[name] for name in TENSOR_FIELDS}, n_examined=int(n_examined), seconds=seconds)
+
+
+def stack(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``dataset`` at ``index`` as two tensors."""
+    pairs = [dataset[i] for i in index.tolist()]
+    x = torch.stack([p[0] for p in pairs])
+    y = torch.as_tensor([int(p[1]) for p in pairs], dtype=torch.long)
+    return x, y
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``f``'s labels for ``x``, batch by batch, on the model's device; returned on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([model(chunk.to(device)).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
+
+
+def select_correct(model: nn.Module, dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, int]:
+    """The first ``n`` positions of a seeded permutation of ``dataset`` that ``model`` classifies correctly.
+
+    Returns the positions and how many images were examined to find them.
+    """
+    if n < 1:
+        raise ValueError(f"the subset size must be at least 1, got {n} (adversarial.n_*)")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    chosen: list[torch.Tensor] = []
+    found = examined = 0
+    for chunk in order.split(batch_size):
+        x, y = stack(dataset, chunk)
+        positions = (predict(model, x, batch_size) == y).nonzero().flatten()[: n - found]
+        chosen.append(chunk[positions])
+        found += len(positions)
+        if found == n:
+            examined += int(positions[-1]) + 1
+            break
+        examined += len(chunk)
+    if found < n:
+        raise ValueError(f"only {found} of the {len(dataset)} images are classified correctly; ask for at most {found} (adversarial.n_*)")
+    return torch.cat(chosen), examined
+
+
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example L2 and L∞ norms of ``x_adv - x``."""
+    delta = (x_adv - x).flatten(1)
+    return delta.norm(p=2, dim=1), delta.abs().amax(dim=1)
+
+
+def generate(
+    model: nn.Module,
+    attack: Attack,
+    dataset: Dataset,
+    n: int,
+    num_classes: int,
+    seed: int,
+    batch_size: int,
+    progress: bool = True,
+    desc: str = "attack",
+) -> AdversarialSet:
+    """Attack ``n`` correctly classified images of ``dataset`` (seeded choice and targets)."""
+    index, examined = select_correct(model, dataset, n, seed, batch_size)
+    x, y = stack(dataset, index)
+    target = random_targets(y, num_classes, torch.Generator().manual_seed(seed + 1)) if attack.targeted else None
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    x_adv = run_attack(attack, x, y, target, batch_size=batch_size, progress=progress, desc=desc)
+    seconds = time.perf_counter() - start
+    pred = predict(model, x_adv, batch_size)
+    success = pred == target if target is not None else pred != y
+    l2, linf = perturbation_norms(x, x_adv)
+    return AdversarialSet(
+        index=index,
+        x_adv=x_adv,
+        y=y,
+        target=target if target is not None else torch.full_like(y, -1),
+        success=success,
+        l2=l2,
+        linf=linf,
+        n_examined=examined,
+        seconds=seconds,
+    )
+
+
+def cached(path: Path, spec: dict, build: Callable[[], AdversarialSet]) -> tuple[AdversarialSet, bool]:
+    """Load the set cached at ``path`` or build and cache it; returns (set, was_cached).
+
+    ``spec`` (what the key hashes) is written beside the set as JSON, for people to read.
+    """
+    if path.is_file():
+        log.info("adversarial set: cache hit %s", path)
+        return AdversarialSet.load(path), True
+    log.info("adversarial set: cache miss, building %s", path)
+    adv = build()
+    adv.save(path)
+    save_json(spec, path.with_suffix(".json"))
+    return adv, False

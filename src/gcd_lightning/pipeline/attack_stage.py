@@ -1,0 +1,66 @@
+"""Stage ``attack``: adversarial sets of the train and test subsets, cached by content hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from torch import nn
+
+from gcd_lightning.adversarial import AdversarialSet, cached, generate
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.utils.hashing import file_hash, spec_hash
+
+SPLITS = ("train", "test")
+
+
+def adversarial_spec(ctx: RunContext, split: str, classifier_weights: Path) -> dict:
+    """Everything that determines one adversarial set (the classifier by the hash of its weights)."""
+    cfg = ctx.cfg
+    return {
+        "dataset": ctx.dataset_identity(),
+        "split": split,
+        "n": cfg.adversarial[f"n_{split}"],
+        "batch_size": cfg.adversarial.batch_size,
+        "classifier": file_hash(classifier_weights),
+        "attack": cfg.attack,
+        "seed": cfg.seed,
+    }
+
+
+def adversarial_path(ctx: RunContext, spec: dict) -> Path:
+    cfg = ctx.cfg
+    name = f"{cfg.dataset.name}_{cfg.attack.name}_{spec['split']}_{spec_hash(spec)}.pt"
+    return ctx.cache_dir / "adversarial" / name
+
+
+def run_attack_stage(
+    ctx: RunContext, model: nn.Module, classifier_weights: Path
+) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
+    """Build or load the adversarial set of each split; returns each set with its file, and flat metrics."""
+    cfg = ctx.cfg
+    attack = hydra.utils.instantiate(cfg.attack.attack)(model=model)
+    sets: dict[str, tuple[AdversarialSet, Path]] = {}
+    metrics: dict[str, float] = {}
+    for split in SPLITS:
+        spec = adversarial_spec(ctx, split, classifier_weights)
+
+        def build(split: str = split) -> AdversarialSet:
+            return generate(
+                model,
+                attack,
+                ctx.datamodule.dataset(split),
+                n=cfg.adversarial[f"n_{split}"],
+                num_classes=cfg.dataset.num_classes,
+                seed=cfg.seed,
+                batch_size=cfg.adversarial.batch_size,
+                progress=cfg.progress,
+                desc=f"{cfg.attack.name} ({split})",
+            )
+
+        path = adversarial_path(ctx, spec)
+        adv, hit = cached(path, spec, build)
+        sets[split] = adv, path
+        metrics.update({f"attack.{split}.{key}": value for key, value in adv.summary().items()})
+        metrics[f"attack.{split}.cached"] = float(hit)
+    return sets, metrics

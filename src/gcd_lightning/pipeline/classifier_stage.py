@@ -1,0 +1,83 @@
+"""Stage ``classifier``: train the protected classifier ``f`` once per config, then reuse it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from torch import nn
+
+from gcd_lightning.classifier import BaseClassifier
+from gcd_lightning.models import normalized
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
+from gcd_lightning.utils.hashing import spec_hash
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.pt"
+SUMMARY = "summary.json"
+
+
+def classifier_spec(ctx: RunContext) -> dict:
+    """Everything that determines ``f``'s weights."""
+    cfg = ctx.cfg
+    return {"dataset": ctx.dataset_identity(), "model": cfg.model, "classifier": cfg.classifier, "seed": cfg.seed}
+
+
+def classifier_dir(ctx: RunContext) -> Path:
+    spec = classifier_spec(ctx)
+    return ctx.cache_dir / "classifier" / f"{ctx.cfg.dataset.name}_{ctx.cfg.model.name}_{spec_hash(spec)}"
+
+
+def build_model(ctx: RunContext) -> nn.Module:
+    """An untrained ``f`` (normalisation + architecture) as the config describes it."""
+    cfg = ctx.cfg
+    return normalized(hydra.utils.instantiate(cfg.model.net), cfg.dataset.mean, cfg.dataset.std)
+
+
+def train(ctx: RunContext, folder: Path) -> None:
+    """Fit and test ``f`` with Lightning, then cache its weights and test accuracy atomically."""
+    cfg = ctx.cfg
+    module = BaseClassifier(
+        net=hydra.utils.instantiate(cfg.model.net),
+        mean=cfg.dataset.mean,
+        std=cfg.dataset.std,
+        num_classes=cfg.dataset.num_classes,
+        optimizer=hydra.utils.instantiate(cfg.model.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+    )
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, max_epochs=cfg.classifier.max_epochs, logger=ctx.loggers or False, enable_checkpointing=False
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=ctx.datamodule)
+    seconds = time.perf_counter() - start
+    (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
+    save_torch(module.model.state_dict(), folder / WEIGHTS)
+    save_json(
+        {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds}, folder / SUMMARY
+    )
+
+
+def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, Path, dict[str, float]]:
+    """Load ``f`` from the cache (training it first on a miss); returns (f, weights file, metrics)."""
+    folder = classifier_dir(ctx)
+    weights = folder / WEIGHTS
+    cached = weights.is_file() and (folder / SUMMARY).is_file()
+    if cached:
+        log.info("classifier: cache hit %s", folder)
+    else:
+        log.info("classifier: cache miss, training into %s", folder)
+        train(ctx, folder)
+    model = build_model(ctx)
+    model.load_state_dict(load_torch(weights, "cached classifier weights"))
+    summary = load_json(folder / SUMMARY, "cached classifier summary")
+    metrics = {
+        "classifier.test_acc": summary["test_acc"],
+        "classifier.train_seconds": summary["train_seconds"],
+        "classifier.cached": float(cached),
+    }
+    return model.eval().to(ctx.device), weights, metrics

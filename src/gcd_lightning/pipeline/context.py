@@ -1,0 +1,60 @@
+"""What every stage needs from the config: the data, the device, the cache folders, the cache keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# data-module settings that change where or how fast data is read, never what it is
+LOCATION_KEYS = ("root", "num_workers", "download")
+# the dataset keys that determine the data and f's input layer (attack budgets and defense
+# settings reach the caches through the attack / detector / rectifier configs instead)
+IDENTITY_KEYS = ("name", "mean", "std", "datamodule")
+
+
+@dataclasses.dataclass
+class RunContext:
+    """The composed config plus the objects built once per run."""
+
+    cfg: DictConfig
+    datamodule: pl.LightningDataModule
+    output_dir: Path
+    cache_dir: Path
+    device: torch.device
+    loggers: list[Any]
+
+    @classmethod
+    def build(cls, cfg: DictConfig) -> RunContext:
+        datamodule = hydra.utils.instantiate(cfg.dataset.datamodule)
+        datamodule.prepare_data()
+        datamodule.setup()
+        loggers = [hydra.utils.instantiate(node) for node in (cfg.get("logger") or {}).values()]
+        return cls(
+            cfg=cfg,
+            datamodule=datamodule,
+            output_dir=Path(cfg.paths.output_dir),
+            cache_dir=Path(cfg.paths.cache_dir),
+            device=select_device(cfg.trainer.accelerator),
+            loggers=loggers,
+        )
+
+    def dataset_identity(self) -> dict[str, Any]:
+        """The dataset config's identity: what the data is, not where its files are."""
+        full = OmegaConf.to_container(self.cfg.dataset, resolve=True)
+        spec = {key: full[key] for key in IDENTITY_KEYS}
+        for key in LOCATION_KEYS:
+            spec["datamodule"].pop(key, None)
+        return spec
+
+
+def select_device(accelerator: str) -> torch.device:
+    """The device for attacks and gradient maps: the GPU when the trainer uses one, else the CPU."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,103 @@
+"""``run(cfg) -> metrics``: the testable body of ``python -m gcd_lightning``."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from gcd_lightning.pipeline.attack_stage import run_attack_stage
+from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
+from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
+from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
+from gcd_lightning.report import write_report
+from gcd_lightning.utils.files import save_text
+
+log = logging.getLogger(__name__)
+
+
+class Stage(str, enum.Enum):
+    """What a run computes, in order; each stage loads what the stages before it cached."""
+
+    CLASSIFIER = "classifier"
+    ATTACK = "attack"
+    DETECTORS = "detectors"
+    RECTIFIER = "rectifier"
+    EVALUATE = "evaluate"
+    ALL = "all"
+
+    def includes(self, other: Stage) -> bool:
+        """Whether running up to this stage runs ``other``."""
+        order = list(Stage)
+        return order.index(other) <= order.index(self)
+
+
+def parse_stage(value: str) -> Stage:
+    try:
+        return Stage(value)
+    except ValueError:
+        names = ", ".join(s.value for s in Stage)
+        raise ValueError(f"unknown stage={value!r}; choose one of: {names}") from None
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the stages ``cfg.stage`` asks for; write the resolved config, metrics and report."""
+    stage = parse_stage(cfg.stage)
+    pl.seed_everything(cfg.seed, workers=True)
+    ctx = RunContext.build(cfg)
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    save_text(OmegaConf.to_yaml(cfg, resolve=True), ctx.output_dir / "config.yaml")
+    status = "failed"
+    try:
+        metrics = run_stages(ctx, stage)
+        write_report(
+            metrics,
+            ctx.output_dir,
+            title=f"{cfg.experiment_name} ({cfg.threat.name}, stage={stage.value})",
+            dataset=cfg.dataset.name,
+            attack=cfg.attack.name,
+        )
+        for logger in ctx.loggers:
+            logger.log_metrics(metrics)
+        log.info("results in %s", ctx.output_dir)
+        status = "success"
+        return metrics
+    finally:
+        close_loggers(ctx.loggers, status)
+
+
+def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
+    """The stages up to ``stage``, each fed by the ones before; returns their flat metrics."""
+    model, weights, metrics = run_classifier_stage(ctx)
+    if not stage.includes(Stage.ATTACK):
+        return metrics
+    sets, attack_metrics = run_attack_stage(ctx, model, weights)
+    metrics.update(attack_metrics)
+    (adv_train, train_path), (adv_test, _) = sets["train"], sets["test"]
+    if not stage.includes(Stage.DETECTORS):
+        return metrics
+    detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, weights, adv_train, train_path)
+    metrics.update(detector_metrics)
+    if not stage.includes(Stage.RECTIFIER):
+        return metrics
+    rectifier, rectifier_metrics = run_rectifier_stage(ctx, model, weights, detectors, detectors_folder, adv_train)
+    metrics.update(rectifier_metrics)
+    if stage.includes(Stage.EVALUATE):
+        metrics.update(run_evaluate_stage(ctx, model, rectifier, detectors, adv_test))
+    return metrics
+
+
+def close_loggers(loggers: list, status: str) -> None:
+    """Finalize every logger, and end the W&B run so that its offline files are complete."""
+    for logger in loggers:
+        logger.finalize(status)
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=0 if status == "success" else 1)

@@ -1,0 +1,68 @@
+"""Fitting a LightningModule on in-memory tensors and keeping its best validation weights."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from gcd_lightning.pipeline.context import RunContext
+
+
+class KeepBest(pl.Callback):
+    """Remember the module's weights at the epoch where ``monitor`` was highest (early-stopping choice)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best = -float("inf")
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if value > self.best:
+            self.best = value
+            self.state = copy.deepcopy(module.state_dict())
+
+
+def loader(tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    return DataLoader(
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+def fit_best(
+    ctx: RunContext,
+    module: pl.LightningModule,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    max_epochs: int,
+    batch_size: int,
+    monitor: str,
+) -> tuple[float, float]:
+    """Train ``module`` for ``max_epochs``, load its best-``monitor`` weights; returns (best value, seconds)."""
+    keep = KeepBest(monitor)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        ctx.cfg.trainer,
+        max_epochs=max_epochs,
+        logger=ctx.loggers or False,
+        enable_checkpointing=False,
+        callbacks=[keep],
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(
+        module,
+        train_dataloaders=loader(train, batch_size, shuffle=True, seed=ctx.cfg.seed),
+        val_dataloaders=loader(val, batch_size, shuffle=False, seed=ctx.cfg.seed),
+    )
+    module.load_state_dict(keep.state)
+    return keep.best, time.perf_counter() - start

@@ -1,0 +1,58 @@
+"""Shared fixtures: configs composed from conf/ and shrunk to CPU-sized runs in tmp folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+DATA = REPO / "data"
+
+
+def compose_config(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """The root config with ``overrides``, outputs and caches under ``tmp_path``, real data from ``data/``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"paths.data_dir={DATA}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.output_dir={tmp_path / 'out'}",
+                "logger=none",
+                "progress=false",
+                *overrides,
+            ],
+        )
+    return cfg
+
+
+def shrink(cfg: DictConfig) -> DictConfig:
+    """A run that takes seconds: a few training batches, small adversarial subsets."""
+    with open_dict(cfg):
+        cfg.trainer.limit_train_batches = 60
+        cfg.trainer.limit_val_batches = 5
+        cfg.trainer.limit_test_batches = 10
+        cfg.trainer.enable_model_summary = False
+        cfg.classifier.max_epochs = 1
+        cfg.adversarial.n_train = 200
+        cfg.adversarial.n_test = 100
+        cfg.adversarial.batch_size = 100
+        cfg.detector.max_epochs = 2
+        cfg.rectifier.max_epochs = 1
+        cfg.rectifier.k = 2
+        cfg.evaluate.n_clean = 200
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """Compose and shrink: ``tiny_cfg("+experiment=mnist_ddn_untargeted", "stage=attack")``."""
+
+    def make(*overrides: str) -> DictConfig:
+        return shrink(compose_config(list(overrides), tmp_path))
+
+    return make

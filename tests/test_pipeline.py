@@ -1,0 +1,123 @@
+"""A miniature run end to end: a trained classifier, adversarial sets, outputs, and the caches."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import compose_config, shrink
+from gcd_lightning.adversarial import AdversarialSet
+from gcd_lightning.pipeline import run
+
+METRIC_KEYS = [
+    "classifier.test_acc",
+    *(f"attack.{split}.{key}" for split in ("train", "test") for key in ("success_rate", "l2_median", "linf_max", "n")),
+    *(f"detector.auc.{name}" for name in ("org", "is", "gcd")),
+    "base.acc.clean",
+    "base.acc.adv",
+    "gcd.acc.clean",
+    "gcd.acc.adv",
+    "detector.fpr.clean",
+]
+CACHE_FLAGS = ("classifier.cached", "attack.train.cached", "attack.test.cached", "detector.cached.org",
+               "detector.cached.is", "rectifier.cached")
+
+
+def cached_sets(cfg):
+    return sorted((Path(cfg.paths.cache_dir) / "adversarial").glob("*.pt"))
+
+
+def rerun_config(cfg, output_dir):
+    """A copy of ``cfg`` writing to ``output_dir`` (the module's config stays as it was)."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One tiny PGD-T run of every stage whose caches later tests reuse (module scope keeps the suite fast)."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted"], tmp))
+    return tmp, cfg, run(cfg)
+
+
+def test_run_writes_every_metric_config_and_report(first_run):
+    tmp, cfg, metrics = first_run
+    out = tmp / "out"
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in saved, key
+    assert saved == pytest.approx(metrics, nan_ok=True)
+    assert "attack: pgd_targeted" not in (out / "report.md").read_text()
+    assert "| test | 100 |" in (out / "report.md").read_text()
+    assert "name: pgd_targeted" in (out / "config.yaml").read_text()
+
+
+def test_classifier_learns_and_attack_respects_its_contract(first_run):
+    _, cfg, metrics = first_run
+    assert metrics["classifier.test_acc"] >= 0.90  # 60 batches of MNIST
+    assert metrics["attack.test.n"] == 100
+    assert metrics["attack.test.linf_max"] <= cfg.dataset.linf_eps + 1e-6
+    assert metrics["attack.test.success_rate"] >= 0.8
+    (test_set,) = [p for p in cached_sets(cfg) if "_test_" in p.name]
+    adv = AdversarialSet.load(test_set)
+    assert (adv.target != adv.y).all() and (adv.target >= 0).all()
+    assert adv.x_adv.min() >= 0 and adv.x_adv.max() <= 1
+
+
+def test_rerun_hits_every_cache_and_reproduces(first_run, tmp_path):
+    tmp, cfg, metrics = first_run
+    cfg = rerun_config(cfg, tmp_path / "again")
+    again = run(cfg)
+    assert all(again[flag] == 1.0 for flag in CACHE_FLAGS)
+    assert {k: v for k, v in again.items() if k not in CACHE_FLAGS} == pytest.approx(
+        {k: v for k, v in metrics.items() if k not in CACHE_FLAGS}, nan_ok=True
+    )
+
+
+def test_defense_detects_and_recovers_above_chance(first_run):
+    _, _, metrics = first_run
+    assert metrics["detector.auc.gcd"] >= 0.9  # PGD at eps 0.3 is visible to DET_org
+    assert metrics["gcd.acc.adv"] > metrics["base.acc.adv"]  # a one-epoch f_rec already recovers some
+    assert 0.0 <= metrics["detector.fpr.clean"] <= 1.0
+
+
+def test_changed_attack_config_never_reuses_a_stale_set(first_run, tmp_path):
+    tmp, cfg, _ = first_run
+    before = set(cached_sets(cfg))
+    cfg = rerun_config(cfg, tmp_path / "changed")
+    cfg.attack.attack.nb_iter = 5
+    changed = run(cfg)
+    assert changed["classifier.cached"] == 1.0
+    assert changed["attack.test.cached"] == 0.0
+    assert len(set(cached_sets(cfg)) - before) == 2
+
+
+def test_same_config_and_seed_give_the_same_set_from_scratch(first_run, tmp_path):
+    _, cfg, _ = first_run
+    cfg = rerun_config(cfg, tmp_path / "o")
+    original = {p.name: AdversarialSet.load(p) for p in cached_sets(cfg)}
+    for path in original:
+        (Path(cfg.paths.cache_dir) / "adversarial" / path).unlink()
+    run(cfg)
+    for path in cached_sets(cfg):
+        assert torch.equal(AdversarialSet.load(path).x_adv, original[path.name].x_adv)
+
+
+def test_wandb_logger_writes_an_offline_run(first_run, tmp_path):
+    _, first_cfg, _ = first_run
+    cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "stage=classifier", "logger=wandb"], tmp_path))
+    with open_dict(cfg):
+        cfg.paths.cache_dir = first_cfg.paths.cache_dir
+    assert cfg.logger.wandb.offline is True
+    metrics = run(cfg)
+    (run_dir,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    assert (run_dir / f"run-{run_dir.name.rsplit('-', 1)[-1]}.wandb").stat().st_size > 0
+    assert metrics["classifier.cached"] == 1.0
