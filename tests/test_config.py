@@ -53,5 +53,12 @@ def test_unknown_experiment_names_the_options(tmp_path):
 
 
 def test_unknown_stage_lists_the_stages():
-    with pytest.raises(ValueError, match="classifier, attack, all"):
+    with pytest.raises(ValueError, match="classifier, attack, detectors, rectifier, evaluate, all"):
         parse_stage("detector")
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attack_goal_matches_targeted_and_picks_the_papers_alpha(attack, tmp_path):
+    cfg = compose_config([f"attack={attack}"], tmp_path)
+    assert cfg.attack.goal == ("targeted" if cfg.attack.targeted else "untargeted")
+    assert cfg.rectifier.alpha == (0.6 if cfg.attack.targeted else 0.55)  # the paper's MNIST values

@@ -1,0 +1,35 @@
+"""The sweep collector turns a multirun folder into one table sorted by α."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("collect_sweep", REPO / "scripts" / "collect_sweep.py")
+collect_sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(collect_sweep)
+
+
+def test_sweep_table_has_a_row_per_run_sorted_by_alpha(tmp_path, capsys):
+    for job, alpha in enumerate((0.9, 0.1, 0.5)):
+        run = tmp_path / str(job)
+        run.mkdir()
+        (run / "config.yaml").write_text("experiment_name: mnist_cw_targeted\nrectifier:\n  alpha: %s\n" % alpha)
+        (run / "metrics.json").write_text(json.dumps({"rectifier.alpha": alpha, "gcd.acc.adv": 1 - alpha}))
+    (tmp_path / "3").mkdir()  # an unfinished run is skipped
+    collect_sweep.main([str(tmp_path)])
+    table = (tmp_path / "sweep.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "mnist" in line]
+    assert [row.split(" | ")[2] for row in rows] == ["0.1000", "0.5000", "0.9000"]
+    assert "0.9000" in rows[0] and "nan" in rows[0]
+    assert (tmp_path / "sweep.csv").read_text().count("\n") == 4
+    assert capsys.readouterr().out == table
+
+
+def test_sweep_without_runs_says_what_it_expected(tmp_path):
+    with pytest.raises(SystemExit, match="no finished runs"):
+        collect_sweep.collect(tmp_path)
