@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from gcd_lightning.models import normalized
+from gcd_lightning.optim import OptimizerFactory, SchedulerFactory, configure_optimizers
 
 
 class BaseClassifier(pl.LightningModule):
-    """Cross-entropy training of ``f = net ∘ Normalize(mean, std)`` on pixels in [0, 1].
+    """Cross-entropy training of a classifier on pixels in [0, 1].
 
     Args:
-        net: the architecture (logits out), e.g. ``SmallCNN`` or ``VGG11BN``.
-        mean, std: per-channel normalisation, applied inside the model.
+        model: the classifier, normalisation inside (``models.normalized(net, mean, std)``).
         num_classes: number of classes, for the accuracy metrics.
         optimizer: a partial optimizer (``_partial_: true``), called with ``params=``.
-        scheduler: a partial LR scheduler or ``None``; it is called with ``optimizer=`` and
-            ``total_steps=`` (the trainer's optimisation steps) and stepped every batch.
+        scheduler: a partial LR scheduler or ``None`` (see ``optim.configure_optimizers``).
     """
 
     def __init__(
         self,
-        net: nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
+        model: nn.Module,
         num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net"])
-        self.model = normalized(net, mean, std)
+        # networks are not hyperparameters ("classifier" is RectifierFineTune's name for f)
+        self.save_hyperparameters(logger=False, ignore=["model", "classifier"])
+        self.model = model
         self.criterion = nn.CrossEntropyLoss()
         self.train_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -51,6 +46,9 @@ class BaseClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         return self.criterion(logits, y), logits.argmax(dim=1), y
+
+    def on_train_start(self):
+        self.val_acc_best.reset()
 
     def training_step(self, batch, batch_idx):
         loss, preds, y = self.model_step(batch)
@@ -75,8 +73,4 @@ class BaseClassifier(pl.LightningModule):
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -13,6 +12,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
+from gcd_lightning.optim import OptimizerFactory, SchedulerFactory, configure_optimizers
 
 
 class DetectorInput(str, enum.Enum):
@@ -50,8 +50,8 @@ class SubDetector(pl.LightningModule):
         self,
         body: nn.Module,
         kind: DetectorInput | str,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -137,8 +137,4 @@ class SubDetector(pl.LightningModule):
         self.log("test/auc", self.test_auc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)

@@ -42,9 +42,7 @@ def train(ctx: RunContext, folder: Path) -> None:
     """Fit and test ``f`` with Lightning, then cache its weights and test accuracy atomically."""
     cfg = ctx.cfg
     module = BaseClassifier(
-        net=hydra.utils.instantiate(cfg.model.net),
-        mean=cfg.dataset.mean,
-        std=cfg.dataset.std,
+        model=build_model(ctx),
         num_classes=cfg.dataset.num_classes,
         optimizer=hydra.utils.instantiate(cfg.model.optimizer),
         scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
