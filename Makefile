@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
-EXPERIMENT ?= mnist_cw_targeted
+EXPERIMENT ?= mnist_ddn_targeted
 
 .PHONY: install data demo test bench clean-cache
 
