@@ -10,11 +10,10 @@ from gcd_lightning.utils.files import save_json, save_text
 
 
 def fmt(value: float, digits: int = 4) -> str:
+    """A rate or norm with ``digits`` decimals; whole-number counts pass ``digits=0``."""
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.{digits}f}"
-    return str(int(value))
+    return f"{value:.{digits}f}"
 
 
 def paper_cell(table: dict, dataset: str, row: str, column: int) -> str:
@@ -28,7 +27,7 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
     return [
         "## Detection (Table 2, grey-box AUC)",
         "",
-        f"AUC on {fmt(m['eval.n_successful'])} successful attacks of {fmt(m['eval.n_pairs'])} correctly classified "
+        f"AUC on {fmt(m['eval.n_successful'], 0)} successful attacks of {fmt(m['eval.n_pairs'], 0)} correctly classified "
         "test images and their clean originals (on all pairs, unsuccessful attacks included: "
         f"GCD {fmt(m['detector.auc_all.gcd'])}). F is f's accuracy under attack, over all pairs.",
         "",
@@ -39,7 +38,7 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
         "| paper | " + " | ".join(paper_cell(TABLE2, dataset, attack, i) for i in range(4)) + " |",
         "",
         f"Clean test images flagged (false-positive rate): {fmt(m['detector.fpr.clean'])} of "
-        f"{fmt(m['eval.n_clean'])}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; "
+        f"{fmt(m['eval.n_clean'], 0)}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; "
         f"decided by DET_org: {fmt(m['detector.org_share.adv'])}.",
         "",
         "## Accuracy (Table 5)",
@@ -83,7 +82,7 @@ def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str
         for s in splits:
             m = {k.removeprefix(f"attack.{s}."): v for k, v in metrics.items() if k.startswith(f"attack.{s}.")}
             lines.append(
-                f"| {s} | {fmt(m['n'])} | {fmt(m['n_skipped_misclassified'])} | {fmt(m['success_rate'])} | "
+                f"| {s} | {fmt(m['n'], 0)} | {fmt(m['n_skipped_misclassified'], 0)} | {fmt(m['success_rate'])} | "
                 f"{fmt(m['l2_median'])} | {fmt(m['linf_max'])} | {fmt(m['seconds'], 1)} | {'yes' if m['cached'] else 'no'} |"
             )
         lines.append("")
