@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
 EXPERIMENT ?= mnist_ddn_targeted
+# the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
+CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
 .PHONY: install data demo test bench clean-cache
 
@@ -29,8 +31,10 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest
 
+# all eight attacks on 1,000 MNIST test images (25-40 min on 2 CPU cores); run `make demo` first
 bench: install data
-	$(BIN)/python scripts/bench_attacks.py
+	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
+	$(BIN)/python scripts/bench_attacks.py --checkpoint $(CHECKPOINT) --data-root data --out outputs/bench
 
 clean-cache:
 	rm -rf cache
