@@ -9,12 +9,12 @@ from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, cached, generate
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.utils.hashing import file_hash, spec_hash
+from gcd_lightning.utils.hashing import spec_hash
 
 SPLITS = ("train", "test")
 
 
-def adversarial_spec(ctx: RunContext, split: str, classifier_weights: Path) -> dict:
+def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
     """Everything that determines one adversarial set (the classifier by the hash of its weights)."""
     cfg = ctx.cfg
     return {
@@ -22,7 +22,7 @@ def adversarial_spec(ctx: RunContext, split: str, classifier_weights: Path) -> d
         "split": split,
         "n": cfg.adversarial[f"n_{split}"],
         "batch_size": cfg.adversarial.batch_size,
-        "classifier": file_hash(classifier_weights),
+        "classifier": classifier_id,
         "attack": cfg.attack,
         "seed": cfg.seed,
     }
@@ -35,7 +35,7 @@ def adversarial_path(ctx: RunContext, spec: dict) -> Path:
 
 
 def run_attack_stage(
-    ctx: RunContext, model: nn.Module, classifier_weights: Path
+    ctx: RunContext, model: nn.Module, classifier_id: str
 ) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
     """Build or load the adversarial set of each split; returns each set with its file, and flat metrics."""
     cfg = ctx.cfg
@@ -43,7 +43,7 @@ def run_attack_stage(
     sets: dict[str, tuple[AdversarialSet, Path]] = {}
     metrics: dict[str, float] = {}
     for split in SPLITS:
-        spec = adversarial_spec(ctx, split, classifier_weights)
+        spec = adversarial_spec(ctx, split, classifier_id)
 
         def build(split: str = split) -> AdversarialSet:
             return generate(

@@ -13,7 +13,7 @@ from gcd_lightning.classifier import BaseClassifier
 from gcd_lightning.models import normalized
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
-from gcd_lightning.utils.hashing import spec_hash
+from gcd_lightning.utils.hashing import file_hash, spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,11 @@ def train(ctx: RunContext, folder: Path) -> None:
     )
 
 
-def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, Path, dict[str, float]]:
-    """Load ``f`` from the cache (training it first on a miss); returns (f, weights file, metrics)."""
+def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
+    """Load ``f`` from the cache (training it first on a miss).
+
+    Returns ``f``, the content hash of its weights (the id that keys every later cache) and metrics.
+    """
     folder = classifier_dir(ctx)
     weights = folder / WEIGHTS
     cached = weights.is_file() and (folder / SUMMARY).is_file()
@@ -78,4 +81,4 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, Path, dict[str, fl
         "classifier.train_seconds": summary["train_seconds"],
         "classifier.cached": float(cached),
     }
-    return model.eval().to(ctx.device), weights, metrics
+    return model.eval().to(ctx.device), file_hash(weights), metrics

@@ -14,7 +14,7 @@ from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.training import fit_best
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
-from gcd_lightning.utils.hashing import file_hash, spec_hash
+from gcd_lightning.utils.hashing import spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ def build_detector(ctx: RunContext, kind: DetectorInput, classifier: nn.Module) 
     )
 
 
-def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_weights: Path) -> Path:
+def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> Path:
     spec = {
         "adversarial": adv_train_path.name,
-        "classifier": file_hash(classifier_weights),
+        "classifier": classifier_id,
         "detector": ctx.cfg.detector,
         "seed": ctx.cfg.seed,
     }
@@ -61,11 +61,11 @@ def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_weights: Pat
 
 
 def run_detectors_stage(
-    ctx: RunContext, classifier: nn.Module, classifier_weights: Path, adv_train: AdversarialSet, adv_train_path: Path
+    ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_train: AdversarialSet, adv_train_path: Path
 ) -> tuple[dict[DetectorInput, SubDetector], Path, dict[str, float]]:
     """Train (or load) both sub-detectors; validation AUC picks the epoch. Returns them, their folder, metrics."""
     cfg = ctx.cfg
-    folder = detectors_dir(ctx, adv_train_path, classifier_weights)
+    folder = detectors_dir(ctx, adv_train_path, classifier_id)
     clean, _ = stack(ctx.datamodule.dataset("train"), adv_train.index)
     train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
     detectors: dict[DetectorInput, SubDetector] = {}

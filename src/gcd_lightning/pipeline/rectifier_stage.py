@@ -18,7 +18,7 @@ from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import pair_split
 from gcd_lightning.pipeline.training import fit_best
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
-from gcd_lightning.utils.hashing import file_hash, spec_hash
+from gcd_lightning.utils.hashing import spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ def ensemble_saliency(
     return torch.cat(parts)
 
 
-def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_weights: Path) -> Path:
+def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) -> Path:
     spec = {
         "detectors": detectors_folder.name,
-        "classifier": file_hash(classifier_weights),
+        "classifier": classifier_id,
         "rectifier": ctx.cfg.rectifier,
         "seed": ctx.cfg.seed,
     }
@@ -52,14 +52,14 @@ def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_weights: 
 def run_rectifier_stage(
     ctx: RunContext,
     classifier: nn.Module,
-    classifier_weights: Path,
+    classifier_id: str,
     detectors: dict[DetectorInput, SubDetector],
     detectors_folder: Path,
     adv_train: AdversarialSet,
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train (or load) ``f_rec`` on ``k`` masked duplicates of each successful adversarial train example."""
     cfg = ctx.cfg
-    weights = rectifier_path(ctx, detectors_folder, classifier_weights)
+    weights = rectifier_path(ctx, detectors_folder, classifier_id)
     summary_path = weights.with_suffix(".json")
     module = RectifierFineTune(
         classifier=classifier, num_classes=cfg.dataset.num_classes, optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer)

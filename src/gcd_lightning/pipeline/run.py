@@ -73,19 +73,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     """The stages up to ``stage``, each fed by the ones before; returns their flat metrics."""
-    model, weights, metrics = run_classifier_stage(ctx)
+    model, classifier_id, metrics = run_classifier_stage(ctx)
     if not stage.includes(Stage.ATTACK):
         return metrics
-    sets, attack_metrics = run_attack_stage(ctx, model, weights)
+    sets, attack_metrics = run_attack_stage(ctx, model, classifier_id)
     metrics.update(attack_metrics)
     (adv_train, train_path), (adv_test, _) = sets["train"], sets["test"]
     if not stage.includes(Stage.DETECTORS):
         return metrics
-    detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, weights, adv_train, train_path)
+    detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, classifier_id, adv_train, train_path)
     metrics.update(detector_metrics)
     if not stage.includes(Stage.RECTIFIER):
         return metrics
-    rectifier, rectifier_metrics = run_rectifier_stage(ctx, model, weights, detectors, detectors_folder, adv_train)
+    rectifier, rectifier_metrics = run_rectifier_stage(ctx, model, classifier_id, detectors, detectors_folder, adv_train)
     metrics.update(rectifier_metrics)
     if stage.includes(Stage.EVALUATE):
         metrics.update(run_evaluate_stage(ctx, model, rectifier, detectors, adv_test))
