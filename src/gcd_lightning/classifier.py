@@ -34,6 +34,7 @@ class BaseClassifier(pl.LightningModule):
         self.model = model
         self.criterion = nn.CrossEntropyLoss()
         self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -59,8 +60,10 @@ class BaseClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        _, preds, y = self.model_step(batch)
+        loss, preds, y = self.model_step(batch)
+        self.val_loss(loss)
         self.val_acc(preds, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self):

@@ -67,6 +67,7 @@ class SubDetector(pl.LightningModule):
         self.body = body
         self.criterion = nn.CrossEntropyLoss()
         self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
         self.val_auc = BinaryAUROC()
@@ -119,9 +120,11 @@ class SubDetector(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        _, p_adv, label = self.model_step(batch)
+        loss, p_adv, label = self.model_step(batch)
+        self.val_loss(loss)
         self.val_acc(p_adv, label)
         self.val_auc(p_adv, label)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True)
         self.log("val/auc", self.val_auc, on_step=False, on_epoch=True, prog_bar=True)
 

@@ -14,19 +14,27 @@ from gcd_lightning.pipeline.context import RunContext
 
 
 class KeepBest(pl.Callback):
-    """Remember the module's weights at the epoch where ``monitor`` was highest (early-stopping choice)."""
+    """Remember the module's weights at the epoch where ``monitor`` was highest (early-stopping choice).
 
-    def __init__(self, monitor: str) -> None:
+    Ties go to the epoch with the lower ``tie_break`` (the validation loss): a saturated metric
+    such as an AUC of 1.0 is often reached while the detector is still uncalibrated (every
+    score on the benign side of 0.5), and the later, better calibrated epoch must win.
+    """
+
+    def __init__(self, monitor: str, tie_break: str = "val/loss") -> None:
         self.monitor = monitor
+        self.tie_break = tie_break
         self.best = -float("inf")
+        self.best_tie_break = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         value = float(trainer.callback_metrics[self.monitor])
-        if value > self.best:
-            self.best = value
+        tie_break = float(trainer.callback_metrics[self.tie_break])
+        if value > self.best or (value == self.best and tie_break < self.best_tie_break):
+            self.best, self.best_tie_break = value, tie_break
             self.state = copy.deepcopy(module.state_dict())
 
 
