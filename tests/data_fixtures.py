@@ -130,3 +130,21 @@ def write_image_folder(
             for i in range(n):
                 Image.new("RGB", size, class_colour(index)).save(folder / f"{name}_{i}.png")
     return root
+
+
+def write_imagenet_train(root: Path, n_classes: int = 25, per_class: int = 12, size: int = 8) -> Path:
+    """``root/<wnid>/<wnid>_<number>.JPEG``: an ImageNet-style train folder of tiny random JPEGs.
+
+    The wnids are ``n0000000`` + index (zero-padded to 8 digits) and the numbers are scattered, so
+    that name order differs from creation order; every class folder also holds a non-image file.
+    """
+    rng = np.random.default_rng(0)
+    for index in range(n_classes):
+        wnid = f"n{index:08d}"
+        folder = root / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in rng.choice(100_000, size=per_class, replace=False):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{wnid}_{number}.JPEG", format="JPEG")
+        (folder / "notes.txt").write_text("not an image\n")
+    return root

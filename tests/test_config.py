@@ -15,36 +15,45 @@ from gcd_lightning.pipeline.run import parse_stage
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ATTACKS = sorted(p.stem for p in (CONF / "attack").glob("*.yaml"))
+ATTACK_NAMES = (
+    "fgsm_untargeted", "pgd_untargeted", "pgd_targeted", "deepfool_untargeted",
+    "cw_untargeted", "cw_targeted", "ddn_untargeted", "ddn_targeted",
+)
+# experiment prefix -> the dataset, model and detector body its experiments pick
+GRID = {
+    "mnist": ("mnist", "small_cnn", "small_cnn"),
+    "cifar": ("cifar10", "vgg11", "vgg11"),
+    "imagenet": ("imagenet_subset", "resnet152", "vgg11"),
+}
 
 
-def test_the_eight_mnist_experiments_exist():
-    expected = {
-        f"mnist_{a}"
-        for a in (
-            "fgsm_untargeted", "pgd_untargeted", "pgd_targeted", "deepfool_untargeted",
-            "cw_untargeted", "cw_targeted", "ddn_untargeted", "ddn_targeted",
-        )
-    }
-    assert expected <= set(EXPERIMENTS)
-    assert set(ATTACKS) == {name.removeprefix("mnist_") for name in expected}
+def test_the_24_experiments_exist():
+    assert set(EXPERIMENTS) == {f"{prefix}_{attack}" for prefix in GRID for attack in ATTACK_NAMES}
+    assert set(ATTACKS) == set(ATTACK_NAMES)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_builds(experiment, tmp_path):
     cfg = compose_config([f"+experiment={experiment}"], tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    dataset, attack = experiment.split("_", 1)
-    assert resolved["dataset"]["name"] == dataset
-    assert resolved["attack"]["name"] == attack
-    assert resolved["experiment_name"] == experiment
+    prefix, attack = experiment.split("_", 1)
+    dataset, model_name, detector = GRID[prefix]
+    names = tuple(resolved[group]["name"] for group in ("dataset", "model", "detector", "attack"))
+    assert names == (dataset, model_name, detector, attack)
+    assert resolved["experiment_name"] == f"{dataset}_{attack}"
     assert resolved["attack"]["targeted"] == attack.endswith("_targeted")
     model = normalized(SmallCNN(cfg.dataset.in_channels, cfg.dataset.num_classes), cfg.dataset.mean, cfg.dataset.std)
     built = hydra.utils.instantiate(cfg.attack.attack)(model=model.eval())
     assert isinstance(built, Attack)
     assert built.targeted == cfg.attack.targeted
-    net = hydra.utils.instantiate(cfg.model.net)
-    images = torch.zeros(2, cfg.dataset.in_channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    # the classifier and the detector body on images of the data set's shape, shapes only (meta
+    # device): ResNet-152 on 224x224 images costs nothing
+    images = torch.zeros(2, cfg.dataset.in_channels, cfg.dataset.image_size, cfg.dataset.image_size, device="meta")
+    with torch.device("meta"):
+        net = hydra.utils.instantiate(cfg.model.net)
+        body = hydra.utils.instantiate(cfg.detector.body)
     assert net(images).shape == (2, cfg.dataset.num_classes)
+    assert body(images).shape == (2, 2)
 
 
 def test_unknown_experiment_names_the_options(tmp_path):
