@@ -1,4 +1,4 @@
-"""The paper's published numbers, printed beside ours in reports (Li, Wang & Wu, Tables 2 and 5)."""
+"""The paper's published numbers, printed beside ours in reports (Li, Wang & Wu, Tables 2-5)."""
 
 from __future__ import annotations
 
@@ -29,4 +29,45 @@ TABLE5 = {
         "ddn_untargeted": (0.90, 0.00),
         "ddn_targeted": (0.90, 0.00),
     },
+}
+
+# Table 3 (white-box): attack success rate against f alone (NoDET), f + DET_IS, and GCD ("Our").
+TABLE3 = {
+    "mnist": {
+        "fgsm_untargeted": (0.271, 0.012, 0.000),
+        "pgd_untargeted": (1.000, 0.871, 0.263),
+        "pgd_targeted": (1.000, 1.000, 0.437),
+        "deepfool_untargeted": (1.000, 0.828, 0.286),
+        "cw_untargeted": (1.000, 0.000, 0.008),
+        "cw_targeted": (1.000, 0.180, 0.471),
+        "ddn_untargeted": (1.000, 0.004, 0.941),
+        "ddn_targeted": (1.000, 0.808, 0.392),
+    },
+    "cifar10": {
+        "fgsm_untargeted": (0.315, 0.009, 0.000),
+        "pgd_untargeted": (0.945, 0.805, 0.143),
+        "pgd_targeted": (0.957, 0.734, 0.463),
+        "deepfool_untargeted": (1.000, 0.738, 0.394),
+        "cw_untargeted": (1.000, 0.009, 0.023),
+        "cw_targeted": (1.000, 0.556, 0.321),
+        "ddn_untargeted": (1.000, 0.019, 0.014),
+        "ddn_targeted": (1.000, 1.000, 1.000),
+    },
+    "imagenet_subset": {
+        "fgsm_untargeted": (0.608, 0.566, 0.180),
+        "pgd_untargeted": (1.000, 0.359, 0.425),
+        "pgd_targeted": (1.000, 0.456, 0.485),
+        "deepfool_untargeted": (0.995, 0.087, 0.087),
+        "cw_untargeted": (1.000, 0.009, 0.023),
+        "cw_targeted": (0.995, 0.056, 0.015),
+        "ddn_untargeted": (1.000, 0.159, 0.092),
+        "ddn_targeted": (1.000, 0.338, 0.326),
+    },
+}
+
+# Table 4: median L2 of the "failed" defenses' white-box attacks, without and with GCD. The paper
+# gives one column per attack without naming the data set (its text: DDN-U on MNIST, DDN-T on CIFAR-10).
+TABLE4 = {
+    "ddn_untargeted": (0.787, 10.252),
+    "ddn_targeted": (0.45, 0.618),
 }

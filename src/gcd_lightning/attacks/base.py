@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from gcd_lightning.attacks.objective import PLAIN, Objective
+
 
 class Norm(str, enum.Enum):
     """The distance an attack bounds or minimises."""
@@ -27,13 +29,18 @@ class Norm(str, enum.Enum):
 
 
 class Attack(abc.ABC):
-    """Base class: holds the model and the targeted flag; subclasses implement ``_perturb``."""
+    """Base class: holds the model, the targeted flag and the objective; subclasses implement ``_perturb``.
+
+    ``objective`` says how the attack reads the model's outputs (its loss, its margins and when
+    it has succeeded); the default is the plain classifier (see ``attacks.objective``).
+    """
 
     norm: Norm
 
-    def __init__(self, model: nn.Module, targeted: bool = False) -> None:
+    def __init__(self, model: nn.Module, targeted: bool = False, objective: Objective = PLAIN) -> None:
         self.model = model
         self.targeted = targeted
+        self.objective = objective
 
     @property
     def device(self) -> torch.device:

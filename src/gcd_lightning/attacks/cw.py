@@ -7,6 +7,35 @@ from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import CarliniWagnerL2Attack
 from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.objective import PLAIN, Objective
+
+
+class _ObjectiveCW(CarliniWagnerL2Attack):
+    """advertorch's CW-L2 reading the model's outputs through an ``Objective``.
+
+    The margin term of the loss is taken on ``objective.margins`` instead of the raw outputs,
+    and an output counts as adversarial (for the best-result bookkeeping and the binary search
+    over ``c``) when ``objective`` says so (``confidence`` must then be 0). The plain objective
+    uses advertorch's class itself.
+    """
+
+    def __init__(self, *args, objective: Objective, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+
+    def _loss_fn(self, output, y_onehot, l2distsq, const):
+        labels = y_onehot.argmax(dim=1)
+        scores = self.objective.margins(output, labels)
+        onehot = torch.nn.functional.one_hot(labels, scores.shape[1]).to(scores.dtype)
+        return super()._loss_fn(scores, onehot, l2distsq, const)
+
+    def _is_successful(self, output, label, is_logits):
+        if not is_logits:
+            pred = torch.as_tensor(output).view(-1)
+            valid = pred >= 0  # advertorch's INVALID_LABEL (-1): nothing found yet
+            label = torch.as_tensor(label).view(-1).to(pred.device)
+            return valid & self.objective.predictions_succeed(pred.clamp_min(0), label, self.targeted)
+        return self.objective.success(output.detach(), label, self.targeted)
 
 
 class CW(Attack):
@@ -31,6 +60,8 @@ class CW(Attack):
         abort_early (bool): stop a round when the loss stalls. Default: True.
         initial_const (float): first ``c``. Default: 1e-3.
         targeted (bool): reach ``target`` instead of leaving ``y``. Default: False.
+        objective (Objective): margins ``Z`` and success of the model's outputs (``attacks.objective``).
+            Default: the logits.
 
     Shape:
         - x: (N, C, H, W) float in [0, 1]; y, target: (N,) int64.
@@ -54,11 +85,16 @@ class CW(Attack):
         abort_early: bool = True,
         initial_const: float = 1e-3,
         targeted: bool = False,
+        objective: Objective = PLAIN,
     ) -> None:
-        super().__init__(model, targeted)
+        super().__init__(model, targeted, objective)
         self.num_classes = int(num_classes)
-        self._advertorch = CarliniWagnerL2Attack(
+        if objective is not PLAIN and confidence != 0:
+            raise ValueError("CW: a custom objective decides success itself; use confidence=0")
+        extra = {} if objective is PLAIN else {"objective": objective}
+        self._advertorch = (CarliniWagnerL2Attack if objective is PLAIN else _ObjectiveCW)(
             model,
+            **extra,
             num_classes=self.num_classes,
             confidence=float(confidence),
             targeted=targeted,

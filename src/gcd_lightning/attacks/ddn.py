@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.objective import PLAIN, Objective
 
 
 def cosine_step_sizes(steps: int, start: float = 1.0, end: float = 0.01) -> list[float]:
@@ -49,6 +49,8 @@ class DDN(Attack):
         levels (int): number of levels (256 for 8-bit images). Default: 256.
         max_norm (float | None): L2 budget; ``None`` for an unbounded minimal-norm attack. Default: None.
         targeted (bool): reach ``target`` instead of leaving ``y``. Default: False.
+        objective (Objective): the loss and success of the model's outputs (``attacks.objective``).
+            Default: cross entropy, argmax.
 
     Shape:
         - x: (N, C, H, W) float in [0, 1]; y, target: (N,) int64.
@@ -71,8 +73,9 @@ class DDN(Attack):
         levels: int = 256,
         max_norm: float | None = None,
         targeted: bool = False,
+        objective: Objective = PLAIN,
     ) -> None:
-        super().__init__(model, targeted)
+        super().__init__(model, targeted, objective)
         if steps < 1 or not 0 < gamma < 1 or init_norm <= 0 or levels < 2:
             raise ValueError(
                 f"DDN: need steps >= 1, 0 < gamma < 1, init_norm > 0 and levels >= 2, "
@@ -98,11 +101,10 @@ class DDN(Attack):
         best_delta = torch.zeros_like(x)
         grey = self.levels - 1
         for alpha in cosine_step_sizes(self.steps):
-            logits = self.model(x + delta)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), delta)
+            outputs = self.model(x + delta)
+            (grad,) = torch.autograd.grad(self.objective.loss(outputs, labels).sum(), delta)
             with torch.no_grad():
-                pred = logits.argmax(1)
-                is_adv = pred == labels if self.targeted else pred != labels
+                is_adv = self.objective.success(outputs, labels, self.targeted)
                 l2 = delta.flatten(1).norm(dim=1)
                 better = is_adv & (l2 < best_l2)
                 if self.max_norm is not None:

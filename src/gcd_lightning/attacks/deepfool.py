@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.objective import PLAIN, Objective
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class DeepFool(Attack):
         nb_candidate (int | None): classes considered, the true class and the ``nb_candidate - 1``
             others with the largest logits at ``x``; ``None`` for all classes. Default: None.
         targeted (bool): must be False. Default: False.
+        objective (Objective): the class scores f and the success of the model's outputs
+            (``attacks.objective``). Default: the logits, argmax.
 
     Shape:
         - x: (N, C, H, W) float in [0, 1]; y: (N,) int64.
@@ -58,10 +61,11 @@ class DeepFool(Attack):
         max_iter: int = 50,
         nb_candidate: int | None = None,
         targeted: bool = False,
+        objective: Objective = PLAIN,
     ) -> None:
         if targeted:
             raise ValueError("DeepFool: only the untargeted attack exists; set targeted=false")
-        super().__init__(model, targeted=False)
+        super().__init__(model, targeted=False, objective=objective)
         self.num_classes = int(num_classes)
         self.nb_candidate = self.num_classes if nb_candidate is None else int(nb_candidate)
         if not 2 <= self.nb_candidate <= self.num_classes:
@@ -74,16 +78,18 @@ class DeepFool(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         scale = 1.0 + self.overshoot
         with torch.no_grad():
-            logits = self.model(x)
-        others = logits.scatter(1, y[:, None], float("-inf")).topk(self.nb_candidate - 1, dim=1).indices
+            outputs = self.model(x)
+            scores = self.objective.margins(outputs, y)
+        others = scores.scatter(1, y[:, None], float("-inf")).topk(self.nb_candidate - 1, dim=1).indices
         r_tot = torch.zeros_like(x)
-        active = (logits.argmax(1) == y).nonzero().squeeze(1)
+        active = (~self.objective.success(outputs, y, targeted=False)).nonzero().squeeze(1)
         for _ in range(self.max_iter):
             if active.numel() == 0:
                 break
             x_i = (x[active] + scale * r_tot[active]).clamp_(0.0, 1.0).requires_grad_(True)
-            z = self.model(x_i)
-            still = z.argmax(1) == y[active]
+            outputs = self.model(x_i)
+            z = self.objective.margins(outputs, y[active])
+            still = ~self.objective.success(outputs, y[active], targeted=False)
             if not still.all():
                 active, z = active[still], z[still]
                 if active.numel() == 0:

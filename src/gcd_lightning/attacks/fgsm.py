@@ -7,6 +7,7 @@ from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import GradientSignAttack
 from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.objective import PLAIN, Objective, summed_loss
 
 
 class FGSM(Attack):
@@ -22,6 +23,7 @@ class FGSM(Attack):
         model (nn.Module): classifier in eval mode, pixels in [0, 1] -> logits.
         eps (float): L∞ budget. Default: 0.3.
         targeted (bool): reach ``target`` instead of leaving ``y``. Default: False.
+        objective (Objective): the loss J of the model's outputs (``attacks.objective``). Default: cross entropy.
 
     Shape:
         - x: (N, C, H, W) float in [0, 1]; y, target: (N,) int64.
@@ -34,10 +36,12 @@ class FGSM(Attack):
 
     norm = Norm.LINF
 
-    def __init__(self, model: nn.Module, eps: float = 0.3, targeted: bool = False) -> None:
-        super().__init__(model, targeted)
+    def __init__(self, model: nn.Module, eps: float = 0.3, targeted: bool = False, objective: Objective = PLAIN) -> None:
+        super().__init__(model, targeted, objective)
         self.eps = float(eps)
-        self._advertorch = GradientSignAttack(model, eps=self.eps, clip_min=0.0, clip_max=1.0, targeted=targeted)
+        self._advertorch = GradientSignAttack(
+            model, loss_fn=summed_loss(objective), eps=self.eps, clip_min=0.0, clip_max=1.0, targeted=targeted
+        )
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return self._advertorch.perturb(x, target if self.targeted else y)

@@ -7,6 +7,7 @@ from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import LinfPGDAttack
 from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.objective import PLAIN, Objective, summed_loss
 
 
 class PGD(Attack):
@@ -29,6 +30,7 @@ class PGD(Attack):
         eps_iter (float): step size. Default: 0.01.
         rand_init (bool): start from a uniform random point of the ball. Default: True.
         targeted (bool): reach ``target`` instead of leaving ``y``. Default: False.
+        objective (Objective): the loss L of the model's outputs (``attacks.objective``). Default: cross entropy.
 
     Shape:
         - x: (N, C, H, W) float in [0, 1]; y, target: (N,) int64.
@@ -49,14 +51,16 @@ class PGD(Attack):
         eps_iter: float = 0.01,
         rand_init: bool = True,
         targeted: bool = False,
+        objective: Objective = PLAIN,
     ) -> None:
-        super().__init__(model, targeted)
+        super().__init__(model, targeted, objective)
         self.eps = float(eps)
         self.nb_iter = int(nb_iter)
         self.eps_iter = float(eps_iter)
         self.rand_init = bool(rand_init)
         self._advertorch = LinfPGDAttack(
             model,
+            loss_fn=summed_loss(objective),
             eps=self.eps,
             nb_iter=self.nb_iter,
             eps_iter=self.eps_iter,

@@ -95,12 +95,19 @@ class GCD(nn.Module):
         flagged = result.flagged
         if not flagged.any():
             return x
-        x_flagged = x[flagged]
-        saliency = guided_saliency(self.det_org, self.det_is, x_flagged, result.use_org[flagged])
-        masked = random_mask(x_flagged, saliency_threshold(saliency, self.alpha), self.p, self.generator)
         out = x.clone()
-        out[flagged] = masked
+        out[flagged] = self.mask(x[flagged], result.use_org[flagged])
         return out
+
+    def mask(self, x: torch.Tensor, use_org: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """``samples`` random masks of every input (eq. 12-13), guided by the detector ``use_org`` names.
+
+        Returns (samples·N, C, H, W), the masks of one draw after each other; the saliency is
+        computed once. The result is detached: masking is not differentiable (white-box
+        attacks pass it with BPDA, ``gcd_lightning.whitebox``).
+        """
+        suspect = saliency_threshold(guided_saliency(self.det_org, self.det_is, x, use_org), self.alpha)
+        return torch.cat([random_mask(x, suspect, self.p, self.generator) for _ in range(samples)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (N, L): ``f(x)`` for inputs detected benign, ``f_rec(masked x)`` for flagged ones."""

@@ -38,6 +38,21 @@ def run_gcd(gcd: GCD, x: torch.Tensor, batch_size: int) -> dict[str, torch.Tenso
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
+def build_gcd(
+    ctx: RunContext, classifier: nn.Module, rectifier: nn.Module, detectors: dict[DetectorInput, SubDetector]
+) -> GCD:
+    """The GCD inference module of a run, its random masks seeded by ``cfg.seed``."""
+    return GCD(
+        classifier,
+        rectifier,
+        detectors[DetectorInput.PIXELS],
+        detectors[DetectorInput.SENSITIVITY],
+        alpha=ctx.cfg.rectifier.alpha,
+        p=ctx.cfg.rectifier.p,
+        generator=torch.Generator(ctx.device).manual_seed(ctx.cfg.seed),
+    )
+
+
 def auc(score_clean: torch.Tensor, score_adv: torch.Tensor) -> float:
     """AUROC of telling adversarial (positive) from clean inputs by a score."""
     scores = torch.cat([score_clean, score_adv])
@@ -55,15 +70,7 @@ def run_evaluate_stage(
     """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images."""
     cfg = ctx.cfg
     bs = cfg.adversarial.batch_size
-    gcd = GCD(
-        classifier,
-        rectifier,
-        detectors[DetectorInput.PIXELS],
-        detectors[DetectorInput.SENSITIVITY],
-        alpha=cfg.rectifier.alpha,
-        p=cfg.rectifier.p,
-        generator=torch.Generator(ctx.device).manual_seed(cfg.seed),
-    )
+    gcd = build_gcd(ctx, classifier, rectifier, detectors)
     test = ctx.datamodule.dataset("test")
     clean_pairs, y = stack(test, adv_test.index)
     on_clean, on_adv = run_gcd(gcd, clean_pairs, bs), run_gcd(gcd, adv_test.x_adv, bs)

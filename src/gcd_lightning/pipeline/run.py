@@ -14,7 +14,8 @@ from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
-from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
+from gcd_lightning.pipeline.rectifier_stage import rectifier_path, run_rectifier_stage
+from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
 from gcd_lightning.report import write_report
 from gcd_lightning.utils.files import save_text
 
@@ -28,7 +29,7 @@ class Stage(str, enum.Enum):
     ATTACK = "attack"
     DETECTORS = "detectors"
     RECTIFIER = "rectifier"
-    EVALUATE = "evaluate"
+    EVALUATE = "evaluate"  # grey-box evaluation, then the white-box attacks when threat=whitebox
     ALL = "all"
 
     def includes(self, other: Stage) -> bool:
@@ -87,8 +88,16 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
         return metrics
     rectifier, rectifier_metrics = run_rectifier_stage(ctx, model, classifier_id, detectors, detectors_folder, adv_train)
     metrics.update(rectifier_metrics)
-    if stage.includes(Stage.EVALUATE):
-        metrics.update(run_evaluate_stage(ctx, model, rectifier, detectors, adv_test))
+    if not stage.includes(Stage.EVALUATE):
+        return metrics
+    metrics.update(run_evaluate_stage(ctx, model, rectifier, detectors, adv_test))
+    if ctx.cfg.threat.name == "whitebox":
+        rectifier_id = rectifier_path(ctx, detectors_folder, classifier_id).stem
+        metrics.update(
+            run_whitebox_stage(
+                ctx, model, classifier_id, rectifier, rectifier_id, detectors, detectors_folder.name, adv_test
+            )
+        )
     return metrics
 
 

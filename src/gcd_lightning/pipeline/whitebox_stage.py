@@ -1,0 +1,175 @@
+"""Stage ``whitebox`` (``threat=whitebox``): adaptive attacks on f, f + DET_IS and the whole GCD (Tables 3-4).
+
+The same attack (``cfg.attack``, its update rule unchanged) runs on the first ``threat.n_test``
+images of the grey-box test set against four targets:
+
+* ``nodet``: ``f`` alone (NoDET of Table 3);
+* ``det_is``: ``f`` guarded by ``DET_IS`` alone, as an L+1-class classifier;
+* ``gcd``: ``f`` guarded by GCD's ensemble, as an L+1-class classifier. Success means the
+  detector is evaded and ``f`` is fooled (Table 3's "Our"); the same images are also judged end
+  to end (``gcd_end_to_end``: GCD's final answer, ``f_rec`` on a random mask for flagged inputs);
+* ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
+
+Targeted attacks use the L+1 outputs with their own loss at the target; untargeted ones use
+eq. 14 (both ``DetectorEvasion``; weight ``threat.beta``). Each attack's output is cached like the
+grey-box sets, so a β sweep recomputes only what β changes. Sanity figures guard against a
+false sense of security: the attacker's loss before and after the attack, success against
+larger budgets, and the grey-box success on the same images for comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import hydra
+import torch
+from torch import nn
+
+from gcd_lightning.adversarial import AdversarialSet, cached, perturbation_norms, stack
+from gcd_lightning.attacks import Attack, Norm, run_attack
+from gcd_lightning.attacks.objective import PLAIN, Objective
+from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.evaluate_stage import build_gcd
+from gcd_lightning.utils.hashing import spec_hash
+from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
+from gcd_lightning.whitebox.objectives import DetectorEvasion
+
+log = logging.getLogger(__name__)
+
+Judge = Callable[[torch.Tensor], torch.Tensor]
+"""Adversarial images -> (N,) bool success."""
+
+
+@torch.no_grad()
+def outputs_of(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+
+
+def gcd_answers(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
+    """GCD's final labels (one seeded random mask per flagged input)."""
+    gcd.generator.manual_seed(seed)
+    device = next(gcd.parameters()).device
+    return torch.cat([gcd.predict(chunk.to(device))[0].cpu() for chunk in x.split(batch_size)])
+
+
+def run_whitebox_stage(
+    ctx: RunContext,
+    classifier: nn.Module,
+    classifier_id: str,
+    rectifier: nn.Module,
+    rectifier_id: str,
+    detectors: dict[DetectorInput, SubDetector],
+    detectors_id: str,
+    adv_test: AdversarialSet,
+) -> dict[str, float]:
+    """Attack every target, judge every result; returns the flat ``whitebox.*`` metrics."""
+    cfg, threat = ctx.cfg, ctx.cfg.threat
+    num_classes, targeted, bs, seed = cfg.dataset.num_classes, bool(cfg.attack.targeted), threat.batch_size, cfg.seed
+    n = min(int(threat.n_test), len(adv_test))
+    index = adv_test.index[:n]
+    x, y = stack(ctx.datamodule.dataset("test"), index)
+    target = adv_test.target[:n] if targeted else None
+    labels = target if targeted else y
+
+    det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
+    gcd = build_gcd(ctx, classifier, rectifier, detectors)
+    with_det_is = DetectedClassifier(classifier, [det_is])
+    with_gcd = DetectedClassifier(classifier, [det_org, det_is])
+    randomized = RandomizedGCD(gcd, threat.eot_samples)
+    evasion = DetectorEvasion(num_classes, threat.beta, targeted)
+
+    def fooled(pred: torch.Tensor) -> torch.Tensor:
+        return pred == labels if targeted else pred != labels
+
+    def evades(model: nn.Module) -> Judge:
+        return lambda x_adv: evasion.success(outputs_of(model, x_adv, bs), labels, targeted)
+
+    judges: dict[str, Judge] = {
+        "nodet": lambda x_adv: fooled(outputs_of(classifier, x_adv, bs).argmax(dim=1)),
+        "det_is": evades(with_det_is),
+        "gcd": evades(with_gcd),
+        "end_to_end": lambda x_adv: fooled(gcd_answers(gcd, x_adv, bs, seed)),
+    }
+    base_spec = {
+        "adversarial": spec_hash({"index": index.tolist(), "labels": labels.tolist()}),
+        "classifier": classifier_id,
+        "attack": cfg.attack,
+        "seed": seed,
+        "batch_size": bs,
+    }
+    ids = {"detectors": detectors_id}
+    targets: dict[str, tuple[nn.Module, Objective, dict]] = {
+        "nodet": (classifier, PLAIN, {}),
+        "det_is": (with_det_is, evasion, {**ids, "beta": None if targeted else threat.beta}),
+        "gcd": (with_gcd, evasion, {**ids, "beta": None if targeted else threat.beta}),
+        "bpda_eot": (
+            randomized,
+            PLAIN,
+            {**ids, "rectifier": rectifier_id, "eot": threat.eot_samples, "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]},
+        ),
+    }
+    main_judge = {"nodet": "nodet", "det_is": "det_is", "gcd": "gcd", "bpda_eot": "end_to_end"}
+
+    def attack_on(name: str, scale: float = 1.0) -> AdversarialSet:
+        model, objective, extra = targets[name]
+        spec = {**base_spec, **extra, "target": name, "scale": scale}
+        path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{spec_hash(spec)}.pt"
+        return cached(path, spec, lambda: build(model, objective, main_judge[name], scale, f"{name} x{scale:g}"))[0]
+
+    def build(model: nn.Module, objective: Objective, judge: str, scale: float, desc: str) -> AdversarialSet:
+        attack = make_attack(ctx, model, objective, scale)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        x_adv = run_attack(attack, x, y, target, batch_size=bs, progress=cfg.progress, desc=f"white-box {desc}")
+        seconds = time.perf_counter() - start
+        l2, linf = perturbation_norms(x, x_adv)
+        return AdversarialSet(
+            index=index, x_adv=x_adv, y=y, target=adv_test.target[:n], success=judges[judge](x_adv),
+            l2=l2, linf=linf, n_examined=n, seconds=seconds,
+        )
+
+    metrics: dict[str, float] = {"whitebox.n": float(n), "whitebox.beta": float(threat.beta), "whitebox.eot_samples": float(threat.eot_samples)}
+    results = {name: attack_on(name) for name in targets}
+    for name, adv in results.items():
+        won = adv.success
+        metrics[f"whitebox.success.{name}"] = won.float().mean().item()
+        metrics[f"whitebox.l2_median.{name}"] = adv.l2[won].median().item() if won.any() else float("nan")
+        metrics[f"whitebox.linf_max.{name}"] = adv.linf.max().item()
+        metrics[f"whitebox.seconds_per_image.{name}"] = adv.seconds / n
+    metrics["whitebox.success.gcd_end_to_end"] = judges["end_to_end"](results["gcd"].x_adv).float().mean().item()
+    metrics["whitebox.success.bpda_eot_evades"] = judges["gcd"](results["bpda_eot"].x_adv).float().mean().item()
+
+    grey = adv_test.x_adv[:n]
+    metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
+    metrics["whitebox.greybox.success.end_to_end"] = judges["end_to_end"](grey).float().mean().item()
+    for point, images in (("clean", x), ("adv", results["gcd"].x_adv)):
+        metrics[f"whitebox.loss.gcd.{point}"] = evasion.loss(outputs_of(with_gcd, images, bs), labels).mean().item()
+
+    if cfg.attack.norm == Norm.LINF.value:
+        for scale in sorted({1.0, *threat.linf_budget_scales}):
+            adv = attack_on("gcd", float(scale))
+            metrics[f"whitebox.budget_linf.gcd.{float(cfg.attack.eps) * scale:.4f}"] = adv.success.float().mean().item()
+    else:
+        gcd_adv = results["gcd"]
+        for budget in threat.l2_budgets:
+            within = gcd_adv.success & (gcd_adv.l2 <= budget)
+            metrics[f"whitebox.budget_l2.gcd.{float(budget):.4f}"] = within.float().mean().item()
+    return metrics
+
+
+def make_attack(ctx: RunContext, model: nn.Module, objective: Objective, scale: float) -> Attack:
+    """The configured attack on ``model`` with ``objective``.
+
+    ``scale`` multiplies an L∞ budget ``eps`` and with it PGD's step size, so that the steps can
+    still cross the larger ball (a fixed step would make a larger budget look weaker).
+    """
+    attack_cfg = ctx.cfg.attack.attack
+    overrides: dict = {"model": model.eval(), "objective": objective}
+    if scale != 1.0:
+        overrides.update({key: float(attack_cfg[key]) * scale for key in ("eps", "eps_iter") if key in attack_cfg})
+    return hydra.utils.instantiate(attack_cfg)(**overrides)

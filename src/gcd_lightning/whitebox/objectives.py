@@ -1,0 +1,109 @@
+"""The adaptive attacker's view of GCD: an L+1-class classifier (C&W 2017a) and the loss of eq. 14.
+
+A detected classifier is turned into one classifier with an extra class, "adversarial". With the
+classifier's logits ``Z`` (N, L) and the detector's log-probabilities ``(log p⁺, log p⁻)``, the
+L+1 outputs are
+
+    z_i = log p⁺ + Z_i − max_j Z_j   (i < L),        z_L = log p⁻.
+
+The top natural class scores exactly ``log p⁺``, so ``argmax z`` is the adversarial class iff
+``p⁻ > p⁺`` (the detector flags the input; ties are benign as in section 3.1) and otherwise the
+classifier's own label: the L+1 prediction is exactly the detected classifier's decision.
+Because ``z`` is a shift of ``Z`` by one number per example, ``z[:, :L]`` has the same
+cross entropy and the same margins as ``Z``, and ``log p⁺ = max_i z_i`` over the natural
+classes; every loss below is therefore a function of ``z`` alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gcd_lightning.attacks.objective import Objective
+from gcd_lightning.defense.ensemble import BENIGN, entropy_select
+
+
+def detector_log_probabilities(detector_logits: list[torch.Tensor]) -> torch.Tensor:
+    """``(log p⁺, log p⁻)`` (N, 2) of one detector, or of the entropy ensemble of two (eq. 10-11).
+
+    With two detectors (``[DET_org, DET_IS]`` logits) the more confident one is adopted per
+    example; the choice is piecewise constant, and the gradient flows through the adopted one.
+    """
+    if len(detector_logits) == 1:
+        return F.log_softmax(detector_logits[0], dim=1)
+    if len(detector_logits) != 2:
+        raise ValueError(f"detector_log_probabilities: one detector or the two of GCD, got {len(detector_logits)}")
+    log_org, log_is = (F.log_softmax(logits, dim=1) for logits in detector_logits)
+    _, use_org = entropy_select(log_org.exp(), log_is.exp())
+    return torch.where(use_org[:, None], log_org, log_is)
+
+
+def detector_as_class_logits(class_logits: torch.Tensor, detector_log_p: torch.Tensor) -> torch.Tensor:
+    """The L+1 outputs ``z`` (N, L+1) of a detected classifier (module docstring; C&W 2017a, section 5)."""
+    if class_logits.dim() != 2 or detector_log_p.shape != (class_logits.shape[0], 2):
+        raise ValueError(
+            f"detector_as_class_logits: expected logits (N, L) and detector log-probabilities (N, 2), "
+            f"got {tuple(class_logits.shape)} and {tuple(detector_log_p.shape)}"
+        )
+    shifted = class_logits - class_logits.amax(dim=1, keepdim=True)
+    return torch.cat([shifted + detector_log_p[:, BENIGN, None], detector_log_p[:, 1:]], dim=1)
+
+
+def detector_loss(z: torch.Tensor) -> torch.Tensor:
+    """``L_GCD`` (N,) of eq. 14: the detector's cross entropy at "benign", ``−log p⁺ = −max_{i<L} z_i``."""
+    return -z[:, :-1].amax(dim=1)
+
+
+def combined_loss(z: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 14 (N,): ``L_com = L_adv + β·L_GCD`` with ``L_adv = −CE(f(x), y)``, to be minimised.
+
+    Returned with the sign flipped (``CE(f(x), y) − β·L_GCD``), as the quantity an untargeted
+    gradient attack ascends: leave ``y`` while keeping the detector's benign probability high.
+    """
+    return F.cross_entropy(z[:, :-1], y, reduction="none") - beta * detector_loss(z)
+
+
+def combined_margins(z: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """Class scores (N, L) for margin attacks (CW, DeepFool) under eq. 14.
+
+    ``z[:, :L]`` with ``β·L_GCD`` added to the true class: the margin of ``y`` over any class
+    ``k``, ``v_y − v_k = (Z_y − Z_k) + β·L_GCD``, is the classifier's margin plus the weighted
+    detector loss, so driving it below zero fools ``f`` and lowers the detector's suspicion.
+    """
+    scores = z[:, :-1].clone()
+    rows = torch.arange(len(y), device=z.device)
+    scores[rows, y] = scores[rows, y] + beta * detector_loss(z)
+    return scores
+
+
+class DetectorEvasion(Objective):
+    """The objective of an attack on the L+1 outputs ``z`` of a detected classifier (section 4.2).
+
+    Targeted (C&W 2017a): the plain cross entropy and margins of ``z`` at the target, over all
+    L+1 classes, which push the adversarial class down with the others. Untargeted: eq. 14,
+    gradient attacks ascend ``combined_loss`` and margin attacks work on ``combined_margins``
+    (weight ``beta``). Success in both cases, as C&W 2017a and section 4.2 count it: the L+1
+    prediction is a natural class, the target or anything but ``y``: ``f`` is fooled and the
+    detector does not flag the input.
+
+    Args:
+        num_classes: L, the number of natural classes; index L of ``z`` is "adversarial".
+        beta: the weight of the detector loss in eq. 14 (untargeted).
+        targeted: the attack reaches a target class.
+    """
+
+    def __init__(self, num_classes: int, beta: float, targeted: bool) -> None:
+        if beta < 0:
+            raise ValueError(f"DetectorEvasion: beta must be >= 0, got {beta}")
+        self.num_classes = int(num_classes)
+        self.beta = float(beta)
+        self.targeted = bool(targeted)
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return super().loss(outputs, labels) if self.targeted else combined_loss(outputs, labels, self.beta)
+
+    def margins(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return outputs if self.targeted else combined_margins(outputs, labels, self.beta)
+
+    def predictions_succeed(self, pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        return super().predictions_succeed(pred, labels, targeted) & (pred != self.num_classes)

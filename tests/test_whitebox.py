@@ -1,0 +1,163 @@
+"""White-box evaluation: the L+1 construction, eq. 14, double backprop through DET_IS, BPDA + EOT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcd_lightning.attacks import PGD, DDN, run_attack
+from gcd_lightning.defense.detector import SubDetector
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
+from gcd_lightning.whitebox.objectives import (
+    DetectorEvasion,
+    combined_loss,
+    combined_margins,
+    detector_as_class_logits,
+    detector_log_probabilities,
+)
+
+L = 4
+
+
+def smooth_classifier(seed: int = 0) -> nn.Module:
+    """A tiny classifier with a smooth activation, so that finite differences of G are meaningful.
+
+    Its weights are scaled up and its hidden units centred on the middle of the pixel cube, so
+    that all L classes occur on random images (a plain random init predicts one class everywhere).
+    """
+    torch.manual_seed(seed)
+    f = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, L))
+    with torch.no_grad():
+        f[1].weight.mul_(4.0)
+        f[1].bias.copy_(-f[1].weight.sum(1) / 2)
+        f[3].weight.mul_(4.0)
+    return f.double().eval()
+
+
+def sensitivity_detector(classifier: nn.Module, seed: int = 1) -> SubDetector:
+    torch.manual_seed(seed)
+    body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 2))
+    return SubDetector(body, "is", optimizer=torch.optim.SGD, classifier=classifier).double().eval()
+
+
+def flagging_detector() -> nn.Module:
+    """A pixel detector that flags everything with near certainty but still has input gradients."""
+    torch.manual_seed(2)
+    linear = nn.Linear(16, 2).double()
+    linear.bias.data = torch.tensor([-20.0, 20.0], dtype=torch.float64)
+    return nn.Sequential(nn.Flatten(), linear).eval()
+
+
+def test_l_plus_one_prediction_is_the_detected_classifiers_decision():
+    z_f = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    p = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])  # benign, flagged, tie (benign: p+ >= p-)
+    z = detector_as_class_logits(z_f, p.log())
+    assert z.shape == (3, L + 1)
+    assert z.argmax(1).tolist() == [0, L, 0]
+    # the natural classes keep f's cross entropy and margins; their maximum is log p+
+    y = torch.tensor([1, 2, 3])
+    assert F.cross_entropy(z[:, :L], y) == pytest.approx(F.cross_entropy(z_f, y).item())
+    assert torch.allclose(z[:, :L].amax(1), p[:, 0].log())
+    assert torch.allclose(z[:, L], p[:, 1].log())
+
+
+def test_eq14_loss_and_margins_add_the_weighted_detector_loss():
+    torch.manual_seed(0)
+    z_f, det_logits, y = torch.randn(6, L), torch.randn(6, 2), torch.randint(0, L, (6,))
+    log_p = F.log_softmax(det_logits, dim=1)
+    z = detector_as_class_logits(z_f, log_p)
+    beta = 2.5
+    l_gcd = F.cross_entropy(det_logits, torch.zeros(6, dtype=torch.long), reduction="none")  # CE at "benign"
+    expected = F.cross_entropy(z_f, y, reduction="none") - beta * l_gcd
+    assert torch.allclose(combined_loss(z, y, beta), expected, atol=1e-6)
+    v = combined_margins(z, y, beta)
+    rows = torch.arange(6)
+    for k in range(L):
+        keep = y != k
+        assert torch.allclose((v[rows, y] - v[:, k])[keep], (z_f[rows, y] - z_f[:, k] + beta * l_gcd)[keep], atol=1e-6)
+
+
+def test_detector_evasion_success_needs_a_fooled_classifier_and_no_flag():
+    z = detector_as_class_logits(
+        torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]),
+        torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1]]).log(),
+    )
+    y = torch.tensor([0, 0, 0])
+    assert DetectorEvasion(L, 1.0, targeted=False).success(z, y, targeted=False).tolist() == [True, False, False]
+    target = torch.tensor([1, 1, 1])
+    assert DetectorEvasion(L, 1.0, targeted=True).success(z, target, targeted=True).tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="beta"):
+        DetectorEvasion(L, -1.0, targeted=False)
+
+
+def test_ensemble_log_probabilities_follow_the_more_confident_detector():
+    org = torch.tensor([[4.0, -4.0], [0.1, 0.0]])
+    is_ = torch.tensor([[0.0, 0.2], [-5.0, 5.0]])
+    log_p = detector_log_probabilities([org, is_])
+    assert torch.allclose(log_p[0], F.log_softmax(org[0], 0)) and torch.allclose(log_p[1], F.log_softmax(is_[1], 0))
+
+
+def test_attack_gradient_through_det_is_uses_double_backprop_and_matches_finite_differences():
+    f = smooth_classifier()
+    model = DetectedClassifier(f, [sensitivity_detector(f)])
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def detector_term(x):
+        return -model(x)[:, :L].amax(1)  # L_GCD through the L+1 outputs
+
+    (grad,) = torch.autograd.grad(detector_term(x).sum(), x)
+    assert grad.abs().sum() > 0
+    assert torch.autograd.gradcheck(detector_term, (x,), eps=1e-6, atol=1e-5)
+    # the part through dG/dx matters: with G detached from x, the gradient is zero
+    det = model.detectors[0]
+    g_detached = det.features(x.detach())
+    (no_path,) = torch.autograd.grad(-F.log_softmax(det.body(g_detached), 1)[:, 0].sum() + 0 * x.sum(), x)
+    assert no_path.abs().sum() == 0 and not torch.allclose(grad, no_path)
+
+
+def test_bpda_eot_gradient_is_the_mean_rectifier_gradient_at_the_masks():
+    f, f_rec = smooth_classifier(0), smooth_classifier(3)
+    gcd = GCD(f, f_rec, flagging_detector(), sensitivity_detector(f), alpha=0.3, p=0.5,
+              generator=torch.Generator().manual_seed(0))
+    model = RandomizedGCD(gcd, eot_samples=5)
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1])
+    (grad,) = torch.autograd.grad(F.nll_loss(model(x), y, reduction="sum"), x)
+    # the same masks again, differentiated at the masked points and averaged over the draws (BPDA: dm/dx = I)
+    gcd.generator.manual_seed(0)
+    result = gcd.detect(x.detach())
+    masks = gcd.mask(x.detach(), result.use_org, 5).requires_grad_(True)
+    probs = torch.softmax(f_rec(masks), 1).view(5, 2, L).mean(0)
+    (expected,) = torch.autograd.grad(F.nll_loss(probs.log(), y, reduction="sum"), masks)
+    assert grad.abs().sum() > 0
+    assert torch.allclose(grad, expected.view(5, 2, 1, 4, 4).sum(0), atol=1e-6)
+    assert not torch.equal(masks[:2], masks[2:4])  # EOT draws differ
+
+
+def test_whitebox_attacks_raise_their_objective_and_evade_the_detector():
+    """PGD and DDN on eq. 14 against f + DET_IS: the attacker's loss rises, budgets hold, most inputs evade.
+
+    (Success versus budget on the trained GCD is a reported figure, ``whitebox.budget.*``.)
+    """
+    f = smooth_classifier().float()
+    model = DetectedClassifier(f, [sensitivity_detector(f).float()]).float()
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 4, 4)
+    y = f(x).argmax(1)
+    objective = DetectorEvasion(L, beta=1.0, targeted=False)
+    with torch.no_grad():
+        before = objective.loss(model(x), y)
+    for eps in (0.05, 1.0):
+        torch.manual_seed(0)
+        x_adv = run_attack(PGD(model, eps=eps, nb_iter=30, eps_iter=eps / 8, objective=objective), x, y, progress=False)
+        with torch.no_grad():
+            assert objective.loss(model(x_adv), y).mean() > before.mean()
+        assert (x_adv - x).abs().max() <= eps + 1e-6
+    with torch.no_grad():
+        assert objective.success(model(x_adv), y, targeted=False).float().mean() >= 0.5
+    x_ddn = run_attack(DDN(model, steps=60, objective=objective), x, y, progress=False)
+    with torch.no_grad():
+        assert objective.success(model(x_ddn), y, targeted=False).float().mean() >= 0.5
