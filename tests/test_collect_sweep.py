@@ -25,8 +25,9 @@ def test_sweep_table_has_a_row_per_run_sorted_by_alpha(tmp_path, capsys):
     table = (tmp_path / "sweep.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "mnist" in line]
     assert [row.split(" | ")[2] for row in rows] == ["0.1000", "0.5000", "0.9000"]
-    assert "0.9000" in rows[0] and "nan" in rows[0]
+    assert "0.9000" in rows[0] and "n/a" in rows[0]
     assert (tmp_path / "sweep.csv").read_text().count("\n") == 4
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out == table
 
 

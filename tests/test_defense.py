@@ -25,6 +25,7 @@ from gcd_lightning.defense import (
     random_mask,
     saliency_threshold,
     sensitivity_features,
+    zero_most_salient,
 )
 from gcd_lightning.models import SmallCNN, normalized
 
@@ -485,3 +486,17 @@ def test_rectifier_fine_tunes_a_copy_of_f_on_masked_duplicates():
     assert not torch.equal(module.model[1].head[-1].weight, f[1].head[-1].weight)
     assert run.callback_metrics["val/acc"] > 0.9
     assert "classifier" not in module.hparams
+
+
+def test_zero_most_salient_zeroes_exactly_the_top_locations():
+    x = torch.full((2, 3, 4, 5), 0.5)
+    saliency = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    out = zero_most_salient(x, saliency, 0.10)  # 2 of 20 locations per image
+    zeroed = (out == 0).all(dim=1)
+    assert zeroed.flatten(1).sum(1).tolist() == [2, 2]
+    top = saliency.amax(dim=1).flatten(1).topk(2, dim=1).indices
+    assert zeroed.flatten(1).gather(1, top).all()
+    assert torch.equal(out[~(out == 0)], x[~(out == 0)])
+    assert torch.equal(zero_most_salient(x, saliency, 0.0), x)
+    with pytest.raises(ValueError, match="shape"):
+        zero_most_salient(x, saliency[:, :1], 0.1)

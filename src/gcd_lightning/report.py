@@ -53,6 +53,22 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
         f"Rectifier α = {m['rectifier.alpha']}, validation accuracy on masked adversarial examples "
         f"{fmt(m['rectifier.val_acc'])}.",
         "",
+        "## Figures",
+        "",
+        "ROC curves of the detectors, and the input sensitivity ‖G‖₂ of clean and adversarial test images "
+        "(the paper's Fig. 3 for L2 attacks, Fig. 4 for L∞ ones):",
+        "",
+        "![ROC curves](roc.png) ![input sensitivity](sensitivity.png)",
+        "",
+        "## Saliency check (Table 1)",
+        "",
+        f"Success of the {fmt(m['table1.n'], 0)} successful test attacks on f after zeroing the pixels of highest "
+        "detector saliency |∂L_DET/∂x|, and, as a control, as many random pixels (before: 1.0000).",
+        "",
+        "| pixels zeroed | top saliency | random |",
+        "|---|---:|---:|",
+        *(f"| {p}% | {fmt(m[f'table1.success.top{p}'])} | {fmt(m[f'table1.success.random{p}'])} |" for p in (5, 10)),
+        "",
     ]
 
 

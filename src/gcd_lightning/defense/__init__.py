@@ -9,6 +9,7 @@ from gcd_lightning.defense.rectifier import (
     masked_duplicates,
     random_mask,
     saliency_threshold,
+    zero_most_salient,
 )
 from gcd_lightning.defense.rectifier_module import RectifierFineTune
 from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
@@ -31,4 +32,5 @@ __all__ = [
     "random_mask",
     "saliency_threshold",
     "sensitivity_features",
+    "zero_most_salient",
 ]

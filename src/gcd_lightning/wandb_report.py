@@ -1,0 +1,75 @@
+"""A run's results on a W&B dashboard: config, summary metrics, the paper's table rows and figures.
+
+Runs are named ``<experiment>-<threat>`` and grouped ``<dataset>-<attack>`` (``conf/logger/wandb.yaml``),
+so a workspace shows AUC and success rate per attack side by side. Offline by default: the files
+land in ``<output_dir>/wandb/offline-run-*`` and ``wandb sync`` uploads them later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gcd_lightning.paper import TABLE2, TABLE3, TABLE5
+
+FIGURES = {"figures/roc": "roc.png", "figures/input_sensitivity": "sensitivity.png"}
+
+
+def table_rows(metrics: dict[str, float], dataset: str, attack: str) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """The paper's tables as (columns, rows) for this run: ours and the paper's numbers where known."""
+    m = metrics
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    if "detector.auc.gcd" in m:
+        paper2 = TABLE2.get(dataset, {}).get(attack, (None,) * 4)
+        tables["table2"] = (
+            ["source", "dataset", "attack", "F", "DET_org", "DET_IS", "GCD"],
+            [
+                ["ours", dataset, attack, m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"]],
+                ["paper", dataset, attack, *paper2],
+            ],
+        )
+        clean5 = TABLE5.get(dataset, {}).get("clean", (None, None))
+        adv5 = TABLE5.get(dataset, {}).get(attack, (None, None))
+        tables["table5"] = (
+            ["source", "dataset", "images", "GCD", "F"],
+            [
+                ["ours", dataset, "clean", m["gcd.acc.clean"], m["base.acc.clean"]],
+                ["ours", dataset, attack, m["gcd.acc.adv"], m["base.acc.adv"]],
+                ["paper", dataset, "clean", *clean5],
+                ["paper", dataset, attack, *adv5],
+            ],
+        )
+    if "whitebox.success.gcd" in m:
+        paper3 = TABLE3.get(dataset, {}).get(attack, (None,) * 3)
+        tables["table3"] = (
+            ["source", "dataset", "attack", "NoDET", "DET_IS", "GCD", "GCD end to end", "BPDA+EOT end to end"],
+            [
+                ["ours", dataset, attack, m["whitebox.success.nodet"], m["whitebox.success.det_is"], m["whitebox.success.gcd"],
+                 m["whitebox.success.gcd_end_to_end"], m["whitebox.success.bpda_eot"]],
+                ["paper", dataset, attack, *paper3, None, None],
+            ],
+        )
+    return tables
+
+
+def log_run(loggers: list, cfg: DictConfig, metrics: dict[str, float], output_dir: Path) -> None:
+    """Log config, summary, tables and figures to every ``WandbLogger`` among ``loggers``."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        run = logger.experiment
+        run.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+        run.summary.update(metrics)
+        payload: dict[str, Any] = {
+            name: wandb.Table(columns=columns, data=rows)
+            for name, (columns, rows) in table_rows(metrics, cfg.dataset.name, cfg.attack.name).items()
+        }
+        payload.update({key: wandb.Image(str(output_dir / file)) for key, file in FIGURES.items() if (output_dir / file).is_file()})
+        if payload:
+            run.log(payload)
