@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from gcd_lightning import distributed
 from gcd_lightning.attacks import Attack, random_targets, run_attack
 from gcd_lightning.utils.files import load_torch, save_json, save_torch
 
@@ -138,13 +139,18 @@ def generate(
     progress: bool = True,
     desc: str = "attack",
 ) -> AdversarialSet:
-    """Attack ``n`` correctly classified images of ``dataset`` (seeded choice and targets)."""
+    """Attack ``n`` correctly classified images of ``dataset`` (seeded choice, targets and random starts).
+
+    Batch ``i`` of the attack runs after ``torch.manual_seed(seed + i)`` (``run_attack``), so in a
+    DDP run the batches are split across the ranks and every rank returns the set that a single
+    process builds. The choice of images and the final predictions run on every rank.
+    """
     index, examined = select_correct(model, dataset, n, seed, batch_size)
     x, y = stack(dataset, index)
     target = random_targets(y, num_classes, torch.Generator().manual_seed(seed + 1)) if attack.targeted else None
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the global generator as later stages (the detectors' initial weights) find it
     start = time.perf_counter()
-    x_adv = run_attack(attack, x, y, target, batch_size=batch_size, progress=progress, desc=desc)
+    x_adv = run_attack(attack, x, y, target, batch_size=batch_size, progress=progress, desc=desc, seed=seed)
     seconds = time.perf_counter() - start
     pred = predict(model, x_adv, batch_size)
     success = pred == target if target is not None else pred != y
@@ -165,13 +171,15 @@ def generate(
 def cached(path: Path, spec: dict, build: Callable[[], AdversarialSet]) -> tuple[AdversarialSet, bool]:
     """Load the set cached at ``path`` or build and cache it; returns (set, was_cached).
 
-    ``spec`` (what the key hashes) is written beside the set as JSON, for people to read.
+    ``spec`` (what the key hashes) is written beside the set as JSON, for people to read. In a
+    DDP run every rank follows rank 0's look at the cache and builds (``build`` may shard its
+    work); rank 0 alone writes, and the others wait for it.
     """
-    if path.is_file():
+    if distributed.broadcast(path.is_file()):
         log.info("adversarial set: cache hit %s", path)
         return AdversarialSet.load(path), True
     log.info("adversarial set: cache miss, building %s", path)
     adv = build()
-    adv.save(path)
-    save_json(spec, path.with_suffix(".json"))
+    distributed.write_on_rank_zero(adv.save, path)
+    distributed.write_on_rank_zero(save_json, spec, path.with_suffix(".json"))
     return adv, False

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from torch import nn
 
+from gcd_lightning import distributed
 from gcd_lightning.classifier import BaseClassifier
 from gcd_lightning.models import normalized
 from gcd_lightning.pipeline.context import RunContext
@@ -39,7 +40,7 @@ def build_model(ctx: RunContext) -> nn.Module:
 
 
 def train(ctx: RunContext, folder: Path) -> None:
-    """Fit and test ``f`` with Lightning, then cache its weights and test accuracy atomically."""
+    """Fit and test ``f`` with Lightning, then cache its weights and test accuracy atomically (rank 0 writes)."""
     cfg = ctx.cfg
     module = BaseClassifier(
         model=build_model(ctx),
@@ -54,9 +55,11 @@ def train(ctx: RunContext, folder: Path) -> None:
     trainer.fit(module, datamodule=ctx.datamodule)
     seconds = time.perf_counter() - start
     (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
-    save_torch(module.model.state_dict(), folder / WEIGHTS)
-    save_json(
-        {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds}, folder / SUMMARY
+    distributed.write_on_rank_zero(save_torch, module.model.state_dict(), folder / WEIGHTS)
+    distributed.write_on_rank_zero(
+        save_json,
+        {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds},
+        folder / SUMMARY,
     )
 
 
@@ -67,7 +70,7 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, flo
     """
     folder = classifier_dir(ctx)
     weights = folder / WEIGHTS
-    cached = weights.is_file() and (folder / SUMMARY).is_file()
+    cached = distributed.broadcast(weights.is_file() and (folder / SUMMARY).is_file())  # rank 0's look, for all
     if cached:
         log.info("classifier: cache hit %s", folder)
     else:

@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gcd_lightning import distributed
+
 # data-module settings that change where or how fast data is read, never what it is
 LOCATION_KEYS = ("root", "num_workers", "download")
 # the dataset keys that determine the data and f's input layer (attack budgets and defense
@@ -32,7 +34,7 @@ class RunContext:
     @classmethod
     def build(cls, cfg: DictConfig) -> RunContext:
         datamodule = hydra.utils.instantiate(cfg.dataset.datamodule)
-        datamodule.prepare_data()
+        distributed.write_on_rank_zero(datamodule.prepare_data)  # downloads and conversions: once per run
         datamodule.setup()
         loggers = [hydra.utils.instantiate(node) for node in (cfg.get("logger") or {}).values()]
         return cls(

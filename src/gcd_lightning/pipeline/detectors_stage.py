@@ -8,9 +8,12 @@ from pathlib import Path
 import hydra
 import torch
 from torch import nn
+from torchmetrics.functional.classification import binary_auroc
 
+from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, stack
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.ensemble import ADVERSARIAL, entropy_select, is_flagged
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.training import fit_best
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
@@ -73,7 +76,7 @@ def run_detectors_stage(
     for kind in DetectorInput:
         detector = build_detector(ctx, kind, classifier)
         weights, summary_path = folder / f"{kind.value}.pt", folder / f"{kind.value}.json"
-        cached = weights.is_file() and summary_path.is_file()
+        cached = distributed.broadcast(weights.is_file() and summary_path.is_file())  # rank 0's look, for all
         if cached:
             log.info("detector %s: cache hit %s", kind.value, weights)
             detector.load_state_dict(load_torch(weights, f"cached detector {kind.value}"))
@@ -90,10 +93,33 @@ def run_detectors_stage(
                 monitor="val/auc",
             )
             summary = {"val_auc": best, "train_seconds": seconds}
-            save_torch(detector.state_dict(), weights)
-            save_json(summary, summary_path)
+            distributed.write_on_rank_zero(save_torch, detector.state_dict(), weights)
+            distributed.write_on_rank_zero(save_json, summary, summary_path)
         detectors[kind] = detector.eval().to(ctx.device)
         metrics[f"detector.val_auc.{kind.value}"] = summary["val_auc"]
         metrics[f"detector.train_seconds.{kind.value}"] = summary["train_seconds"]
         metrics[f"detector.cached.{kind.value}"] = float(cached)
+    metrics.update(validate_ensemble(detectors, *detection_pairs(clean, adv_train, val_rows), cfg.adversarial.batch_size))
     return detectors, folder, metrics
+
+
+@torch.no_grad()
+def validate_ensemble(
+    detectors: dict[DetectorInput, SubDetector], x: torch.Tensor, label: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """The ensemble (eq. 10-11) on the validation pairs: AUC, flagged share of attacks and of clean images.
+
+    These are the figures to choose detector settings by; the test pairs are for reporting only.
+    """
+    det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
+    device = next(det_org.parameters()).device
+    p = torch.cat([
+        entropy_select(det_org.probabilities(c.to(device)), det_is.probabilities(c.to(device)))[0].cpu()
+        for c in x.split(batch_size)
+    ])
+    flagged = is_flagged(p)
+    return {
+        "detector.val_auc.gcd": binary_auroc(p[:, ADVERSARIAL], label).item(),
+        "detector.val_tpr.gcd": flagged[label == 1].float().mean().item(),
+        "detector.val_fpr.gcd": flagged[label == 0].float().mean().item(),
+    }

@@ -9,6 +9,7 @@ import hydra
 import torch
 from torch import nn
 
+from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.ensemble import ADVERSARIAL, entropy_select
@@ -26,17 +27,24 @@ log = logging.getLogger(__name__)
 def ensemble_saliency(
     detectors: dict[DetectorInput, SubDetector], x: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    """``|∂L_DET/∂x|`` of adversarial images from the detector that eq. 11 picks for each, batch by batch."""
+    """``|∂L_DET/∂x|`` of adversarial images from the detector that eq. 11 picks for each, batch by batch.
+
+    In a DDP run each rank takes a contiguous block of the batches (``distributed.shard``) and
+    every rank gets all the maps back in order, the same as a single process computes.
+    """
     det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
     device = next(det_org.parameters()).device
+    chunks = x.split(batch_size)
+    mine = distributed.shard(len(chunks), distributed.rank(), distributed.world_size())
     parts = []
-    for chunk in x.split(batch_size):
+    for chunk in chunks[mine.start : mine.stop]:
         chunk = chunk.to(device)
         with torch.no_grad():
             _, use_org = entropy_select(det_org.probabilities(chunk), det_is.probabilities(chunk))
         target = torch.full((len(chunk),), ADVERSARIAL, device=device)
         parts.append(guided_saliency(det_org, det_is, chunk, use_org, target=target).cpu())
-    return torch.cat(parts)
+    maps = torch.cat(parts) if parts else x.new_empty((0, *x.shape[1:]))  # a rank may have no batch
+    return distributed.gather_rows(maps)
 
 
 def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) -> Path:
@@ -64,7 +72,7 @@ def run_rectifier_stage(
     module = RectifierFineTune(
         classifier=classifier, num_classes=cfg.dataset.num_classes, optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer)
     )
-    cached = weights.is_file() and summary_path.is_file()
+    cached = distributed.broadcast(weights.is_file() and summary_path.is_file())  # rank 0's look, for all
     if cached:
         log.info("rectifier: cache hit %s", weights)
         module.model.load_state_dict(load_torch(weights, "cached rectifier weights"))
@@ -90,8 +98,8 @@ def run_rectifier_stage(
             monitor="val/acc",
         )
         summary = {"val_acc": best, "train_seconds": seconds}
-        save_torch(module.model.state_dict(), weights)
-        save_json(summary, summary_path)
+        distributed.write_on_rank_zero(save_torch, module.model.state_dict(), weights)
+        distributed.write_on_rank_zero(save_json, summary, summary_path)
     metrics = {
         "rectifier.alpha": float(cfg.rectifier.alpha),
         "rectifier.val_acc": summary["val_acc"],

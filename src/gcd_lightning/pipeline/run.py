@@ -9,6 +9,7 @@ import sys
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from gcd_lightning import distributed
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.context import RunContext
@@ -16,6 +17,7 @@ from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
 from gcd_lightning.pipeline.rectifier_stage import rectifier_path, run_rectifier_stage
 from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
+from gcd_lightning import wandb_report
 from gcd_lightning.report import write_report
 from gcd_lightning.utils.files import save_text
 
@@ -47,16 +49,22 @@ def parse_stage(value: str) -> Stage:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the stages ``cfg.stage`` asks for; write the resolved config, metrics and report."""
+    """Run the stages ``cfg.stage`` asks for; write the resolved config, metrics and report.
+
+    With ``trainer=ddp`` this runs in every process of the run (``distributed.launch`` starts
+    them here); every rank computes the metrics, rank 0 writes the files.
+    """
     stage = parse_stage(cfg.stage)
+    distributed.launch(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True)
     ctx = RunContext.build(cfg)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    save_text(OmegaConf.to_yaml(cfg, resolve=True), ctx.output_dir / "config.yaml")
+    distributed.write_on_rank_zero(save_text, OmegaConf.to_yaml(cfg, resolve=True), ctx.output_dir / "config.yaml")
     status = "failed"
     try:
         metrics = run_stages(ctx, stage)
-        write_report(
+        distributed.write_on_rank_zero(
+            write_report,
             metrics,
             ctx.output_dir,
             title=f"{cfg.experiment_name} ({cfg.threat.name}, stage={stage.value})",
@@ -65,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         for logger in ctx.loggers:
             logger.log_metrics(metrics)
+        wandb_report.log_run(ctx.loggers, cfg, metrics, ctx.output_dir)
         log.info("results in %s", ctx.output_dir)
         status = "success"
         return metrics

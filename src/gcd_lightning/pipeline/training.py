@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from gcd_lightning import distributed
 from gcd_lightning.pipeline.context import RunContext
 
 
@@ -19,6 +20,9 @@ class KeepBest(pl.Callback):
     Ties go to the epoch with the lower ``tie_break`` (the validation loss): a saturated metric
     such as an AUC of 1.0 is often reached while the detector is still uncalibrated (every
     score on the benign side of 0.5), and the later, better calibrated epoch must win.
+
+    In a DDP run every rank judges rank 0's numbers, so all ranks keep the same epoch (the
+    modules log their metrics as torchmetrics objects, which are synchronised anyway).
     """
 
     def __init__(self, monitor: str, tie_break: str = "val/loss") -> None:
@@ -31,8 +35,9 @@ class KeepBest(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        value = float(trainer.callback_metrics[self.monitor])
-        tie_break = float(trainer.callback_metrics[self.tie_break])
+        value, tie_break = distributed.broadcast(
+            (float(trainer.callback_metrics[self.monitor]), float(trainer.callback_metrics[self.tie_break]))
+        )
         if value > self.best or (value == self.best and tie_break < self.best_tie_break):
             self.best, self.best_tie_break = value, tie_break
             self.state = copy.deepcopy(module.state_dict())
@@ -56,7 +61,11 @@ def fit_best(
     batch_size: int,
     monitor: str,
 ) -> tuple[float, float]:
-    """Train ``module`` for ``max_epochs``, load its best-``monitor`` weights; returns (best value, seconds)."""
+    """Train ``module`` for ``max_epochs``, load its best-``monitor`` weights; returns (best value, seconds).
+
+    With ``trainer=ddp`` every rank calls this with the same tensors; Lightning's distributed
+    sampler gives each rank its share of the batches, and every rank ends with the same weights.
+    """
     keep = KeepBest(monitor)
     trainer: pl.Trainer = hydra.utils.instantiate(
         ctx.cfg.trainer,

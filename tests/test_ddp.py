@@ -1,0 +1,180 @@
+"""DDP on CPU: shards and gathers, attacks and saliency maps equal to one process's, a DDP fit.
+
+The multi-process tests start two processes with ``torch.multiprocessing`` and make them ranks
+0 and 1 the way the pipeline's processes become them (``LOCAL_RANK``, ``WORLD_SIZE``, … in the
+environment, then ``distributed.launch`` of ``trainer=ddp_cpu``: a gloo process group). A failed
+assertion in a worker fails the test with the worker's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from conftest import compose_config
+from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, cached, generate
+from gcd_lightning.attacks import PGD
+from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.models import SmallCNN
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.rectifier_stage import ensemble_saliency
+from gcd_lightning.pipeline.training import fit_best
+
+WORLD = 2
+N, BATCH, CLASSES = 45, 8, 3  # 6 attack batches, the last one short: ranks take 24 and 21 rows
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7, 45])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shard_blocks_cover_every_row_once_in_rank_order(n, world):
+    blocks = [distributed.shard(n, rank, world) for rank in range(world)]
+    assert [row for block in blocks for row in block] == list(range(n))
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_shard_refuses_impossible_splits():
+    for args, match in (((5, 0, 0), "world size"), ((5, 2, 2), "rank 2"), ((-1, 0, 1), "negative")):
+        with pytest.raises(ValueError, match=match):
+            distributed.shard(*args)
+
+
+def test_single_process_helpers_are_rank_zero_of_one(tmp_path):
+    assert not distributed.initialized()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_rank_zero()) == (0, 1, True)
+    rows = torch.arange(12.0).reshape(4, 3)
+    assert distributed.gather_rows(rows) is rows
+    assert distributed.broadcast({"hit": True}) == {"hit": True}
+    distributed.barrier()
+    distributed.write_on_rank_zero(Path.write_text, tmp_path / "f.txt", "rank 0")
+    assert (tmp_path / "f.txt").read_text() == "rank 0"
+
+
+def test_launch_leaves_single_process_configs_alone_and_refuses_spawn(tmp_path):
+    for trainer in ("default", "gpu"):
+        distributed.launch(compose_config([f"trainer={trainer}"], tmp_path).trainer)
+    distributed.launch({"accelerator": "cpu", "devices": 1, "strategy": "ddp"})  # one process: nothing to start
+    assert not distributed.initialized()
+    with pytest.raises(ValueError, match="ddp_spawn.*use strategy=ddp"):
+        distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(worker, tmp_path: Path) -> None:
+    """Run ``worker(rank, port, tmp_path)`` in ``WORLD`` fresh processes; re-raise a worker's failure."""
+    torch.multiprocessing.spawn(worker, args=(free_port(), tmp_path), nprocs=WORLD, join=True)
+
+
+def join(rank: int, port: int, tmp_path: Path) -> None:
+    """Make this process rank ``rank`` of a ``trainer=ddp_cpu`` run, as a launched pipeline process is."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0", LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
+    distributed.launch(compose_config(["trainer=ddp_cpu"], tmp_path).trainer)
+    assert (distributed.rank(), distributed.world_size()) == (rank, WORLD)
+
+
+def tiny_problem() -> tuple[nn.Module, TensorDataset, dict[DetectorInput, SubDetector]]:
+    """A seeded classifier, images it labels itself (all correct) and two untrained detectors: the same in every process."""
+    torch.manual_seed(0)
+    model = SmallCNN(1, CLASSES, image_size=8, width=4, hidden=16).eval()
+    x = torch.rand(N, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    detectors = {
+        kind: SubDetector(SmallCNN(1, 2, image_size=8, width=4, hidden=16), kind, optimizer=torch.optim.Adam,
+                          classifier=model if kind is DetectorInput.SENSITIVITY else None).eval()
+        for kind in DetectorInput
+    }
+    return model, TensorDataset(x, y), detectors
+
+
+def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # the same arithmetic before and after joining
+    model, dataset, detectors = tiny_problem()
+    attack = PGD(model, eps=0.1, nb_iter=3, eps_iter=0.05, rand_init=True, targeted=True)
+
+    def build() -> AdversarialSet:
+        return generate(model, attack, dataset, n=N, num_classes=CLASSES, seed=3, batch_size=BATCH, progress=False)
+
+    alone = build()
+    saliency_alone = ensemble_saliency(detectors, alone.x_adv, BATCH)
+    join(rank, port, tmp_path)
+
+    rows = []
+    perturb = attack.perturb
+    attack.perturb = lambda x, y, target=None: rows.append(len(x)) or perturb(x, y, target)
+    path = tmp_path / "adversarial" / "set.pt"
+    together, hit = cached(path, {"seed": 3}, build)
+    assert not hit and path.is_file() and path.with_suffix(".json").is_file()  # rank 0 wrote, both waited
+    assert sum(rows) == (24, 21)[rank]  # this rank's batches only ...
+    for name in ("index", "x_adv", "y", "target", "success", "l2", "linf"):  # ... and the single process's set
+        assert torch.equal(getattr(together, name), getattr(alone, name)), name
+    both = distributed.gather_rows(together.x_adv)
+    assert torch.equal(both[:N], both[N:])  # the same on every rank
+    assert torch.equal(AdversarialSet.load(path).x_adv, alone.x_adv)
+    assert cached(path, {"seed": 3}, build)[1]  # every rank hits the cache rank 0 wrote
+
+    assert torch.equal(ensemble_saliency(detectors, alone.x_adv, BATCH), saliency_alone)
+
+    uneven = torch.arange(3.0 * (2 + rank)).reshape(2 + rank, 3) + 100 * rank  # 2 rows on rank 0, 3 on rank 1
+    expected = torch.cat([torch.arange(6.0).reshape(2, 3), torch.arange(9.0).reshape(3, 3) + 100])
+    assert torch.equal(distributed.gather_rows(uneven), expected)
+    assert distributed.gather_rows(torch.zeros(0, 3)).shape == (0, 3)
+    assert distributed.broadcast(f"rank {rank}") == "rank 0"
+
+
+def test_sharded_attack_and_saliency_equal_one_process_on_every_rank(tmp_path):
+    spawn(sharded_work_worker, tmp_path)
+
+
+class CountingDetector(SubDetector):
+    """A ``SubDetector`` that records the size of every training batch it sees."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_rows: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.batch_rows.append(len(batch[0]))
+        return super().training_step(batch, batch_idx)
+
+
+def fit_worker(rank: int, port: int, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    join(rank, port, tmp_path)
+    cfg = compose_config(["trainer=ddp_cpu"], tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.enable_model_summary = False
+    ctx = RunContext(cfg=cfg, datamodule=None, output_dir=tmp_path, cache_dir=tmp_path, device=torch.device("cpu"), loggers=[])
+    torch.manual_seed(rank)  # different initial weights per rank: DDP starts every rank from rank 0's
+    module = CountingDetector(SmallCNN(1, 2, image_size=8, width=4, hidden=16), "org", optimizer=torch.optim.Adam)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=generator)
+    x[1::2] += 0.5  # odd rows "adversarial": brighter
+    label = torch.arange(64) % 2
+    best, _ = fit_best(ctx, module, (x[:48], label[:48]), (x[48:], label[48:]), max_epochs=2, batch_size=8, monitor="val/auc")
+
+    assert module.batch_rows == [8, 8, 8] * 2  # each rank trains on its half of the 48 pairs, 2 epochs
+    bests = [None] * WORLD
+    torch.distributed.all_gather_object(bests, best)
+    assert bests[0] == bests[1] and 0.0 <= best <= 1.0  # the same kept epoch on every rank ...
+    weights = torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
+    gathered = distributed.gather_rows(weights[None])
+    assert torch.equal(gathered[0], gathered[1])  # ... and the same weights
+
+
+def test_ddp_fit_best_trains_each_rank_on_its_share_and_keeps_the_same_epoch(tmp_path):
+    spawn(fit_worker, tmp_path)
