@@ -73,10 +73,12 @@ def write_mnist_idx(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def write_cifar10(
-    root: Path, per_batch: int = 6, n_test: int = 8, seed: int = 0
+    root: Path, per_batch: int = 6, n_test: int = 8, seed: int = 0, learnable: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A tiny ``cifar-10-batches-py`` folder in the official pickle format (bytes keys, uint8 N x 3072).
 
+    ``learnable``: each image is its class's colour (``class_colour``) plus noise, so that a tiny
+    model learns the labels (end-to-end runs); otherwise pixels and labels are uniform noise.
     Returns (train images (5*per_batch, 3, 32, 32) uint8, train labels, test images, test labels).
     """
     rng = np.random.default_rng(seed)
@@ -86,6 +88,9 @@ def write_cifar10(
     def write_batch(name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
         labels = [int(label) for label in rng.integers(0, 10, size=n)]
+        if learnable:
+            colours = np.asarray([class_colour(label) for label in labels], dtype=np.int64).repeat(32 * 32, axis=1)
+            data = np.clip(colours + rng.integers(-20, 21, size=data.shape), 0, 255).astype(np.uint8)
         batch = {
             b"batch_label": name.encode(),
             b"labels": labels,
