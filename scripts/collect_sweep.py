@@ -4,7 +4,8 @@
 
 Each run folder holds ``config.yaml`` (resolved) and ``metrics.json``; the table has one row per
 run, sorted by ``rectifier.alpha``, and is printed and written as Markdown and CSV, with the
-plot of GCD's accuracy against α beside them (PNG).
+plot of GCD's accuracy against α beside them (PNG); ``--wandb`` also logs them as a W&B run
+(offline, under ``<sweep_dir>/wandb``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from gcd_lightning.aggregate import find_runs, markdown, to_csv
 from gcd_lightning.figures import alpha_sweep
 from gcd_lightning.utils.files import save_text
+from gcd_lightning.wandb_report import log_sweep
 
 COLUMNS = ("rectifier.alpha", "gcd.acc.adv", "gcd.acc.clean", "rectifier.val_acc", "detector.auc.gcd", "base.acc.adv")
 
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: <sweep_dir>/sweep.md)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and a line plot as a W&B run (offline)")
     args = parser.parse_args(argv)
     rows = collect(args.sweep_dir)
     out = args.out or args.sweep_dir / "sweep.md"
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     save_text(table, out)
     save_text(to_csv(columns, [[row[c] for c in columns] for row in rows]), out.with_suffix(".csv"))
     alpha_sweep(rows, f"GCD accuracy vs α, {rows[0]['experiment']}", out.with_suffix(".png"))
+    if args.wandb:
+        log_sweep(rows, args.sweep_dir, rows[0]["experiment"])
     sys.stdout.write(table)
 
 

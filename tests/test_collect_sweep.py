@@ -31,6 +31,18 @@ def test_sweep_table_has_a_row_per_run_sorted_by_alpha(tmp_path, capsys):
     assert capsys.readouterr().out == table
 
 
+def test_sweep_logs_a_wandb_line_plot_offline(tmp_path):
+    for job, alpha in enumerate((0.3, 0.7)):
+        run = tmp_path / str(job)
+        run.mkdir()
+        (run / "config.yaml").write_text("experiment_name: mnist_cw_targeted\n")
+        (run / "metrics.json").write_text(json.dumps({"rectifier.alpha": alpha, "gcd.acc.adv": 0.9, "gcd.acc.clean": 0.99}))
+    collect_sweep.main([str(tmp_path), "--wandb"])
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    tables = list((run_dir / "files" / "media" / "table").rglob("*.table.json"))
+    assert tables and json.loads(tables[0].read_text())["data"] == [[0.3, 0.9, 0.99], [0.7, 0.9, 0.99]]
+
+
 def test_sweep_without_runs_says_what_it_expected(tmp_path):
     with pytest.raises(SystemExit, match="no finished runs"):
         collect_sweep.collect(tmp_path)

@@ -73,3 +73,24 @@ def log_run(loggers: list, cfg: DictConfig, metrics: dict[str, float], output_di
         payload.update({key: wandb.Image(str(output_dir / file)) for key, file in FIGURES.items() if (output_dir / file).is_file()})
         if payload:
             run.log(payload)
+
+
+def log_sweep(rows: list[dict], save_dir: Path, name: str, offline: bool = True) -> Path:
+    """The α sweep (Fig. 6) as one W&B run: its table and a line plot of GCD accuracy against α.
+
+    Offline by default, like the runs; returns the run's local folder.
+    """
+    import wandb
+
+    columns = ["rectifier.alpha", "gcd.acc.adv", "gcd.acc.clean"]
+    run = wandb.init(project="gcd-lightning", name=f"{name}-alpha-sweep", group=name, job_type="sweep",
+                     dir=str(save_dir), mode="offline" if offline else "online", reinit="finish_previous")
+    try:
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+        run.log({
+            "alpha_sweep/table": table,
+            "alpha_sweep/gcd_acc_adv": wandb.plot.line(table, "rectifier.alpha", "gcd.acc.adv", title=f"GCD accuracy vs α, {name}"),
+        })
+        return Path(run.dir).parent
+    finally:
+        run.finish()
