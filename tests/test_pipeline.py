@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,21 @@ def test_rerun_hits_every_cache_and_reproduces(first_run, tmp_path):
     assert {k: v for k, v in again.items() if k not in CACHE_FLAGS} == pytest.approx(
         {k: v for k, v in metrics.items() if k not in CACHE_FLAGS}, nan_ok=True
     )
+
+
+def test_retraining_from_cached_inputs_reproduces_the_cold_run(first_run, tmp_path):
+    """Detectors and f_rec retrained over a cached classifier and cached sets equal those of the cold run."""
+    tmp, cfg, metrics = first_run
+    cache = tmp_path / "cache"
+    shutil.copytree(cfg.paths.cache_dir, cache, ignore=shutil.ignore_patterns("detectors", "rectifier", "whitebox"))
+    cfg = rerun_config(cfg, tmp_path / "retrained")
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(cache)
+    again = run(cfg)
+    assert again["classifier.cached"] == again["attack.train.cached"] == 1.0
+    assert again["detector.cached.is"] == again["rectifier.cached"] == 0.0
+    for key in ("detector.auc.org", "detector.auc.is", "detector.auc.gcd", "gcd.acc.adv", "gcd.acc.clean", "rectifier.val_acc"):
+        assert again[key] == metrics[key], key
 
 
 def test_defense_detects_and_recovers_above_chance(first_run):

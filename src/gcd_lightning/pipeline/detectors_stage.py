@@ -15,7 +15,7 @@ from gcd_lightning.adversarial import AdversarialSet, stack
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.ensemble import ADVERSARIAL, entropy_select, is_flagged
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.training import fit_best
+from gcd_lightning.pipeline.training import fit_best, seed_stage
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
 from gcd_lightning.utils.hashing import spec_hash
 
@@ -74,6 +74,7 @@ def run_detectors_stage(
     detectors: dict[DetectorInput, SubDetector] = {}
     metrics: dict[str, float] = {}
     for kind in DetectorInput:
+        seed_stage(cfg.seed, f"detector {kind.value}")
         detector = build_detector(ctx, kind, classifier)
         weights, summary_path = folder / f"{kind.value}.pt", folder / f"{kind.value}.json"
         cached = distributed.broadcast(weights.is_file() and summary_path.is_file())  # rank 0's look, for all

@@ -17,7 +17,7 @@ from gcd_lightning.defense.rectifier import guided_saliency, masked_duplicates
 from gcd_lightning.defense.rectifier_module import RectifierFineTune
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import pair_split
-from gcd_lightning.pipeline.training import fit_best
+from gcd_lightning.pipeline.training import fit_best, seed_stage
 from gcd_lightning.utils.files import load_json, load_torch, save_json, save_torch
 from gcd_lightning.utils.hashing import spec_hash
 
@@ -69,6 +69,7 @@ def run_rectifier_stage(
     cfg = ctx.cfg
     weights = rectifier_path(ctx, detectors_folder, classifier_id)
     summary_path = weights.with_suffix(".json")
+    seed_stage(cfg.seed, "rectifier")
     module = RectifierFineTune(
         classifier=classifier, num_classes=cfg.dataset.num_classes, optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import zlib
 
 import hydra
 import pytorch_lightning as pl
@@ -12,6 +13,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gcd_lightning import distributed
 from gcd_lightning.pipeline.context import RunContext
+
+
+def seed_stage(seed: int, name: str) -> None:
+    """Seed every generator for the training of ``name`` (``seed`` plus a stable offset per name).
+
+    A stage then starts from the same random state whether or not the stages before it came
+    from the cache (training a classifier or building an attack consumes random numbers).
+    """
+    pl.seed_everything(seed + zlib.crc32(name.encode()) % 10_000, workers=True, verbose=False)
 
 
 class KeepBest(pl.Callback):
