@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -37,7 +39,9 @@ def test_sweep_logs_a_wandb_line_plot_offline(tmp_path):
         run.mkdir()
         (run / "config.yaml").write_text("experiment_name: mnist_cw_targeted\n")
         (run / "metrics.json").write_text(json.dumps({"rectifier.alpha": alpha, "gcd.acc.adv": 0.9, "gcd.acc.clean": 0.99}))
-    collect_sweep.main([str(tmp_path), "--wandb"])
+    # in a process of its own: wandb.init leaves process-wide state behind that later loggers would inherit
+    subprocess.run([sys.executable, str(REPO / "scripts" / "collect_sweep.py"), str(tmp_path), "--wandb"], check=True,
+                   capture_output=True)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     tables = list((run_dir / "files" / "media" / "table").rglob("*.table.json"))
     assert tables and json.loads(tables[0].read_text())["data"] == [[0.3, 0.9, 0.99], [0.7, 0.9, 0.99]]
