@@ -92,10 +92,15 @@ def stack(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``f``'s labels for ``x``, batch by batch, on the model's device; returned on the CPU."""
+def outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model``'s outputs for ``x``, batch by batch, on the model's device; returned on the CPU."""
     device = next(model.parameters()).device
-    return torch.cat([model(chunk.to(device)).argmax(dim=1).cpu() for chunk in x.split(batch_size)])
+    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``f``'s labels for ``x`` (the argmax of ``outputs``), on the CPU."""
+    return outputs(model, x, batch_size).argmax(dim=1)
 
 
 def select_correct(model: nn.Module, dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, int]:

@@ -27,13 +27,13 @@ import hydra
 import torch
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, cached, perturbation_norms, stack
+from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, stack
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.evaluate_stage import build_gcd
+from gcd_lightning.pipeline.evaluate_stage import build_gcd, run_gcd
 from gcd_lightning.utils.hashing import spec_hash
 from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DetectorEvasion
@@ -44,17 +44,10 @@ Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
 
 
-@torch.no_grad()
-def outputs_of(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
-
-
 def gcd_answers(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
-    """GCD's final labels (one seeded random mask per flagged input)."""
+    """GCD's final labels, its random masks reseeded so that every judgement draws the same ones."""
     gcd.generator.manual_seed(seed)
-    device = next(gcd.parameters()).device
-    return torch.cat([gcd.predict(chunk.to(device))[0].cpu() for chunk in x.split(batch_size)])
+    return run_gcd(gcd, x, batch_size)["label"]
 
 
 def run_whitebox_stage(
@@ -87,10 +80,10 @@ def run_whitebox_stage(
         return pred == labels if targeted else pred != labels
 
     def evades(model: nn.Module) -> Judge:
-        return lambda x_adv: evasion.success(outputs_of(model, x_adv, bs), labels, targeted)
+        return lambda x_adv: evasion.success(outputs(model, x_adv, bs), labels, targeted)
 
     judges: dict[str, Judge] = {
-        "nodet": lambda x_adv: fooled(outputs_of(classifier, x_adv, bs).argmax(dim=1)),
+        "nodet": lambda x_adv: fooled(predict(classifier, x_adv, bs)),
         "det_is": evades(with_det_is),
         "gcd": evades(with_gcd),
         "end_to_end": lambda x_adv: fooled(gcd_answers(gcd, x_adv, bs, seed)),
@@ -148,7 +141,7 @@ def run_whitebox_stage(
     metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
     metrics["whitebox.greybox.success.end_to_end"] = judges["end_to_end"](grey).float().mean().item()
     for point, images in (("clean", x), ("adv", results["gcd"].x_adv)):
-        metrics[f"whitebox.loss.gcd.{point}"] = evasion.loss(outputs_of(with_gcd, images, bs), labels).mean().item()
+        metrics[f"whitebox.loss.gcd.{point}"] = evasion.loss(outputs(with_gcd, images, bs), labels).mean().item()
 
     if cfg.attack.norm == Norm.LINF.value:
         for scale in sorted({1.0, *threat.linf_budget_scales}):
