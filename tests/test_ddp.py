@@ -1,4 +1,4 @@
-"""DDP on CPU: shards and gathers, attacks and saliency maps equal to one process's, a DDP fit.
+"""DDP on CPU: shards and gathers, attacks and saliency maps equal to one process's, a DDP fit, a whole DDP run.
 
 The multi-process tests start two processes with ``torch.multiprocessing`` and make them ranks
 0 and 1 the way the pipeline's processes become them (``LOCAL_RANK``, ``WORLD_SIZE``, … in the
@@ -9,6 +9,7 @@ assertion in a worker fails the test with the worker's traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -18,15 +19,17 @@ from omegaconf import open_dict
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import compose_config
+from conftest import compose_config, shrink
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, cached, generate
 from gcd_lightning.attacks import PGD
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.models import SmallCNN
+from gcd_lightning.pipeline import run
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.rectifier_stage import ensemble_saliency
 from gcd_lightning.pipeline.training import fit_best
+from gcd_lightning.utils.files import load_json, save_json
 
 WORLD = 2
 N, BATCH, CLASSES = 45, 8, 3  # 6 attack batches, the last one short: ranks take 24 and 21 rows
@@ -55,6 +58,27 @@ def test_single_process_helpers_are_rank_zero_of_one(tmp_path):
     distributed.barrier()
     distributed.write_on_rank_zero(Path.write_text, tmp_path / "f.txt", "rank 0")
     assert (tmp_path / "f.txt").read_text() == "rank 0"
+
+
+def test_map_batches_in_one_process_concatenates_seeded_batches_in_order():
+    def noisy(i: int, rows: slice) -> dict[str, torch.Tensor]:
+        return {"rows": torch.arange(rows.start, rows.stop), "noise": torch.rand(rows.stop - rows.start)}
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    out = distributed.map_batches(noisy, 10, 4, seed=7)
+    assert torch.equal(out["rows"], torch.arange(10))
+    for i, rows in enumerate((slice(0, 4), slice(4, 8), slice(8, 10))):  # batch i drew right after seeding 7 + i
+        torch.manual_seed(7 + i)
+        assert torch.equal(out["noise"][rows], torch.rand(rows.stop - rows.start))
+    torch.manual_seed(123)
+    distributed.map_batches(noisy, 10, 4, seed=7)
+    assert torch.equal(torch.rand(1), before)  # the caller's generator is left as it was
+    empty = distributed.map_batches(lambda _, rows: torch.zeros(rows.stop - rows.start, 3), 0, 4)
+    assert empty.shape == (0, 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        distributed.map_batches(noisy, 10, 0)
 
 
 def test_launch_leaves_single_process_configs_alone_and_refuses_spawn(tmp_path):
@@ -135,6 +159,15 @@ def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     assert distributed.gather_rows(torch.zeros(0, 3)).shape == (0, 3)
     assert distributed.broadcast(f"rank {rank}") == "rank 0"
 
+    def rows_and_rank(_: int, rows: slice) -> dict[str, torch.Tensor]:
+        return {"rows": torch.arange(rows.start, rows.stop), "rank": torch.full((rows.stop - rows.start,), rank)}
+
+    shared = distributed.map_batches(rows_and_rank, 11, 4)  # 3 batches: rank 0 takes 2, rank 1 one
+    assert torch.equal(shared["rows"], torch.arange(11))
+    assert torch.equal(shared["rank"], torch.tensor([0] * 8 + [1] * 3))
+    alone = distributed.map_batches(rows_and_rank, 3, 4)  # fewer batches than ranks: each rank does all
+    assert torch.equal(alone["rows"], torch.arange(3)) and torch.equal(alone["rank"], torch.full((3,), rank))
+
 
 def test_sharded_attack_and_saliency_equal_one_process_on_every_rank(tmp_path):
     spawn(sharded_work_worker, tmp_path)
@@ -178,3 +211,51 @@ def fit_worker(rank: int, port: int, tmp_path: Path) -> None:
 
 def test_ddp_fit_best_trains_each_rank_on_its_share_and_keeps_the_same_epoch(tmp_path):
     spawn(fit_worker, tmp_path)
+
+
+def pipeline_config(tmp_path: Path, *overrides: str):
+    """A tiny PGD-T run with white-box attacks, in batches small enough that two ranks share every pass."""
+    cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "threat=whitebox", *overrides], tmp_path))
+    with open_dict(cfg):
+        cfg.adversarial.batch_size = 40  # attacks 5 + 3 batches, the clean split 5 batches
+        cfg.threat.n_test, cfg.threat.batch_size, cfg.threat.eot_samples = 12, 5, 2  # white-box: 3 batches
+        cfg.threat.linf_budget_scales = [2]
+    return cfg
+
+
+def pipeline_worker(rank: int, port: int, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    join(rank, port, tmp_path)
+    metrics = run(pipeline_config(tmp_path / "ddp", "trainer=ddp_cpu"))
+    save_json(metrics, tmp_path / f"metrics_rank{rank}.json")
+
+
+def comparable(metrics: dict) -> dict:
+    """The metrics that must not depend on the world size: no wall times, no cache flags."""
+    return {key: value for key, value in metrics.items() if "seconds" not in key and "cached" not in key}
+
+
+def test_ddp_pipeline_trains_every_module_and_shares_evaluation_like_one_process(tmp_path):
+    """``trainer=ddp_cpu`` from scratch: f, both detectors and f_rec trained with DDP, every pass shared.
+
+    A single process then evaluates and attacks the same trained models (the DDP run's caches,
+    white-box attacks removed so that they are recomputed): every metric equals the DDP run's.
+    """
+    spawn(pipeline_worker, tmp_path)
+    rank0, rank1 = (load_json(tmp_path / f"metrics_rank{rank}.json", "metrics") for rank in range(WORLD))
+    assert comparable(rank0) == pytest.approx(comparable(rank1), nan_ok=True)
+    assert all(rank0[flag] == 0.0 for flag in ("classifier.cached", "detector.cached.org", "detector.cached.is", "rectifier.cached"))
+    assert rank0["classifier.test_acc"] >= 0.9
+    assert rank0["detector.auc.gcd"] > 0.8 and rank0["gcd.acc.adv"] > rank0["base.acc.adv"]
+    assert rank0["whitebox.success.nodet"] >= 0.9
+
+    shutil.copytree(tmp_path / "ddp" / "cache", tmp_path / "alone" / "cache", ignore=shutil.ignore_patterns("whitebox"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' arithmetic
+    try:
+        alone = run(pipeline_config(tmp_path / "alone"))
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "alone" / "cache" / "whitebox").is_dir()  # recomputed in one process
+    assert all(alone[flag] == 1.0 for flag in ("classifier.cached", "attack.test.cached", "rectifier.cached"))
+    assert comparable(alone) == pytest.approx(comparable(rank0), nan_ok=True)

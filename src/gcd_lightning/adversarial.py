@@ -93,9 +93,9 @@ def stack(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``model``'s outputs for ``x``, batch by batch, on the model's device; returned on the CPU."""
+    """``model``'s outputs for ``x``, batch by batch on the model's device (shared by the ranks of a DDP run); on the CPU."""
     device = next(model.parameters()).device
-    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+    return distributed.map_batches(lambda _, rows: model(x[rows].to(device)).cpu(), len(x), batch_size)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

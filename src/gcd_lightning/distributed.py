@@ -7,14 +7,18 @@ once. The ranks of a run share one file system (the caches): rank 0 writes, the 
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from lightning_fabric import Fabric
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
+Rows = TypeVar("Rows", torch.Tensor, dict[str, torch.Tensor])
 
 # strategies whose processes run a function, not the whole command: the pipeline needs the latter
 FUNCTION_LAUNCHERS = ("spawn", "fork", "notebook")
@@ -88,6 +92,55 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:count] for part, count in zip(parts, counts)]).to(tensor.device)
+
+
+def map_batches(
+    fn: Callable[[int, slice], Rows],
+    n: int,
+    batch_size: int,
+    seed: int | None = None,
+    progress: bool = False,
+    desc: str = "batches",
+) -> Rows:
+    """``fn(i, rows)`` for every batch ``i`` of ``range(n)`` (``rows``: its slice), concatenated in order.
+
+    ``fn`` returns a tensor, or a dict of tensors, with ``len(rows)`` rows on the CPU. In a DDP run
+    each rank computes a contiguous block of the batches (``shard``) and every rank gets all the
+    rows back (``gather_rows``): the same result as one process, provided batch ``i``'s result
+    depends on ``i`` and ``rows`` alone. ``seed=s`` makes that so for random work: batch ``i`` runs
+    right after ``torch.manual_seed(s + i)`` and the caller's generator is left as it was. With
+    ``seed=None`` a batch draws from the generator as the batches before it on this rank left it.
+    When there are fewer batches than ranks every rank computes them all; with ``n = 0`` the
+    result is ``fn(0, slice(0, 0))``, so ``fn`` gives it its shape. Only rank 0 shows a progress
+    bar (``progress=True``, on stderr, counting rows). ``fn`` must not itself call anything
+    collective (``map_batches``, ``gather_rows``, …): the ranks run different numbers of batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"map_batches: batch_size must be positive, got {batch_size}")
+    if n == 0:
+        return fn(0, slice(0, 0))
+    batches = range(-(-n // batch_size))
+    world = world_size()
+    shared = len(batches) >= world > 1
+    if shared:
+        mine = shard(len(batches), rank(), world)
+        batches = batches[mine.start : mine.stop]
+    slices = [slice(i * batch_size, min(n, (i + 1) * batch_size)) for i in batches]
+    bar = tqdm(total=sum(s.stop - s.start for s in slices), desc=desc, unit="img", file=sys.stderr,
+               disable=not (progress and is_rank_zero()))
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    parts = []
+    with bar, contextlib.nullcontext() if seed is None else torch.random.fork_rng(devices=cuda):
+        for i, rows in zip(batches, slices):
+            if seed is not None:
+                torch.manual_seed(seed + i)
+            parts.append(fn(i, rows))
+            bar.update(rows.stop - rows.start)
+    if isinstance(parts[0], dict):
+        joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        return {key: gather_rows(value) for key, value in joined.items()} if shared else joined
+    joined = torch.cat(parts)
+    return gather_rows(joined) if shared else joined
 
 
 def broadcast(obj: T) -> T:

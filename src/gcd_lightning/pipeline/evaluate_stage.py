@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from gcd_lightning import figures
+from gcd_lightning import distributed, figures
 from gcd_lightning.adversarial import AdversarialSet, predict, stack
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
@@ -33,28 +33,32 @@ from gcd_lightning.utils.files import save_torch
 TABLE1_FRACTIONS = (0.05, 0.10)
 
 
-def run_gcd(gcd: GCD, x: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-    """GCD's labels, the three adversarial scores ``p⁻`` (org, is, ensemble), flags and routing, batch by batch."""
-    device = next(gcd.parameters()).device
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("label", "org", "is", "gcd", "flagged", "use_org")}
-    for chunk in x.split(batch_size):
-        labels, result = gcd.predict(chunk.to(device))
-        for name, value in (
-            ("label", labels),
-            ("org", result.p_org[:, ADVERSARIAL]),
-            ("is", result.p_is[:, ADVERSARIAL]),
-            ("gcd", result.p[:, ADVERSARIAL]),
-            ("flagged", result.flagged),
-            ("use_org", result.use_org),
-        ):
-            parts[name].append(value.detach().cpu())
-    return {name: torch.cat(values) for name, values in parts.items()}
+def gcd_batch(gcd: GCD, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """GCD's labels, the three adversarial scores ``p⁻`` (org, is, ensemble), flags and routing of one batch, on the CPU."""
+    labels, result = gcd.predict(x.to(next(gcd.parameters()).device))
+    answers = {
+        "label": labels,
+        "org": result.p_org[:, ADVERSARIAL],
+        "is": result.p_is[:, ADVERSARIAL],
+        "gcd": result.p[:, ADVERSARIAL],
+        "flagged": result.flagged,
+        "use_org": result.use_org,
+    }
+    return {name: value.detach().cpu() for name, value in answers.items()}
+
+
+def run_gcd(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """``gcd_batch`` over ``x`` batch by batch, batch ``i``'s random masks drawn after seeding ``seed + i``.
+
+    So the answers do not depend on the order of calls or on how a DDP run shares the batches.
+    """
+    return distributed.map_batches(lambda _, rows: gcd_batch(gcd, x[rows]), len(x), batch_size, seed)
 
 
 def build_gcd(
     ctx: RunContext, classifier: nn.Module, rectifier: nn.Module, detectors: dict[DetectorInput, SubDetector]
 ) -> GCD:
-    """The GCD inference module of a run, its random masks seeded by ``cfg.seed``."""
+    """The GCD inference module of a run; its random masks come from the global generator (``run_gcd`` seeds it)."""
     return GCD(
         classifier,
         rectifier,
@@ -62,14 +66,17 @@ def build_gcd(
         detectors[DetectorInput.SENSITIVITY],
         alpha=ctx.cfg.rectifier.alpha,
         p=ctx.cfg.rectifier.p,
-        generator=torch.Generator(ctx.device).manual_seed(ctx.cfg.seed),
     )
 
 
 def sensitivity_norms(classifier: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``‖G(x, ŷ)‖₂`` (eq. 1) of every image, batch by batch, on the CPU."""
     device = next(classifier.parameters()).device
-    return torch.cat([input_sensitivity(classifier, c.to(device)).flatten(1).norm(dim=1).cpu() for c in x.split(batch_size)])
+
+    def norms(_: int, rows: slice) -> torch.Tensor:
+        return input_sensitivity(classifier, x[rows].to(device)).flatten(1).norm(dim=1).cpu()
+
+    return distributed.map_batches(norms, len(x), batch_size)
 
 
 def saliency_ablation(
@@ -83,16 +90,18 @@ def saliency_ablation(
     """
     bs, targeted = ctx.cfg.adversarial.batch_size, bool(ctx.cfg.attack.targeted)
     won = adv_test.success
+    metrics = {"table1.n": float(won.sum())}
+    if not won.any():
+        return metrics | {f"table1.success.{name}{round(f * 100)}": float("nan") for f in TABLE1_FRACTIONS for name in ("top", "random")}
     x_adv = adv_test.x_adv[won]
     labels = (adv_test.target if targeted else adv_test.y)[won]
     saliency = ensemble_saliency(detectors, x_adv, bs)
     random_saliency = torch.rand(saliency.shape, generator=torch.Generator().manual_seed(ctx.cfg.seed))
-    metrics = {"table1.n": float(len(x_adv))}
     for fraction in TABLE1_FRACTIONS:
         for name, guide in (("top", saliency), ("random", random_saliency)):
             pred = predict(classifier, zero_most_salient(x_adv, guide, fraction), bs)
             success = pred == labels if targeted else pred != labels
-            metrics[f"table1.success.{name}{round(fraction * 100)}"] = success.float().mean().item() if len(x_adv) else float("nan")
+            metrics[f"table1.success.{name}{round(fraction * 100)}"] = success.float().mean().item()
     return metrics
 
 
@@ -103,6 +112,26 @@ def auc(score_clean: torch.Tensor, score_adv: torch.Tensor) -> float:
     return binary_auroc(scores, labels).item()
 
 
+def clean_answers(ctx: RunContext, gcd: GCD, classifier: nn.Module, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``gcd_batch`` plus ``f``'s label (``f_label``) and the true one (``y``) of the clean test images at ``rows``.
+
+    The images are read batch by batch, so a large test split never sits in memory at once.
+    """
+    cfg = ctx.cfg
+    test = ctx.datamodule.dataset("test")
+    device = next(classifier.parameters()).device
+
+    def answer(_: int, batch: slice) -> dict[str, torch.Tensor]:
+        x, y = stack(test, rows[batch])
+        with torch.no_grad():
+            f_label = classifier(x.to(device)).argmax(dim=1).cpu()
+        return gcd_batch(gcd, x) | {"f_label": f_label, "y": y}
+
+    return distributed.map_batches(
+        answer, len(rows), cfg.adversarial.batch_size, cfg.seed, cfg.progress, "GCD on clean test images"
+    )
+
+
 def run_evaluate_stage(
     ctx: RunContext,
     classifier: nn.Module,
@@ -110,28 +139,42 @@ def run_evaluate_stage(
     detectors: dict[DetectorInput, SubDetector],
     adv_test: AdversarialSet,
 ) -> dict[str, float]:
-    """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images."""
+    """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images.
+
+    One pass over the clean test split answers both for the clean accuracies (its first
+    ``n_clean`` images) and for the clean halves of the test pairs; in a DDP run every pass is
+    shared by the ranks.
+    """
     cfg = ctx.cfg
     bs = cfg.adversarial.batch_size
     gcd = build_gcd(ctx, classifier, rectifier, detectors)
     test = ctx.datamodule.dataset("test")
-    clean_pairs, y = stack(test, adv_test.index)
-    on_clean, on_adv = run_gcd(gcd, clean_pairs, bs), run_gcd(gcd, adv_test.x_adv, bs)
-    won = adv_test.success
+    n_clean = cfg.evaluate.n_clean or len(test)
+    if not 0 < n_clean <= len(test):
+        raise ValueError(f"evaluate.n_clean={n_clean} but the test split has {len(test)} images; ask for 1 to {len(test)} (null: all)")
+    rows = torch.unique(torch.cat([torch.arange(n_clean), adv_test.index]))  # sorted
+    on_split = clean_answers(ctx, gcd, classifier, rows)
+    on_clean = {name: value[torch.searchsorted(rows, adv_test.index)] for name, value in on_split.items()}
+    on_adv = run_gcd(gcd, adv_test.x_adv, bs, cfg.seed)
+    won, y = adv_test.success, adv_test.y
     metrics = {"eval.n_pairs": float(len(adv_test)), "eval.n_successful": float(won.sum())}
     for name in ("org", "is", "gcd"):
         metrics[f"detector.auc.{name}"] = auc(on_clean[name], on_adv[name][won])
         metrics[f"detector.auc_all.{name}"] = auc(on_clean[name], on_adv[name])
     title = f"{cfg.dataset.name} {cfg.attack.name}"
+    clean_pairs = stack(test, adv_test.index)[0]
     scores = {
         "clean": {name: on_clean[name] for name in ("org", "is", "gcd")},
         "adv": {name: on_adv[name][won] for name in ("org", "is", "gcd")},
         "g_norm": {"clean": sensitivity_norms(classifier, clean_pairs, bs), "adv": sensitivity_norms(classifier, adv_test.x_adv[won], bs)},
     }
-    save_torch(scores, ctx.output_dir / "scores.pt")
-    figures.roc_curves(scores["clean"], scores["adv"], f"ROC, {title}", ctx.output_dir / "roc.png")
-    figures.sensitivity_histogram(
-        scores["g_norm"]["clean"], scores["g_norm"]["adv"], f"input sensitivity, {title}", ctx.output_dir / "sensitivity.png"
+    distributed.write_on_rank_zero(save_torch, scores, ctx.output_dir / "scores.pt")
+    distributed.write_on_rank_zero(
+        figures.roc_curves, scores["clean"], scores["adv"], f"ROC, {title}", ctx.output_dir / "roc.png"
+    )
+    distributed.write_on_rank_zero(
+        figures.sensitivity_histogram,
+        scores["g_norm"]["clean"], scores["g_norm"]["adv"], f"input sensitivity, {title}", ctx.output_dir / "sensitivity.png",
     )
     metrics.update(saliency_ablation(ctx, classifier, detectors, adv_test))
     metrics["detector.tpr.adv"] = on_adv["flagged"][won].float().mean().item()
@@ -143,16 +186,9 @@ def run_evaluate_stage(
     metrics["gcd.acc.adv"] = gcd_adv.float().mean().item()
     metrics["gcd.acc.adv_successful"] = gcd_adv[won].float().mean().item()
 
-    n_clean = cfg.evaluate.n_clean or len(test)
-    base_right = gcd_right = flagged = 0
-    for rows in torch.arange(n_clean).split(bs):
-        x, y_rows = stack(test, rows)
-        on_rows = run_gcd(gcd, x, bs)
-        base_right += int((predict(classifier, x, bs) == y_rows).sum())
-        gcd_right += int((on_rows["label"] == y_rows).sum())
-        flagged += int(on_rows["flagged"].sum())
+    first = rows < n_clean
     metrics["eval.n_clean"] = float(n_clean)
-    metrics["base.acc.clean"] = base_right / n_clean
-    metrics["gcd.acc.clean"] = gcd_right / n_clean
-    metrics["detector.fpr.clean"] = flagged / n_clean
+    metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[first].float().mean().item()
+    metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[first].float().mean().item()
+    metrics["detector.fpr.clean"] = on_split["flagged"][first].float().mean().item()
     return metrics

@@ -29,22 +29,20 @@ def ensemble_saliency(
 ) -> torch.Tensor:
     """``|∂L_DET/∂x|`` of adversarial images from the detector that eq. 11 picks for each, batch by batch.
 
-    In a DDP run each rank takes a contiguous block of the batches (``distributed.shard``) and
-    every rank gets all the maps back in order, the same as a single process computes.
+    In a DDP run the ranks share the batches (``distributed.map_batches``) and every rank gets
+    all the maps back in order, the same as a single process computes.
     """
     det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
     device = next(det_org.parameters()).device
-    chunks = x.split(batch_size)
-    mine = distributed.shard(len(chunks), distributed.rank(), distributed.world_size())
-    parts = []
-    for chunk in chunks[mine.start : mine.stop]:
-        chunk = chunk.to(device)
+
+    def saliency(_: int, rows: slice) -> torch.Tensor:
+        chunk = x[rows].to(device)
         with torch.no_grad():
             _, use_org = entropy_select(det_org.probabilities(chunk), det_is.probabilities(chunk))
         target = torch.full((len(chunk),), ADVERSARIAL, device=device)
-        parts.append(guided_saliency(det_org, det_is, chunk, use_org, target=target).cpu())
-    maps = torch.cat(parts) if parts else x.new_empty((0, *x.shape[1:]))  # a rank may have no batch
-    return distributed.gather_rows(maps)
+        return guided_saliency(det_org, det_is, chunk, use_org, target=target).cpu()
+
+    return distributed.map_batches(saliency, len(x), batch_size)
 
 
 def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) -> Path:

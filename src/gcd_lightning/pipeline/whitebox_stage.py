@@ -31,7 +31,6 @@ from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbat
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
-from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.evaluate_stage import build_gcd, run_gcd
 from gcd_lightning.utils.hashing import spec_hash
@@ -40,14 +39,12 @@ from gcd_lightning.whitebox.objectives import DetectorEvasion
 
 log = logging.getLogger(__name__)
 
+# the code's part of the cache key: raise it when a change to this stage changes what an attack computes
+# (2: every batch seeded on its own, batches shared by the ranks of a DDP run)
+SPEC_VERSION = 2
+
 Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
-
-
-def gcd_answers(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
-    """GCD's final labels, its random masks reseeded so that every judgement draws the same ones."""
-    gcd.generator.manual_seed(seed)
-    return run_gcd(gcd, x, batch_size)["label"]
 
 
 def run_whitebox_stage(
@@ -86,9 +83,10 @@ def run_whitebox_stage(
         "nodet": lambda x_adv: fooled(predict(classifier, x_adv, bs)),
         "det_is": evades(with_det_is),
         "gcd": evades(with_gcd),
-        "end_to_end": lambda x_adv: fooled(gcd_answers(gcd, x_adv, bs, seed)),
+        "end_to_end": lambda x_adv: fooled(run_gcd(gcd, x_adv, bs, seed)["label"]),
     }
     base_spec = {
+        "version": SPEC_VERSION,
         "adversarial": spec_hash({"index": index.tolist(), "labels": labels.tolist()}),
         "classifier": classifier_id,
         "attack": cfg.attack,
@@ -116,9 +114,8 @@ def run_whitebox_stage(
 
     def build(model: nn.Module, objective: Objective, judge: str, scale: float, desc: str) -> AdversarialSet:
         attack = make_attack(ctx, model, objective, scale)
-        torch.manual_seed(seed)
         start = time.perf_counter()
-        x_adv = run_attack(attack, x, y, target, batch_size=bs, progress=cfg.progress, desc=f"white-box {desc}")
+        x_adv = run_attack(attack, x, y, target, batch_size=bs, progress=cfg.progress, desc=f"white-box {desc}", seed=seed)
         seconds = time.perf_counter() - start
         l2, linf = perturbation_norms(x, x_adv)
         return AdversarialSet(
