@@ -39,7 +39,7 @@ def write_run(folder, dataset, attack, threat, metrics, mtime):
 def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(tmp_path, capsys):
     write_run(tmp_path / "old" / "cw", "mnist", "cw_untargeted", "greybox", {**GREY, "detector.auc.gcd": 0.5}, 1_000)
     write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox", GREY, 2_000)
-    write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE}, 3_000)
+    write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "gcd.acc.clean": 0.97}, 3_000)
     (tmp_path / "unfinished").mkdir()
     runs = find_runs(tmp_path)
     assert len(runs) == 3
@@ -57,8 +57,11 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     assert ddn[columns.index("n")] == "50"
 
     columns, rows = table5(runs)
-    assert rows[0][:2] == ["mnist", "clean"] and rows[0][columns.index("GCD paper")] == 0.91
-    assert [row[1] for row in rows] == ["clean", "cw_untargeted", "ddn_untargeted"]
+    assert [row[1] for row in rows] == ["clean (lowest of 2)", "cw_untargeted", "ddn_untargeted"]
+    clean, cw, ddn = rows
+    assert clean[columns.index("GCD")] == 0.97 and clean[columns.index("GCD paper")] == 0.91  # the lower of the two
+    assert cw[columns.index("GCD clean")] == 0.98 and ddn[columns.index("GCD clean")] == 0.97
+    assert cw[columns.index("GCD")] == 0.93 and cw[columns.index("F paper")] == 0.00
 
     aggregate_script.main([str(tmp_path), "--out", str(tmp_path / "tables")])
     printed = capsys.readouterr().out

@@ -112,21 +112,30 @@ def table3(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
 
 
 def table5(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
-    """GCD's and f's accuracy on clean and on adversarial test images, ours and the paper's."""
-    columns = ["dataset", "images", "GCD", "GCD paper", "F", "F paper"]
-    rows, clean_done = [], set()
+    """GCD's and f's accuracy on clean and on adversarial test images, ours and the paper's.
+
+    Each attack trains its own detectors and ``f_rec``, so GCD's clean accuracy differs by attack:
+    every attack row carries its own (``GCD clean``), and a data set's ``clean`` row gives the
+    lowest of them, with the number of runs it is taken over.
+    """
+    columns = ["dataset", "images", "GCD", "GCD paper", "F", "F paper", "GCD clean"]
+    attack_rows: dict[str, list[list]] = {}
     for run in latest(runs):
         dataset, attack, _ = run.key
         m = run.metrics
-        if "gcd.acc.adv" not in m or any(r[:2] == [dataset, attack] for r in rows):
+        rows = attack_rows.setdefault(dataset, [])
+        if "gcd.acc.adv" not in m or any(row[1] == attack for row in rows):
             continue
-        if dataset not in clean_done:
-            clean_done.add(dataset)
-            rows.append([dataset, "clean", m["gcd.acc.clean"], paper(TABLE5, dataset, "clean", 0),
-                         m["base.acc.clean"], paper(TABLE5, dataset, "clean", 1)])
         rows.append([dataset, attack, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0),
-                     m["base.acc.adv"], paper(TABLE5, dataset, attack, 1)])
-    return columns, rows
+                     m["base.acc.adv"], paper(TABLE5, dataset, attack, 1), m["gcd.acc.clean"], m["base.acc.clean"]])
+    table = []
+    for dataset, rows in attack_rows.items():
+        if not rows:
+            continue
+        table.append([dataset, f"clean (lowest of {len(rows)})", min(row[6] for row in rows), paper(TABLE5, dataset, "clean", 0),
+                      min(row[7] for row in rows), paper(TABLE5, dataset, "clean", 1), None])
+        table += [row[:7] for row in rows]
+    return columns, table
 
 
 TABLES = {"table2": table2, "table3": table3, "table5": table5}
