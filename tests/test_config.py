@@ -52,8 +52,14 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
         body = hydra.utils.instantiate(cfg.detector.body)
+        rectifier = None if cfg.rectifier.net is None else hydra.utils.instantiate(cfg.rectifier.net)
     assert net(images).shape == (2, cfg.dataset.num_classes)
     assert body(images).shape == (2, 2)
+    # f_rec: a copy of f, except on the ImageNet subset (the paper's Wide ResNet, 4.3)
+    assert (rectifier is not None) == (prefix == "imagenet")
+    if rectifier is not None:
+        assert cfg.rectifier.net._target_.endswith("wide_resnet50_2")
+        assert rectifier(images).shape == (2, cfg.dataset.num_classes)
 
 
 def test_unknown_experiment_names_the_options(tmp_path):

@@ -26,6 +26,8 @@ def tiny_run(tmp_path, experiment: str, data_root, *overrides: str) -> tuple[dic
         cfg.evaluate.n_clean = 10
         cfg.dataset.datamodule.val_size = 5
         cfg.dataset.datamodule.batch_size = 16
+        if cfg.rectifier.net is not None:  # the ImageNet experiments' own rectifier network, tiny like f
+            cfg.rectifier.net = cfg.model.net
     return run(cfg), cfg.dataset.linf_eps
 
 

@@ -105,6 +105,22 @@ def test_retraining_from_cached_inputs_reproduces_the_cold_run(first_run, tmp_pa
         assert again[key] == metrics[key], key
 
 
+def test_rectifier_of_its_own_architecture_trains_over_the_cached_stages(first_run, tmp_path):
+    """``rectifier.net`` (here a wider small CNN from scratch, as ``rectifier=wide_resnet`` does with a Wide ResNet)."""
+    tmp, cfg, metrics = first_run
+    cfg = rerun_config(cfg, tmp_path / "own_rectifier")
+    with open_dict(cfg):
+        cfg.rectifier.net = {**cfg.model.net, "width": 24}
+        cfg.rectifier.max_epochs = 6
+    own = run(cfg)
+    assert own["classifier.cached"] == own["detector.cached.is"] == 1.0 and own["rectifier.cached"] == 0.0
+    assert own["rectifier.val_acc"] >= 0.5  # learnt from scratch on masked duplicates (chance 0.1)
+    (weights,) = [w for w in (Path(cfg.paths.cache_dir) / "rectifier").glob("*.pt") if torch.load(w, weights_only=True)["1.features.0.weight"].shape[0] == 24]
+    again = run(rerun_config(cfg, tmp_path / "own_rectifier_again"))
+    assert again["rectifier.cached"] == 1.0 and again["gcd.acc.adv"] == own["gcd.acc.adv"]
+    assert metrics["rectifier.cached"] == 0.0  # the copy of f keeps its own cache entry
+
+
 def test_defense_detects_and_recovers_above_chance(first_run):
     _, _, metrics = first_run
     assert metrics["detector.auc.gcd"] >= 0.9  # PGD at eps 0.3 is visible to DET_org

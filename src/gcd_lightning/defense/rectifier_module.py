@@ -11,7 +11,7 @@ from gcd_lightning.optim import OptimizerFactory, SchedulerFactory
 
 
 class RectifierFineTune(BaseClassifier):
-    """Cross-entropy fine-tuning of ``f_rec``, initialised as a copy of ``f``, on ``X_ran``.
+    """Cross-entropy fine-tuning of ``f_rec``, initialised as a copy of ``f`` (or of another network), on ``X_ran``.
 
     The batches are ``(x_masked, y_true)``: randomly masked duplicates of adversarial examples
     with the true labels of their originals, as ``masked_duplicates`` builds them. The given
@@ -19,7 +19,8 @@ class RectifierFineTune(BaseClassifier):
     rectifier and is what the state dict holds.
 
     Args:
-        classifier: the protected classifier ``f`` (pixels -> logits, normalisation inside).
+        classifier: the network ``f_rec`` starts from: the protected classifier ``f``, or another
+            one over the same classes (pixels -> logits, normalisation inside).
         num_classes: number of classes, for the accuracy metrics.
         optimizer: a partial optimizer (``_partial_: true``), called with ``params=``.
         scheduler: a partial LR scheduler or ``None`` (see ``optim.configure_optimizers``).

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import hydra
+from omegaconf import DictConfig
 from torch import nn
 
 from gcd_lightning import distributed
@@ -33,10 +34,10 @@ def classifier_dir(ctx: RunContext) -> Path:
     return ctx.cache_dir / "classifier" / f"{ctx.cfg.dataset.name}_{ctx.cfg.model.name}_{spec_hash(spec)}"
 
 
-def build_model(ctx: RunContext) -> nn.Module:
-    """An untrained ``f`` (normalisation + architecture) as the config describes it."""
+def build_model(ctx: RunContext, net: DictConfig | None = None) -> nn.Module:
+    """An untrained network on pixels, the data set's normalisation inside: ``f`` (``model.net``) or ``net``."""
     cfg = ctx.cfg
-    return normalized(hydra.utils.instantiate(cfg.model.net), cfg.dataset.mean, cfg.dataset.std)
+    return normalized(hydra.utils.instantiate(cfg.model.net if net is None else net), cfg.dataset.mean, cfg.dataset.std)
 
 
 def train(ctx: RunContext, folder: Path) -> None:

@@ -15,6 +15,7 @@ from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.ensemble import ADVERSARIAL, entropy_select
 from gcd_lightning.defense.rectifier import guided_saliency, masked_duplicates
 from gcd_lightning.defense.rectifier_module import RectifierFineTune
+from gcd_lightning.pipeline.classifier_stage import build_model
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import pair_split
 from gcd_lightning.pipeline.training import fit_best, seed_stage
@@ -63,13 +64,20 @@ def run_rectifier_stage(
     detectors_folder: Path,
     adv_train: AdversarialSet,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Train (or load) ``f_rec`` on ``k`` masked duplicates of each successful adversarial train example."""
+    """Train (or load) ``f_rec`` on ``k`` masked duplicates of each successful adversarial train example.
+
+    ``f_rec`` starts as a copy of ``f``, or as the network ``rectifier.net`` describes (e.g. the
+    Wide ResNet of ``rectifier=wide_resnet``, the paper's ImageNet rectifier).
+    """
     cfg = ctx.cfg
     weights = rectifier_path(ctx, detectors_folder, classifier_id)
     summary_path = weights.with_suffix(".json")
     seed_stage(cfg.seed, "rectifier")
+    net = cfg.rectifier.get("net")
     module = RectifierFineTune(
-        classifier=classifier, num_classes=cfg.dataset.num_classes, optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer)
+        classifier=classifier if net is None else build_model(ctx, net),
+        num_classes=cfg.dataset.num_classes,
+        optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer),
     )
     cached = distributed.broadcast(weights.is_file() and summary_path.is_file())  # rank 0's look, for all
     if cached:
