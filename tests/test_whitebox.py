@@ -12,9 +12,12 @@ from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import (
+    UNTARGETED_LOSSES,
     DetectorEvasion,
     combined_loss,
     combined_margins,
+    merged_loss,
+    merged_margins,
     detector_as_class_logits,
     detector_log_probabilities,
 )
@@ -80,6 +83,24 @@ def test_eq14_loss_and_margins_add_the_weighted_detector_loss():
         assert torch.allclose((v[rows, y] - v[:, k])[keep], (z_f[rows, y] - z_f[:, k] + beta * l_gcd)[keep], atol=1e-6)
 
 
+def test_merged_loss_and_margins_treat_y_and_adversarial_as_one_class():
+    torch.manual_seed(1)
+    z_f, det_logits, y = torch.randn(8, L) * 3, torch.randn(8, 2) * 3, torch.randint(0, L, (8,))
+    z = detector_as_class_logits(z_f, F.log_softmax(det_logits, dim=1))
+    q = torch.softmax(z, dim=1)
+    rows = torch.arange(8)
+    assert torch.allclose(merged_loss(z, y), -(q[rows, y] + q[:, L]).log(), atol=1e-5)
+    v = merged_margins(z, y)
+    for k in range(L):
+        keep = y != k
+        beats_both = (z[:, k] > z[rows, y]) & (z[:, k] > z[:, L])
+        assert torch.equal((v[rows, y] - v[:, k] < 0)[keep], beats_both[keep])
+    objective = DetectorEvasion(L, 1.0, targeted=False, untargeted="merged")
+    assert torch.equal(objective.loss(z, y), merged_loss(z, y)) and torch.equal(objective.margins(z, y), v)
+    with pytest.raises(ValueError, match="eq14"):
+        DetectorEvasion(L, 1.0, targeted=False, untargeted="hinge")
+
+
 def test_detector_evasion_success_needs_a_fooled_classifier_and_no_flag():
     z = detector_as_class_logits(
         torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]),
@@ -137,8 +158,9 @@ def test_bpda_eot_gradient_is_the_mean_rectifier_gradient_at_the_masks():
     assert not torch.equal(masks[:2], masks[2:4])  # EOT draws differ
 
 
-def test_whitebox_attacks_raise_their_objective_and_evade_the_detector():
-    """PGD and DDN on eq. 14 against f + DET_IS: the attacker's loss rises, budgets hold, most inputs evade.
+@pytest.mark.parametrize("untargeted", UNTARGETED_LOSSES)
+def test_whitebox_attacks_raise_their_objective_and_evade_the_detector(untargeted):
+    """PGD and DDN on eq. 14 / the merged L+1 loss against f + DET_IS: the loss rises, budgets hold, most inputs evade.
 
     (Success versus budget on the trained GCD is a reported figure, ``whitebox.budget.*``.)
     """
@@ -147,7 +169,7 @@ def test_whitebox_attacks_raise_their_objective_and_evade_the_detector():
     torch.manual_seed(0)
     x = torch.rand(64, 1, 4, 4)
     y = f(x).argmax(1)
-    objective = DetectorEvasion(L, beta=1.0, targeted=False)
+    objective = DetectorEvasion(L, beta=1.0, targeted=False, untargeted=untargeted)
     with torch.no_grad():
         before = objective.loss(model(x), y)
     for eps in (0.05, 1.0):

@@ -84,11 +84,16 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
     norm = "linf" if curves["linf"] else "l2"
     how = "the attack rerun with ε (and step) scaled" if norm == "linf" else "successes within each L2 norm"
     budget_row = ", ".join(f"{fmt(b, 3)}: {fmt(v)}" for b, v in curves[norm])
+    untargeted = (
+        "the merged L+1 loss ({y, adversarial} as one class) for untargeted ones"
+        if m.get("whitebox.untargeted_merged")
+        else f"eq. 14 with β = {m['whitebox.beta']} for untargeted ones"
+    )
     return [
         "## White-box attacks (Table 3: success rate, smaller is better)",
         "",
         f"{fmt(m['whitebox.n'], 0)} test images; a success fools f and is not flagged (L+1 classes for targeted attacks, "
-        f"eq. 14 with β = {m['whitebox.beta']} for untargeted ones). \"end to end\" judges GCD's final answer "
+        f"{untargeted}). \"end to end\" judges GCD's final answer "
         "(f_rec on a random mask for flagged inputs).",
         "",
         "| | NoDET | DET_IS | GCD | GCD end to end | BPDA+EOT on GCD, end to end |",
@@ -117,7 +122,7 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
         "",
         f"- Attacker's loss on GCD (L+1 outputs) at the clean images {fmt(m['whitebox.loss.gcd.clean'])}, "
         f"after the attack {fmt(m['whitebox.loss.gcd.adv'])} (targeted: cross entropy at the target, should fall; "
-        "untargeted: eq. 14, should rise).",
+        "untargeted: eq. 14 or the merged loss, should rise).",
         f"- White-box vs grey-box success on the same images: GCD {fmt(m['whitebox.success.gcd'])} vs "
         f"{fmt(m['whitebox.greybox.success.gcd'])}; end to end {fmt(m['whitebox.success.gcd_end_to_end'])} vs "
         f"{fmt(m['whitebox.greybox.success.end_to_end'])}.",

@@ -188,7 +188,7 @@ def run_evaluate_stage(
 
     first = rows < n_clean
     metrics["eval.n_clean"] = float(n_clean)
-    metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[first].float().mean().item()
-    metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[first].float().mean().item()
-    metrics["detector.fpr.clean"] = on_split["flagged"][first].float().mean().item()
+    metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[first].double().mean().item()
+    metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[first].double().mean().item()
+    metrics["detector.fpr.clean"] = on_split["flagged"][first].double().mean().item()
     return metrics

@@ -11,7 +11,8 @@ images of the grey-box test set against four targets:
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
 
 Targeted attacks use the L+1 outputs with their own loss at the target; untargeted ones use
-eq. 14 (both ``DetectorEvasion``; weight ``threat.beta``). Each attack's output is cached like the
+eq. 14 (weight ``threat.beta``) or, with ``threat.untargeted_loss=merged``, the L+1 loss with
+``y`` and "adversarial" merged into one class to leave (both ``DetectorEvasion``). Each attack's output is cached like the
 grey-box sets, so a β sweep recomputes only what β changes. Sanity figures guard against a
 false sense of security: the attacker's loss before and after the attack, success against
 larger budgets, and the grey-box success on the same images for comparison.
@@ -71,7 +72,7 @@ def run_whitebox_stage(
     with_det_is = DetectedClassifier(classifier, [det_is])
     with_gcd = DetectedClassifier(classifier, [det_org, det_is])
     randomized = RandomizedGCD(gcd, threat.eot_samples)
-    evasion = DetectorEvasion(num_classes, threat.beta, targeted)
+    evasion = DetectorEvasion(num_classes, threat.beta, targeted, threat.untargeted_loss)
 
     def fooled(pred: torch.Tensor) -> torch.Tensor:
         return pred == labels if targeted else pred != labels
@@ -94,10 +95,12 @@ def run_whitebox_stage(
         "batch_size": bs,
     }
     ids = {"detectors": detectors_id}
+    # what the detector-evasion objective depends on: nothing for targeted attacks, β for eq. 14 only
+    objective_spec = None if targeted else [threat.untargeted_loss, threat.beta if threat.untargeted_loss == "eq14" else None]
     targets: dict[str, tuple[nn.Module, Objective, dict]] = {
         "nodet": (classifier, PLAIN, {}),
-        "det_is": (with_det_is, evasion, {**ids, "beta": None if targeted else threat.beta}),
-        "gcd": (with_gcd, evasion, {**ids, "beta": None if targeted else threat.beta}),
+        "det_is": (with_det_is, evasion, {**ids, "objective": objective_spec}),
+        "gcd": (with_gcd, evasion, {**ids, "objective": objective_spec}),
         "bpda_eot": (
             randomized,
             PLAIN,
@@ -123,7 +126,12 @@ def run_whitebox_stage(
             l2=l2, linf=linf, n_examined=n, seconds=seconds,
         )
 
-    metrics: dict[str, float] = {"whitebox.n": float(n), "whitebox.beta": float(threat.beta), "whitebox.eot_samples": float(threat.eot_samples)}
+    metrics: dict[str, float] = {
+        "whitebox.n": float(n),
+        "whitebox.beta": float(threat.beta),
+        "whitebox.untargeted_merged": float(threat.untargeted_loss == "merged"),
+        "whitebox.eot_samples": float(threat.eot_samples),
+    }
     results = {name: attack_on(name) for name in targets}
     for name, adv in results.items():
         won = adv.success
