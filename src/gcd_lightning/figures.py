@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchmetrics.functional.classification import binary_roc  # noqa: E402
+from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
 
 from gcd_lightning.utils.files import atomic_write  # noqa: E402
 
@@ -33,13 +33,17 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def roc_curves(clean: Mapping[str, torch.Tensor], adv: Mapping[str, torch.Tensor], title: str, path: Path) -> Path:
-    """ROC of each detector's adversarial score ``p⁻`` (clean = negative, adversarial = positive)."""
+    """ROC of each detector's adversarial score ``p⁻`` (clean = negative, adversarial = positive), AUC in the legend.
+
+    The line styles differ, so that curves on top of each other (two detectors at AUC 1) stay visible.
+    """
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, label in DETECTOR_NAMES.items():
+    for (name, label), (style, width) in zip(DETECTOR_NAMES.items(), (("-", 3.0), ("--", 2.0), ("-.", 1.5))):
         scores = torch.cat([clean[name], adv[name]])
         target = torch.cat([torch.zeros(len(clean[name])), torch.ones(len(adv[name]))]).long()
         fpr, tpr, _ = binary_roc(scores, target)
-        ax.plot(fpr.numpy(), tpr.numpy(), label=label)
+        area = binary_auroc(scores, target).item()
+        ax.plot(fpr.numpy(), tpr.numpy(), linestyle=style, linewidth=width, label=f"{label}, AUC {area:.4f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false-positive rate (clean flagged)", ylabel="true-positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
