@@ -27,10 +27,11 @@ WHITE = {
 }
 
 
-def write_run(folder, dataset, attack, threat, metrics, mtime):
+def write_run(folder, dataset, attack, threat, metrics, mtime, untargeted_loss="eq14"):
     folder.mkdir(parents=True)
-    config = {"experiment_name": f"{dataset}_{attack}", "dataset": {"name": dataset}, "attack": {"name": attack},
-              "threat": {"name": threat}}
+    config = {"experiment_name": f"{dataset}_{attack}", "dataset": {"name": dataset},
+              "attack": {"name": attack, "targeted": attack.endswith("_targeted")},
+              "threat": {"name": threat, "untargeted_loss": untargeted_loss}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "metrics.json").write_text(json.dumps(metrics))
     os.utime(folder / "metrics.json", (mtime, mtime))
@@ -40,9 +41,11 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     write_run(tmp_path / "old" / "cw", "mnist", "cw_untargeted", "greybox", {**GREY, "detector.auc.gcd": 0.5}, 1_000)
     write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox", GREY, 2_000)
     write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "gcd.acc.clean": 0.97}, 3_000)
+    write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "whitebox.success.gcd": 0.75},
+              4_000, untargeted_loss="merged")
     (tmp_path / "unfinished").mkdir()
     runs = find_runs(tmp_path)
-    assert len(runs) == 3
+    assert len(runs) == 4
 
     columns, rows = table2(runs)
     cw = rows[0]
@@ -52,9 +55,10 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     assert len(rows) == 2
 
     columns, rows = table3(runs)
-    (ddn,) = rows
+    ddn, ddn_merged = rows  # the merged objective does not replace eq. 14's row
     assert ddn[columns.index("GCD")] == 0.25 and ddn[columns.index("GCD paper")] == 0.941
-    assert ddn[columns.index("n")] == "50"
+    assert ddn[columns.index("n")] == "50" and ddn[columns.index("threat")] == "whitebox"
+    assert ddn_merged[columns.index("threat")] == "whitebox (merged)" and ddn_merged[columns.index("GCD")] == 0.75
 
     columns, rows = table5(runs)
     assert [row[1] for row in rows] == ["clean (lowest of 2)", "cw_untargeted", "ddn_untargeted"]

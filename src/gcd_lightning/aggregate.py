@@ -2,7 +2,8 @@
 
 A run is a folder holding ``metrics.json`` and the resolved ``config.yaml`` that every run writes.
 Where several runs share a data set, attack and threat model, the most recently written one
-counts. Each table puts the paper's number beside ours (``n/a`` where the paper has none).
+counts; white-box runs of an untargeted attack with another objective than eq. 14 are a threat
+model of their own (``whitebox (merged)``), so Table 3 shows both. Each table puts the paper's number beside ours (``n/a`` where the paper has none).
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ class Run:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return self.config["dataset"]["name"], self.config["attack"]["name"], self.config["threat"]["name"]
+        """(data set, attack, threat model); a white-box untargeted run names its objective unless it is eq. 14."""
+        threat, attack = self.config["threat"], self.config["attack"]
+        objective = threat.get("untargeted_loss", "eq14")
+        if threat["name"] == "whitebox" and not attack.get("targeted", False) and objective != "eq14":
+            return self.config["dataset"]["name"], attack["name"], f"whitebox ({objective})"
+        return self.config["dataset"]["name"], attack["name"], threat["name"]
 
 
 def find_runs(root: Path) -> list[Run]:
@@ -93,17 +99,17 @@ def table2(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
 
 def table3(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     """White-box success rates against f, f + DET_IS and GCD, ours and the paper's; ours end to end too."""
-    columns = ["dataset", "attack", "n", "NoDET", "NoDET paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper",
+    columns = ["dataset", "attack", "threat", "n", "NoDET", "NoDET paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper",
                "GCD end to end", "BPDA+EOT end to end", "L2 NoDET", "L2 GCD"]
     rows = []
     for run in latest(runs):
-        dataset, attack, _ = run.key
+        dataset, attack, threat = run.key
         m = run.metrics
         if "whitebox.success.gcd" not in m:
             continue
         ours = [m[f"whitebox.success.{name}"] for name in ("nodet", "det_is", "gcd")]
         rows.append([
-            dataset, attack, str(int(m["whitebox.n"])),
+            dataset, attack, threat, str(int(m["whitebox.n"])),
             *(v for i, o in enumerate(ours) for v in (o, paper(TABLE3, dataset, attack, i))),
             m["whitebox.success.gcd_end_to_end"], m["whitebox.success.bpda_eot"],
             m["whitebox.l2_median.nodet"], m["whitebox.l2_median.gcd"],
