@@ -27,7 +27,9 @@ from gcd_lightning.defense import (
     sensitivity_features,
     zero_most_salient,
 )
+from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning.models import SmallCNN, normalized
+from gcd_lightning.pipeline.evaluate_stage import DRAW_STRIDE, mask_draws, run_gcd
 
 
 @pytest.fixture(autouse=True)
@@ -454,6 +456,37 @@ def test_gcd_masks_flagged_inputs_where_the_deciding_detector_looks():
     expected[1, 0, 0, 0] = True  # flagged by DET_org: its saliency is on pixel (0, 0)
     expected[2, 0, 3, 3] = True  # flagged by DET_IS: pixel (3, 3)
     assert torch.equal(changed, expected)
+
+
+class PixelClassifier(nn.Module):
+    """Class 1 when pixel (0, 0) is above 0.5, else class 0 (of 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # unused; the pipeline finds the device by a parameter
+
+    def forward(self, x):
+        return nn.functional.one_hot((x[:, 0, 0, 0] > 0.5).long(), 3).to(x.dtype)
+
+
+def test_mask_draws_average_gcd_accuracy_over_its_random_masks():
+    x = torch.full((64, 1, 4, 4), 0.3)
+    x[:, 0, 0, 0] = 0.95  # DET_org flags every image, and its saliency points at pixel (0, 0)
+    y = torch.ones(64, dtype=torch.long)  # right while pixel (0, 0) survives the mask (p = 0.5)
+    adv = AdversarialSet(index=torch.arange(64), x_adv=x, y=y, target=torch.full((64,), -1), success=torch.arange(64) < 32,
+                         l2=torch.zeros(64), linf=torch.zeros(64), n_examined=64, seconds=0.0)
+    gcd = GCD(ConstantClassifier(0), PixelClassifier(), PixelDetector(0, 0), PixelDetector(3, 3), alpha=0.5, p=0.5)
+    first = run_gcd(gcd, x, 16, seed=3)["label"]
+    one = mask_draws(gcd, adv, first, 16, seed=3, draws=1)
+    assert one["gcd.acc.adv"] == (first == y).double().mean().item() and one["gcd.acc.adv_std"] == 0.0
+    assert 0.2 < one["gcd.acc.adv"] < 0.8  # the masks really are random
+    many = mask_draws(gcd, adv, first, 16, seed=3, draws=8)
+    per_draw = [(run_gcd(gcd, x, 16, seed=3 + d * DRAW_STRIDE)["label"] == y).double().mean().item() for d in range(8)]
+    assert many["gcd.acc.adv"] == pytest.approx(sum(per_draw) / 8)
+    assert many["gcd.acc.adv_min"] == min(per_draw) < max(per_draw) == many["gcd.acc.adv_max"]
+    assert many["gcd.acc.adv_std"] > 0 and many == mask_draws(gcd, adv, first, 16, seed=3, draws=8)  # seeded
+    with pytest.raises(ValueError, match="mask_draws"):
+        mask_draws(gcd, adv, first, 16, seed=3, draws=0)
 
 
 def test_gcd_checks_its_settings_and_mode():

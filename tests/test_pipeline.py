@@ -66,6 +66,9 @@ def test_run_writes_every_metric_config_and_report(first_run):
     scores = torch.load(out / "scores.pt", weights_only=True)
     assert len(scores["clean"]["gcd"]) == metrics["eval.n_pairs"]
     assert len(scores["adv"]["gcd"]) == len(scores["g_norm"]["adv"]) == metrics["eval.n_successful"]
+    assert metrics["eval.mask_draws"] == cfg.evaluate.mask_draws == 5
+    assert metrics["gcd.acc.adv_min"] <= metrics["gcd.acc.adv"] <= metrics["gcd.acc.adv_max"]
+    assert "draws of its random masks" in (out / "report.md").read_text()
 
 
 def test_classifier_learns_and_attack_respects_its_contract(first_run):

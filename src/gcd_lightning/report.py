@@ -50,6 +50,8 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
         f"| {attack} | {fmt(m['gcd.acc.adv'])} | {fmt(m['base.acc.adv'])} | {paper_cell(TABLE5, dataset, attack, 0)} | "
         f"{paper_cell(TABLE5, dataset, attack, 1)} |",
         "",
+        f"GCD on {attack}: the mean over {fmt(m['eval.mask_draws'], 0)} draws of its random masks (std "
+        f"{fmt(m['gcd.acc.adv_std'])}, from {fmt(m['gcd.acc.adv_min'])} to {fmt(m['gcd.acc.adv_max'])}). "
         f"Rectifier α = {m['rectifier.alpha']}, validation accuracy on masked adversarial examples "
         f"{fmt(m['rectifier.val_acc'])}.",
         "",
