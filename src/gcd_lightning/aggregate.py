@@ -3,7 +3,8 @@
 A run is a folder holding ``metrics.json`` and the resolved ``config.yaml`` that every run writes.
 Where several runs share a data set, attack and threat model, the most recently written one
 counts; white-box runs of an untargeted attack with another objective than eq. 14 are a threat
-model of their own (``whitebox (merged)``), so Table 3 shows both. Each table puts the paper's number beside ours (``n/a`` where the paper has none).
+model of their own (``whitebox (merged)``), so Table 3 shows both. Each table puts the paper's
+number beside ours (``n/a`` where the paper has none).
 """
 
 from __future__ import annotations

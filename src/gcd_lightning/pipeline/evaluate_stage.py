@@ -209,9 +209,9 @@ def run_evaluate_stage(
     metrics["base.acc.adv_successful"] = base_adv[won].float().mean().item()
     metrics.update(mask_draws(gcd, adv_test, on_adv["label"], bs, cfg.seed, cfg.evaluate.mask_draws))
 
-    first = rows < n_clean
+    counted = rows < n_clean  # the pairs' originals beyond the first n_clean images only served the AUCs
     metrics["eval.n_clean"] = float(n_clean)
-    metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[first].double().mean().item()
-    metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[first].double().mean().item()
-    metrics["detector.fpr.clean"] = on_split["flagged"][first].double().mean().item()
+    metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[counted].double().mean().item()
+    metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[counted].double().mean().item()
+    metrics["detector.fpr.clean"] = on_split["flagged"][counted].double().mean().item()
     return metrics

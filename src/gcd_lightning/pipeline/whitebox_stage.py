@@ -12,10 +12,11 @@ images of the grey-box test set against four targets:
 
 Targeted attacks use the L+1 outputs with their own loss at the target; untargeted ones use
 eq. 14 (weight ``threat.beta``) or, with ``threat.untargeted_loss=merged``, the L+1 loss with
-``y`` and "adversarial" merged into one class to leave (both ``DetectorEvasion``). Each attack's output is cached like the
-grey-box sets, so a β sweep recomputes only what β changes. Sanity figures guard against a
-false sense of security: the attacker's loss before and after the attack, success against
-larger budgets, and the grey-box success on the same images for comparison.
+``y`` and "adversarial" merged into one class to leave (both ``DetectorEvasion``). Each attack's
+output is cached like the grey-box sets, so a β sweep recomputes only what β changes. Sanity
+figures guard against a false sense of security: the attacker's loss before and after the
+attack, success against larger budgets, and the grey-box success on the same images for
+comparison.
 """
 
 from __future__ import annotations
