@@ -27,7 +27,7 @@ WHITE = {
 }
 
 
-def write_run(folder, dataset, attack, threat, metrics, mtime, untargeted_loss="eq14"):
+def write_run(folder, dataset, attack, threat, metrics, mtime, untargeted_loss="both"):
     folder.mkdir(parents=True)
     config = {"experiment_name": f"{dataset}_{attack}", "dataset": {"name": dataset},
               "attack": {"name": attack, "targeted": attack.endswith("_targeted")},

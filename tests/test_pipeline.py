@@ -205,3 +205,32 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     assert {k: v for k, v in again.items() if k.startswith("whitebox.") and "seconds" not in k} == pytest.approx(
         {k: v for k, v in metrics.items() if k.startswith("whitebox.") and "seconds" not in k}, nan_ok=True
     )
+
+
+def test_untargeted_whitebox_counts_the_stronger_of_both_objectives_per_image(first_run, tmp_path):
+    tmp, _, _ = first_run
+    cfg = shrink(compose_config(["+experiment=mnist_pgd_untargeted", "threat=whitebox"], tmp))  # f from the cache
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "both")
+        cfg.threat.n_test, cfg.threat.eot_samples, cfg.threat.linf_budget_scales = 20, 2, [2.0]
+    both = run(cfg)
+    assert both["classifier.cached"] == 1.0 and both["whitebox.objective.eq14"] == both["whitebox.objective.merged"] == 1.0
+    for name in ("det_is", "gcd"):
+        eq14, merged = both[f"whitebox.success.{name}_eq14"], both[f"whitebox.success.{name}_merged"]
+        assert max(eq14, merged) <= both[f"whitebox.success.{name}"] <= min(1.0, eq14 + merged)  # the union
+    assert "the stronger per image" in (tmp_path / "both" / "report.md").read_text()
+
+    whitebox = Path(cfg.paths.cache_dir) / "whitebox"
+    computed = set(whitebox.iterdir())
+    alone = rerun_config(cfg, tmp_path / "merged")
+    with open_dict(alone):
+        alone.threat.untargeted_loss = "merged"
+    merged_alone = run(alone)
+    assert set(whitebox.iterdir()) == computed  # one objective alone reuses its cached attacks
+    assert merged_alone["whitebox.success.gcd"] == both["whitebox.success.gcd_merged"]
+    assert "whitebox.success.gcd_eq14" not in merged_alone
+
+    with open_dict(alone):
+        alone.threat.untargeted_loss = "hinge"
+    with pytest.raises(ValueError, match="untargeted_loss='hinge'.*'both'"):
+        run(alone)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gcd_lightning.adversarial import AdversarialSet, strongest
 from gcd_lightning.attacks import PGD, DDN, run_attack
 from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.gcd import GCD
@@ -183,3 +186,22 @@ def test_whitebox_attacks_raise_their_objective_and_evade_the_detector(untargete
     x_ddn = run_attack(DDN(model, steps=60, objective=objective), x, y, progress=False)
     with torch.no_grad():
         assert objective.success(model(x_ddn), y, targeted=False).float().mean() >= 0.5
+
+
+def adversarial_set(x_adv: torch.Tensor, success: list[bool], l2: list[float], seconds: float) -> AdversarialSet:
+    n = len(success)
+    return AdversarialSet(index=torch.arange(n), x_adv=x_adv, y=torch.zeros(n, dtype=torch.long), target=torch.full((n,), -1),
+                          success=torch.tensor(success), l2=torch.tensor(l2), linf=torch.tensor(l2) / 2,
+                          n_examined=n, seconds=seconds)
+
+
+def test_strongest_takes_per_image_the_successful_result_of_smallest_norm():
+    a = adversarial_set(torch.zeros(4, 1, 2, 2), [True, True, False, False], [1.0, 3.0, 0.5, 0.7], 2.0)
+    b = adversarial_set(torch.ones(4, 1, 2, 2), [True, False, True, False], [2.0, 1.0, 4.0, 0.1], 3.0)
+    best = strongest([a, b])
+    assert best.success.tolist() == [True, True, True, False]  # the union
+    assert best.l2.tolist() == pytest.approx([1.0, 3.0, 4.0, 0.7])  # smaller successful norm; the first set where none succeeded
+    assert best.x_adv[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 0.0] and best.linf.tolist() == pytest.approx([0.5, 1.5, 2.0, 0.35])
+    assert best.seconds == 5.0 and strongest([a]) is a
+    with pytest.raises(ValueError, match="same images"):
+        strongest([a, dataclasses.replace(b, index=torch.arange(4) + 1)])

@@ -86,16 +86,23 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
     norm = "linf" if curves["linf"] else "l2"
     how = "the attack rerun with ε (and step) scaled" if norm == "linf" else "successes within each L2 norm"
     budget_row = ", ".join(f"{fmt(b, 3)}: {fmt(v)}" for b, v in curves[norm])
-    untargeted = (
-        "the merged L+1 loss ({y, adversarial} as one class) for untargeted ones"
-        if m.get("whitebox.untargeted_merged")
-        else f"eq. 14 with β = {m['whitebox.beta']} for untargeted ones"
+    objectives = [
+        text for key, text in (
+            ("whitebox.objective.eq14", f"eq. 14 with β = {m['whitebox.beta']}"),
+            ("whitebox.objective.merged", "the merged L+1 loss ({y, adversarial} as one class)"),
+        )
+        if m.get(key)
+    ]
+    objective = (
+        " and ".join(objectives) + (", the stronger per image" if len(objectives) > 1 else "")
+        if objectives
+        else "L+1 classes, cross entropy at the target"
     )
     return [
         "## White-box attacks (Table 3: success rate, smaller is better)",
         "",
-        f"{fmt(m['whitebox.n'], 0)} test images; a success fools f and is not flagged (L+1 classes for targeted attacks, "
-        f"{untargeted}). \"end to end\" judges GCD's final answer "
+        f"{fmt(m['whitebox.n'], 0)} test images; a success fools f and is not flagged (objective: {objective}). "
+        "\"end to end\" judges GCD's final answer "
         "(f_rec on a random mask for flagged inputs).",
         "",
         "| | NoDET | DET_IS | GCD | GCD end to end | BPDA+EOT on GCD, end to end |",

@@ -16,7 +16,7 @@ from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
 from gcd_lightning.pipeline.rectifier_stage import rectifier_path, run_rectifier_stage
-from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
+from gcd_lightning.pipeline.whitebox_stage import check_threat, run_whitebox_stage
 from gcd_lightning import wandb_report
 from gcd_lightning.report import write_report
 from gcd_lightning.utils.files import save_text
@@ -55,6 +55,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     them here); every rank computes the metrics, rank 0 writes the files.
     """
     stage = parse_stage(cfg.stage)
+    if cfg.threat.name == "whitebox":
+        check_threat(cfg.threat)
     distributed.launch(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True)
     ctx = RunContext.build(cfg)

@@ -10,10 +10,12 @@ images of the grey-box test set against four targets:
   to end (``gcd_end_to_end``: GCD's final answer, ``f_rec`` on a random mask for flagged inputs);
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
 
-Targeted attacks use the L+1 outputs with their own loss at the target; untargeted ones use
-eq. 14 (weight ``threat.beta``) or, with ``threat.untargeted_loss=merged``, the L+1 loss with
-``y`` and "adversarial" merged into one class to leave (both ``DetectorEvasion``). Each attack's
-output is cached like the grey-box sets, so a β sweep recomputes only what β changes. Sanity
+Targeted attacks use the L+1 outputs with their own loss at the target. Untargeted ones use
+eq. 14 (weight ``threat.beta``) and the L+1 loss with ``y`` and "adversarial" merged into one
+class to leave (both ``DetectorEvasion``); with ``threat.untargeted_loss=both`` (the default)
+each image counts the stronger of the two (``strongest``), and ``eq14`` or ``merged`` runs one
+alone. Each attack's output is cached like the grey-box sets, per objective, so a β sweep
+recomputes only what β changes and switching objectives reuses what was run. Sanity
 figures guard against a false sense of security: the attacker's loss before and after the
 attack, success against larger budgets, and the grey-box success on the same images for
 comparison.
@@ -27,9 +29,10 @@ from collections.abc import Callable
 
 import hydra
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, stack
+from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, stack, strongest
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
@@ -37,7 +40,7 @@ from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.evaluate_stage import build_gcd, run_gcd
 from gcd_lightning.utils.hashing import spec_hash
 from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
-from gcd_lightning.whitebox.objectives import DetectorEvasion
+from gcd_lightning.whitebox.objectives import UNTARGETED_LOSSES, DetectorEvasion
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,12 @@ SPEC_VERSION = 2
 
 Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
+
+
+def check_threat(threat: DictConfig) -> None:
+    """Refuse an unknown ``threat.untargeted_loss`` (``run`` calls it first, before any training)."""
+    if threat.untargeted_loss not in (*UNTARGETED_LOSSES, "both"):
+        raise ValueError(f"threat.untargeted_loss={threat.untargeted_loss!r} is unknown; choose one of {(*UNTARGETED_LOSSES, 'both')}")
 
 
 def run_whitebox_stage(
@@ -73,7 +82,11 @@ def run_whitebox_stage(
     with_det_is = DetectedClassifier(classifier, [det_is])
     with_gcd = DetectedClassifier(classifier, [det_org, det_is])
     randomized = RandomizedGCD(gcd, threat.eot_samples)
-    evasion = DetectorEvasion(num_classes, threat.beta, targeted, threat.untargeted_loss)
+    # the detector-evasion objectives: one for targeted attacks, eq. 14 and / or the merged loss for untargeted ones
+    check_threat(threat)
+    losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
+    evasions = {loss: DetectorEvasion(num_classes, threat.beta, targeted, loss or "eq14") for loss in losses}
+    evasion = evasions[losses[0]]  # every one judges success alike
 
     def fooled(pred: torch.Tensor) -> torch.Tensor:
         return pred == labels if targeted else pred != labels
@@ -96,25 +109,35 @@ def run_whitebox_stage(
         "batch_size": bs,
     }
     ids = {"detectors": detectors_id}
-    # what the detector-evasion objective depends on: nothing for targeted attacks, β for eq. 14 only
-    objective_spec = None if targeted else [threat.untargeted_loss, threat.beta if threat.untargeted_loss == "eq14" else None]
-    targets: dict[str, tuple[nn.Module, Objective, dict]] = {
-        "nodet": (classifier, PLAIN, {}),
-        "det_is": (with_det_is, evasion, {**ids, "objective": objective_spec}),
-        "gcd": (with_gcd, evasion, {**ids, "objective": objective_spec}),
+
+    # each detector-evasion objective with what its result depends on: nothing more for targeted attacks, β for eq. 14 only
+    evading = {
+        loss: (objective, {**ids, "objective": None if loss is None else [loss, threat.beta if loss == "eq14" else None]})
+        for loss, objective in evasions.items()
+    }
+    # target -> its model and, per objective (None: the only one), the objective and its part of the cache key
+    targets: dict[str, tuple[nn.Module, dict[str | None, tuple[Objective, dict]]]] = {
+        "nodet": (classifier, {None: (PLAIN, {})}),
+        "det_is": (with_det_is, evading),
+        "gcd": (with_gcd, evading),
         "bpda_eot": (
             randomized,
-            PLAIN,
-            {**ids, "rectifier": rectifier_id, "eot": threat.eot_samples, "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]},
+            {None: (PLAIN, {**ids, "rectifier": rectifier_id, "eot": threat.eot_samples,
+                            "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]})},
         ),
     }
     main_judge = {"nodet": "nodet", "det_is": "det_is", "gcd": "gcd", "bpda_eot": "end_to_end"}
 
-    def attack_on(name: str, scale: float = 1.0) -> AdversarialSet:
-        model, objective, extra = targets[name]
-        spec = {**base_spec, **extra, "target": name, "scale": scale}
-        path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{spec_hash(spec)}.pt"
-        return cached(path, spec, lambda: build(model, objective, main_judge[name], scale, f"{name} x{scale:g}"))[0]
+    def attack_on(name: str, scale: float = 1.0) -> dict[str | None, AdversarialSet]:
+        """The target's attack with each of its objectives, each cached on its own."""
+        model, variants = targets[name]
+        sets = {}
+        for loss, (objective, extra) in variants.items():
+            spec = {**base_spec, **extra, "target": name, "scale": scale}
+            path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{spec_hash(spec)}.pt"
+            desc = f"{name}{'' if loss is None else ' ' + loss} x{scale:g}"
+            sets[loss] = cached(path, spec, lambda: build(model, objective, main_judge[name], scale, desc))[0]
+        return sets
 
     def build(model: nn.Module, objective: Objective, judge: str, scale: float, desc: str) -> AdversarialSet:
         attack = make_attack(ctx, model, objective, scale)
@@ -130,10 +153,14 @@ def run_whitebox_stage(
     metrics: dict[str, float] = {
         "whitebox.n": float(n),
         "whitebox.beta": float(threat.beta),
-        "whitebox.untargeted_merged": float(threat.untargeted_loss == "merged"),
+        **{f"whitebox.objective.{loss}": float(loss in losses) for loss in UNTARGETED_LOSSES},
         "whitebox.eot_samples": float(threat.eot_samples),
     }
-    results = {name: attack_on(name) for name in targets}
+    by_objective = {name: attack_on(name) for name in targets}
+    results = {name: strongest(list(sets.values())) for name, sets in by_objective.items()}
+    for name, sets in by_objective.items():
+        if len(sets) > 1:
+            metrics.update({f"whitebox.success.{name}_{loss}": adv.success.float().mean().item() for loss, adv in sets.items()})
     for name, adv in results.items():
         won = adv.success
         metrics[f"whitebox.success.{name}"] = won.float().mean().item()
@@ -146,12 +173,14 @@ def run_whitebox_stage(
     grey = adv_test.x_adv[:n]
     metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
     metrics["whitebox.greybox.success.end_to_end"] = judges["end_to_end"](grey).float().mean().item()
-    for point, images in (("clean", x), ("adv", results["gcd"].x_adv)):
-        metrics[f"whitebox.loss.gcd.{point}"] = evasion.loss(outputs(with_gcd, images, bs), labels).mean().item()
+    for loss, adv in by_objective["gcd"].items():  # each objective's own loss, before and after its attack
+        key = "whitebox.loss.gcd" if loss == losses[0] else f"whitebox.loss.gcd_{loss}"
+        for point, images in (("clean", x), ("adv", adv.x_adv)):
+            metrics[f"{key}.{point}"] = evasions[loss].loss(outputs(with_gcd, images, bs), labels).mean().item()
 
     if cfg.attack.norm == Norm.LINF.value:
         for scale in sorted({1.0, *threat.linf_budget_scales}):
-            adv = attack_on("gcd", float(scale))
+            adv = strongest(list(attack_on("gcd", float(scale)).values()))
             metrics[f"whitebox.budget_linf.gcd.{float(cfg.attack.eps) * scale:.4f}"] = adv.success.float().mean().item()
     else:
         gcd_adv = results["gcd"]
