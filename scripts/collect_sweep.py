@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = collect(args.sweep_dir)
     out = args.out or args.sweep_dir / "sweep.md"
     columns = ["run", "experiment", *COLUMNS]
-    table = markdown(columns, [[row[c] for c in columns] for row in rows])
+    cells = [[row[c] for c in columns] for row in rows]
+    table = markdown(columns, cells)
     save_text(table, out)
-    save_text(to_csv(columns, [[row[c] for c in columns] for row in rows]), out.with_suffix(".csv"))
+    save_text(to_csv(columns, cells), out.with_suffix(".csv"))
     alpha_sweep(rows, f"GCD accuracy vs α, {rows[0]['experiment']}", out.with_suffix(".png"))
     if args.wandb:
         log_sweep(rows, args.sweep_dir, rows[0]["experiment"])

@@ -114,10 +114,11 @@ def validate_ensemble(
     """
     det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
     device = next(det_org.parameters()).device
-    p = torch.cat([
-        entropy_select(det_org.probabilities(c.to(device)), det_is.probabilities(c.to(device)))[0].cpu()
-        for c in x.split(batch_size)
-    ])
+    p = distributed.map_batches(
+        lambda _, rows: entropy_select(det_org.probabilities(x[rows].to(device)), det_is.probabilities(x[rows].to(device)))[0].cpu(),
+        len(x),
+        batch_size,
+    )
     flagged = is_flagged(p)
     return {
         "detector.val_auc.gcd": binary_auroc(p[:, ADVERSARIAL], label).item(),

@@ -72,14 +72,14 @@ def build_gcd(
     )
 
 
+def sensitivity_norm(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``‖G(x, ŷ)‖₂`` (eq. 1) of each image of one batch, on the CPU."""
+    return input_sensitivity(classifier, x.to(next(classifier.parameters()).device)).flatten(1).norm(dim=1).cpu()
+
+
 def sensitivity_norms(classifier: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``‖G(x, ŷ)‖₂`` (eq. 1) of every image, batch by batch, on the CPU."""
-    device = next(classifier.parameters()).device
-
-    def norms(_: int, rows: slice) -> torch.Tensor:
-        return input_sensitivity(classifier, x[rows].to(device)).flatten(1).norm(dim=1).cpu()
-
-    return distributed.map_batches(norms, len(x), batch_size)
+    """``sensitivity_norm`` of every image, batch by batch."""
+    return distributed.map_batches(lambda _, rows: sensitivity_norm(classifier, x[rows]), len(x), batch_size)
 
 
 def saliency_ablation(
@@ -137,10 +137,13 @@ def mask_draws(gcd: GCD, adv_test: AdversarialSet, first: torch.Tensor, batch_si
     }
 
 
-def clean_answers(ctx: RunContext, gcd: GCD, classifier: nn.Module, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def clean_answers(
+    ctx: RunContext, gcd: GCD, classifier: nn.Module, rows: torch.Tensor, pairs: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """``gcd_batch`` plus ``f``'s label (``f_label``) and the true one (``y``) of the clean test images at ``rows``.
 
-    The images are read batch by batch, so a large test split never sits in memory at once.
+    The images are read batch by batch, so a large test split never sits in memory at once, and
+    only once: ``g_norm`` holds ``sensitivity_norm`` of those among ``pairs`` (NaN for the others).
     """
     cfg = ctx.cfg
     test = ctx.datamodule.dataset("test")
@@ -150,7 +153,11 @@ def clean_answers(ctx: RunContext, gcd: GCD, classifier: nn.Module, rows: torch.
         x, y = stack(test, rows[batch])
         with torch.no_grad():
             f_label = classifier(x.to(device)).argmax(dim=1).cpu()
-        return gcd_batch(gcd, x) | {"f_label": f_label, "y": y}
+        in_pairs = torch.isin(rows[batch], pairs)
+        g_norm = torch.full((len(x),), float("nan"))
+        if in_pairs.any():
+            g_norm[in_pairs] = sensitivity_norm(classifier, x[in_pairs])
+        return gcd_batch(gcd, x) | {"f_label": f_label, "y": y, "g_norm": g_norm}
 
     return distributed.map_batches(
         answer, len(rows), cfg.adversarial.batch_size, cfg.seed, cfg.progress, "GCD on clean test images"
@@ -178,7 +185,7 @@ def run_evaluate_stage(
     if not 0 < n_clean <= len(test):
         raise ValueError(f"evaluate.n_clean={n_clean} but the test split has {len(test)} images; ask for 1 to {len(test)} (null: all)")
     rows = torch.unique(torch.cat([torch.arange(n_clean), adv_test.index]))  # sorted
-    on_split = clean_answers(ctx, gcd, classifier, rows)
+    on_split = clean_answers(ctx, gcd, classifier, rows, adv_test.index)
     on_clean = {name: value[torch.searchsorted(rows, adv_test.index)] for name, value in on_split.items()}
     on_adv = run_gcd(gcd, adv_test.x_adv, bs, cfg.seed)
     won, y = adv_test.success, adv_test.y
@@ -187,11 +194,10 @@ def run_evaluate_stage(
         metrics[f"detector.auc.{name}"] = auc(on_clean[name], on_adv[name][won])
         metrics[f"detector.auc_all.{name}"] = auc(on_clean[name], on_adv[name])
     title = f"{cfg.dataset.name} {cfg.attack.name}"
-    clean_pairs = stack(test, adv_test.index)[0]
     scores = {
         "clean": {name: on_clean[name] for name in ("org", "is", "gcd")},
         "adv": {name: on_adv[name][won] for name in ("org", "is", "gcd")},
-        "g_norm": {"clean": sensitivity_norms(classifier, clean_pairs, bs), "adv": sensitivity_norms(classifier, adv_test.x_adv[won], bs)},
+        "g_norm": {"clean": on_clean["g_norm"], "adv": sensitivity_norms(classifier, adv_test.x_adv[won], bs)},
     }
     distributed.write_on_rank_zero(save_torch, scores, ctx.output_dir / "scores.pt")
     distributed.write_on_rank_zero(
