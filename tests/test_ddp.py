@@ -83,9 +83,10 @@ def test_map_batches_in_one_process_concatenates_seeded_batches_in_order():
 
 def test_launch_leaves_single_process_configs_alone_and_refuses_spawn(tmp_path):
     for trainer in ("default", "gpu"):
-        distributed.launch(compose_config([f"trainer={trainer}"], tmp_path).trainer)
-    distributed.launch({"accelerator": "cpu", "devices": 1, "strategy": "ddp"})  # one process: nothing to start
+        assert not distributed.launch(compose_config([f"trainer={trainer}"], tmp_path).trainer)
+    assert not distributed.launch({"accelerator": "cpu", "devices": 1, "strategy": "ddp"})  # one process: nothing to start
     assert not distributed.initialized()
+    distributed.shutdown()  # no group: nothing to leave
     with pytest.raises(ValueError, match="ddp_spawn.*use strategy=ddp"):
         distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"})
 
@@ -102,11 +103,14 @@ def spawn(worker, tmp_path: Path) -> None:
 
 
 def join(rank: int, port: int, tmp_path: Path) -> None:
-    """Make this process rank ``rank`` of a ``trainer=ddp_cpu`` run, as a launched pipeline process is."""
+    """Make this process rank ``rank`` of a ``trainer=ddp_cpu`` run, as a launched pipeline process is.
+
+    The worker ends with ``distributed.shutdown()``: a process that exits with its gloo group open can abort.
+    """
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0", LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
     )
-    distributed.launch(compose_config(["trainer=ddp_cpu"], tmp_path).trainer)
+    assert distributed.launch(compose_config(["trainer=ddp_cpu"], tmp_path).trainer)  # this call opened the group
     assert (distributed.rank(), distributed.world_size()) == (rank, WORLD)
 
 
@@ -167,6 +171,7 @@ def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     assert torch.equal(shared["rank"], torch.tensor([0] * 8 + [1] * 3))
     alone = distributed.map_batches(rows_and_rank, 3, 4)  # fewer batches than ranks: each rank does all
     assert torch.equal(alone["rows"], torch.arange(3)) and torch.equal(alone["rank"], torch.full((3,), rank))
+    distributed.shutdown()
 
 
 def test_sharded_attack_and_saliency_equal_one_process_on_every_rank(tmp_path):
@@ -207,6 +212,7 @@ def fit_worker(rank: int, port: int, tmp_path: Path) -> None:
     weights = torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
     gathered = distributed.gather_rows(weights[None])
     assert torch.equal(gathered[0], gathered[1])  # ... and the same weights
+    distributed.shutdown()
 
 
 def test_ddp_fit_best_trains_each_rank_on_its_share_and_keeps_the_same_epoch(tmp_path):
@@ -228,6 +234,7 @@ def pipeline_worker(rank: int, port: int, tmp_path: Path) -> None:
     join(rank, port, tmp_path)
     metrics = run(pipeline_config(tmp_path / "ddp", "trainer=ddp_cpu"))
     save_json(metrics, tmp_path / f"metrics_rank{rank}.json")
+    distributed.shutdown()  # run() leaves the group to whoever opened it
 
 
 def comparable(metrics: dict) -> dict:

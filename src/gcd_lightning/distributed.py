@@ -169,7 +169,7 @@ def write_on_rank_zero(write: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     barrier()
 
 
-def launch(trainer: Mapping[str, Any]) -> None:
+def launch(trainer: Mapping[str, Any]) -> bool:
     """Start the processes that a trainer config asks for and join them in one process group.
 
     With a ``strategy`` of the ``ddp`` family and more than one device, the command is run once
@@ -179,7 +179,8 @@ def launch(trainer: Mapping[str, Any]) -> None:
     sharded over the same processes, and each ``Trainer`` finds its processes and its group
     already there. Processes started by ``torchrun`` only join. Without a ``strategy``
     (``trainer=default``, ``trainer=gpu``), on one device, or when the group exists already,
-    nothing happens.
+    nothing happens. Returns whether this call opened the group; whoever opened it closes it
+    with ``shutdown``.
 
     Raises:
         ValueError: a strategy whose processes run a function (``ddp_spawn``, ``ddp_fork``,
@@ -187,7 +188,7 @@ def launch(trainer: Mapping[str, Any]) -> None:
     """
     strategy = trainer.get("strategy")
     if strategy is None or initialized():
-        return
+        return False
     if not isinstance(strategy, str):
         raise ValueError(f"trainer.strategy must be a strategy name such as 'ddp', got {strategy!r}")
     if any(word in strategy for word in FUNCTION_LAUNCHERS):
@@ -203,3 +204,14 @@ def launch(trainer: Mapping[str, Any]) -> None:
     )
     if fabric.world_size > 1:
         fabric.launch()
+    return initialized()
+
+
+def shutdown() -> None:
+    """Leave the process group once every rank got here, so that the process exits cleanly.
+
+    A process that exits with its gloo group still open can abort (SIGABRT) on the way out.
+    """
+    if initialized():
+        barrier()
+        dist.destroy_process_group()

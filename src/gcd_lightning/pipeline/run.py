@@ -9,7 +9,7 @@ import sys
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from gcd_lightning import distributed
+from gcd_lightning import distributed, wandb_report
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.context import RunContext
@@ -17,7 +17,6 @@ from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
 from gcd_lightning.pipeline.rectifier_stage import rectifier_path, run_rectifier_stage
 from gcd_lightning.pipeline.whitebox_stage import check_threat, run_whitebox_stage
-from gcd_lightning import wandb_report
 from gcd_lightning.report import write_report
 from gcd_lightning.utils.files import save_text
 
@@ -57,7 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stage = parse_stage(cfg.stage)
     if cfg.threat.name == "whitebox":
         check_threat(cfg.threat)
-    distributed.launch(cfg.trainer)
+    opened = distributed.launch(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True)
     ctx = RunContext.build(cfg)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +80,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         close_loggers(ctx.loggers, status)
+        if opened and status == "success":  # a failed rank may never reach the barrier
+            distributed.shutdown()
 
 
 def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
