@@ -153,3 +153,22 @@ def write_imagenet_train(root: Path, n_classes: int = 25, per_class: int = 12, s
             Image.fromarray(pixels).save(folder / f"{wnid}_{number}.JPEG", format="JPEG")
         (folder / "notes.txt").write_text("not an image\n")
     return root
+
+
+def write_imagenet_val(root: Path, n_classes: int = 25, per_class: int = 3, size: int = 8) -> Path:
+    """``root/<wnid>/ILSVRC2012_val_<number>.JPEG``: ImageNet's val folder sorted into class folders (valprep.sh).
+
+    The wnids are those of ``write_imagenet_train``; the 8-digit numbers are scattered and unique
+    over the whole folder, as in ImageNet's val set; every class folder also holds a non-image file.
+    """
+    rng = np.random.default_rng(1)
+    numbers = rng.choice(50_000, size=n_classes * per_class, replace=False) + 1
+    for index in range(n_classes):
+        wnid = f"n{index:08d}"
+        folder = root / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in numbers[index * per_class : (index + 1) * per_class]:
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{number:08d}.JPEG", format="JPEG")
+        (folder / "notes.txt").write_text("not an image\n")
+    return root

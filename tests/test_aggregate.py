@@ -39,7 +39,8 @@ def write_run(folder, dataset, attack, threat, metrics, mtime, untargeted_loss="
 
 def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(tmp_path, capsys):
     write_run(tmp_path / "old" / "cw", "mnist", "cw_untargeted", "greybox", {**GREY, "detector.auc.gcd": 0.5}, 1_000)
-    write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox", GREY, 2_000)
+    write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox",
+              {**GREY, "gcd.robust_acc.all": 0.9207, "base.robust_acc.all": 0.0}, 2_000)
     write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "gcd.acc.clean": 0.97}, 3_000)
     write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "whitebox.success.gcd": 0.75},
               4_000, untargeted_loss="merged")
@@ -66,6 +67,9 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     assert clean[columns.index("GCD")] == 0.97 and clean[columns.index("GCD paper")] == 0.91  # the lower of the two
     assert cw[columns.index("GCD clean")] == 0.98 and ddn[columns.index("GCD clean")] == 0.97
     assert cw[columns.index("GCD")] == 0.93 and cw[columns.index("F paper")] == 0.00
+    assert (cw[columns.index("GCD all examined")], cw[columns.index("F all examined")]) == (0.9207, 0.0)
+    assert ddn[columns.index("GCD all examined")] is None  # a run from before the metric: n/a
+    assert clean[columns.index("F all examined")] is None and clean[columns.index("F")] == 0.99
 
     aggregate_script.main([str(tmp_path), "--out", str(tmp_path / "tables")])
     printed = capsys.readouterr().out
@@ -73,6 +77,9 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
         assert (tmp_path / "tables" / f"{name}.md").read_text() in printed
         assert (tmp_path / "tables" / f"{name}.csv").read_text().count("\n") >= 2
     assert "| mnist | cw_untargeted | 0.0000 | 0.0000 |" in (tmp_path / "tables" / "table2.md").read_text()
+    table5_md = (tmp_path / "tables" / "table5.md").read_text()
+    assert "| GCD clean | GCD all examined | F all examined |" in table5_md
+    assert "| 0.9800 | 0.9207 | 0.0000 |" in table5_md and "| 0.9700 | n/a | n/a |" in table5_md
 
 
 def test_aggregate_without_runs_says_what_it_expected(tmp_path):

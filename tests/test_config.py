@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, compose_config
 from gcd_lightning.attacks import Attack
 from gcd_lightning.models import SmallCNN, normalized
+from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.run import parse_stage
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -77,3 +78,23 @@ def test_attack_goal_matches_targeted_and_picks_the_papers_alpha(attack, tmp_pat
     cfg = compose_config([f"attack={attack}"], tmp_path)
     assert cfg.attack.goal == ("targeted" if cfg.attack.targeted else "untargeted")
     assert cfg.rectifier.alpha == (0.6 if cfg.attack.targeted else 0.55)  # the paper's MNIST values
+
+
+
+def config_context(overrides: list[str], tmp_path) -> RunContext:
+    """A ``RunContext`` of the root config with ``overrides`` and no data (``source_split`` reads the config only)."""
+    return RunContext(cfg=compose_config(overrides, tmp_path), datamodule=None, output_dir=tmp_path, cache_dir=tmp_path,
+                      device=torch.device("cpu"), loggers=[])
+
+
+@pytest.mark.parametrize(("overrides", "source"), [([], "val"), (["adversarial.train_split=train"], "train")])
+def test_detector_pairs_come_from_the_validation_split_unless_asked(overrides, source, tmp_path):
+    ctx = config_context(overrides, tmp_path)
+    assert (ctx.source_split("train"), ctx.source_split("test")) == (source, "test")
+
+
+def test_unknown_train_split_names_the_config_key(tmp_path):
+    ctx = config_context(["adversarial.train_split=test"], tmp_path)
+    assert ctx.source_split("test") == "test"  # the test set never depends on it
+    with pytest.raises(ValueError, match=r"adversarial\.train_split='test'.*val.*train"):
+        ctx.source_split("train")

@@ -29,7 +29,16 @@ from gcd_lightning.defense import (
 )
 from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning.models import SmallCNN, normalized
-from gcd_lightning.pipeline.evaluate_stage import DRAW_STRIDE, mask_draws, run_gcd
+from gcd_lightning.models.normalize import Normalize
+from gcd_lightning.pipeline.evaluate_stage import (
+    DRAW_STRIDE,
+    float64_copy,
+    mask_draws,
+    robust_accuracy,
+    run_gcd,
+    sensitivity_norm,
+    sensitivity_norms,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -487,6 +496,44 @@ def test_mask_draws_average_gcd_accuracy_over_its_random_masks():
     assert many["gcd.acc.adv_std"] > 0 and many == mask_draws(gcd, adv, first, 16, seed=3, draws=8)  # seeded
     with pytest.raises(ValueError, match="mask_draws"):
         mask_draws(gcd, adv, first, 16, seed=3, draws=0)
+
+
+def test_robust_accuracy_counts_the_skipped_misclassified_images_as_errors():
+    assert robust_accuracy(0.5, 80, 100) == pytest.approx(0.4)  # 40 of 100 examined images survive the attack
+    assert robust_accuracy(1.0, 90, 100) == pytest.approx(0.9)  # at best the clean accuracy
+    assert robust_accuracy(0.25, 64, 64) == 0.25  # nothing skipped: the accuracy under attack itself
+    for acc, attacked, examined in ((0.5, 101, 100), (0.5, 0, 100)):
+        with pytest.raises(ValueError, match="n_attacked <= n_examined"):
+            robust_accuracy(acc, attacked, examined)
+    with pytest.raises(ValueError, match=r"acc_adv must be an accuracy in \[0, 1\]"):
+        robust_accuracy(1.5, 10, 10)
+
+
+def test_sensitivity_norms_for_the_histograms_are_computed_in_float64():
+    """‖G‖₂ by a float64 copy of a float32 f equals the float64 closed form; float32 misses the confident images."""
+    torch.manual_seed(0)
+    linear = nn.Linear(2 * 3 * 3, 4)
+    f = nn.Sequential(Normalize([0.4, 0.6], [0.2, 0.3]), nn.Flatten(), linear).eval()  # float32, as trained
+    w, b = linear.weight.detach().double(), linear.bias.detach().double()
+    mean, std = f[0].mean.double(), f[0].std.double()
+    x64 = torch.rand(6, 2, 3, 3, dtype=torch.float64)
+    towards_2 = w[2] - w.mean(dim=0)
+    x64[0] = (20 * towards_2 / towards_2.norm() ** 2).view(2, 3, 3) * std[0] + mean[0]  # class 2, 1 − p ≈ 1e-10
+    x = x64.float()
+    x64 = x.double()
+    logits = ((x64 - mean) / std).flatten(1) @ w.T + b
+    residual = logits.softmax(dim=1) - nn.functional.one_hot(logits.argmax(dim=1), 4).double()
+    expected = ((residual @ w).view_as(x64) / std).flatten(1).norm(dim=1)  # G = ∂CE/∂x = Wᵀ(p − e_ŷ) / std
+    assert expected[0] < 1e-8 < 1e-2 < expected[1:].min()
+
+    f64 = float64_copy(f)
+    norms = sensitivity_norms(f64, x, batch_size=4)
+    assert norms.dtype == torch.float64 and torch.allclose(norms, expected, rtol=1e-12, atol=0)
+    assert next(f.parameters()).dtype == torch.float32 and f[0].mean.dtype == torch.float32  # f itself is untouched
+    in_float32 = input_sensitivity(f, x).flatten(1).norm(dim=1).double()
+    assert not torch.allclose(in_float32[0], expected[0], rtol=0.1, atol=0)  # what float64 fixes: 1 − p_ŷ below 2⁻²⁴
+    with pytest.raises(ValueError, match=r"computed in float64.*torch.float32; pass float64_copy\(classifier\)"):
+        sensitivity_norm(f, x)
 
 
 def test_gcd_checks_its_settings_and_mode():

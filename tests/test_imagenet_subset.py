@@ -1,16 +1,17 @@
-"""The ImageNet-subset builder: seeded choices, counts, links, manifest, errors, atomic writes, loading."""
+"""The ImageNet-subset builder: seeded choices, test images from val, counts, links, manifest, errors, atomic writes, loading."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import CONF, REPO
-from data_fixtures import write_imagenet_train
+from data_fixtures import write_imagenet_train, write_imagenet_val
 from gcd_lightning.data import DatasetNotFoundError, ImageFolderDataModule
 from gcd_lightning.data import imagenet_subset as subset
 
@@ -18,17 +19,27 @@ spec = importlib.util.spec_from_file_location("build_imagenet_subset", REPO / "s
 script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
-N_TRAIN, N_TEST = 4, 2
+N_TRAIN, N_TEST, N_VAL = 4, 2, 3
 
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory) -> Path:
-    """A fake ImageNet train folder: 25 classes x 12 tiny JPEGs (shared, never modified)."""
-    return write_imagenet_train(tmp_path_factory.mktemp("imagenet") / "train")
+    """A fake ImageNet: ``train/`` (25 classes x 12 tiny JPEGs) and ``val/`` beside it (25 x 3, per-class layout).
+
+    Returns ``train/``; shared, never modified.
+    """
+    root = tmp_path_factory.mktemp("imagenet")
+    write_imagenet_val(root / "val", per_class=N_VAL)
+    return write_imagenet_train(root / "train")
 
 
 def build(src: Path, dst: Path, **kwargs) -> dict:
-    """``build_imagenet_subset`` with the tests' small counts and no progress bar."""
+    """``build_imagenet_subset`` with the tests' small counts, no progress bar and the val folder beside ``src``.
+
+    The val folder is passed only for the default test source (``val``) and when no ``val`` is given.
+    """
+    if kwargs.get("test_source", "val") == "val":
+        kwargs.setdefault("val", src.parent / "val")
     return subset.build_imagenet_subset(src, dst, **{"n_train": N_TRAIN, "n_test": N_TEST, "progress": False, **kwargs})
 
 
@@ -61,9 +72,10 @@ def test_a_class_draws_the_same_images_whichever_classes_are_chosen(imagenet):
     wnid = "n00000003"
     images = subset.class_images(imagenet / wnid)
     assert len(images) == 12 and images == sorted(images)  # notes.txt is not an image
-    alone = subset.plan_subset(imagenet, [wnid], N_TRAIN, N_TEST, seed=0)
-    among = subset.plan_subset(imagenet, ["n00000001", wnid, "n00000007"], N_TRAIN, N_TEST, seed=0)
-    assert all(alone[split][wnid] == among[split][wnid] for split in ("train", "test"))
+    for val in (None, imagenet.parent / "val"):
+        alone = subset.plan_subset(imagenet, [wnid], N_TRAIN, N_TEST, seed=0, val=val)
+        among = subset.plan_subset(imagenet, ["n00000001", wnid, "n00000007"], N_TRAIN, N_TEST, seed=0, val=val)
+        assert all(alone[split][wnid] == among[split][wnid] for split in ("train", "test"))
 
 
 def test_counts_disjoint_splits_symlinks_and_manifest(imagenet, tmp_path):
@@ -71,12 +83,16 @@ def test_counts_disjoint_splits_symlinks_and_manifest(imagenet, tmp_path):
     manifest = build(imagenet, dst, seed=3)
     assert json.loads((dst / subset.MANIFEST).read_text()) == manifest
     classes = manifest["classes"]
+    val = imagenet.parent / "val"
     assert manifest == {
         "source": str(imagenet.absolute()),
+        "test_source": "val",
+        "val_source": str(val.absolute()),
         "seed": 3,
         "mode": "symlink",
         "class_choice": "seeded random",
         "classes": classes,
+        "n_test_requested": N_TEST,
         "counts": {"train": dict.fromkeys(classes, N_TRAIN), "test": dict.fromkeys(classes, N_TEST)},
     }
     assert sorted(p.name for p in dst.iterdir()) == ["manifest.json", "test", "train"]
@@ -84,10 +100,10 @@ def test_counts_disjoint_splits_symlinks_and_manifest(imagenet, tmp_path):
     for wnid in classes:
         train, test = listing[f"train/{wnid}"], listing[f"test/{wnid}"]
         assert (len(train), len(test)) == (N_TRAIN, N_TEST) and not train & test
-        for split, names in (("train", train), ("test", test)):
+        for split, names, source in (("train", train, imagenet), ("test", test, val)):
             for name in names:
                 link = dst / split / wnid / name
-                assert link.is_symlink() and Path(os.readlink(link)) == imagenet.absolute() / wnid / name
+                assert link.is_symlink() and Path(os.readlink(link)) == source.absolute() / wnid / name
     assert siblings(dst) == ["subset"]
 
 
@@ -119,14 +135,14 @@ def test_listed_classes_through_the_script(imagenet, tmp_path, capsys):
     classes_file.write_text("- n00000024\n- n00000002\n- n00000010\n")
     dst = tmp_path / "subset"
     script.main(
-        ["--src", str(imagenet), "--dst", str(dst), "--classes-file", str(classes_file), "--n-classes", "3"]
-        + ["--n-train", "5", "--n-test", "3", "--seed", "7", "--mode", "copy"]
+        ["--src", str(imagenet), "--val", str(imagenet.parent / "val"), "--dst", str(dst), "--classes-file", str(classes_file)]
+        + ["--n-classes", "3", "--n-train", "5", "--n-test", "3", "--seed", "7", "--mode", "copy"]
     )
     manifest = json.loads((dst / "manifest.json").read_text())
     assert manifest["classes"] == ["n00000002", "n00000010", "n00000024"] and manifest["class_choice"] == "listed"
-    assert (manifest["seed"], manifest["mode"]) == (7, "copy")
+    assert (manifest["seed"], manifest["mode"], manifest["test_source"]) == (7, "copy", "val")
     assert manifest["counts"]["test"] == dict.fromkeys(manifest["classes"], 3)
-    assert f"3 classes, 5 train + 3 test images each, in {dst.resolve()}" in capsys.readouterr().out
+    assert f"3 classes, 5 train + 3 test images each (test from val), in {dst.resolve()}" in capsys.readouterr().out
 
 
 def test_the_shipped_classes_file_asks_for_a_seeded_choice():
@@ -181,11 +197,22 @@ def test_class_errors(imagenet, tmp_path):
 
 def test_too_few_images_names_every_short_class(tmp_path):
     src = write_imagenet_train(tmp_path / "train", n_classes=3, per_class=6)
+    val = write_imagenet_val(tmp_path / "val", n_classes=3, per_class=2)
     for image in sorted((src / "n00000001").glob("*.JPEG"))[:2]:
         image.unlink()
     with pytest.raises(ValueError, match=r"needs 4 \+ 2 images; too few in .* for: n00000001 \(4\)$"):
-        build(src, tmp_path / "subset", n_classes=3)
-    build(src, tmp_path / "subset", n_classes=3, n_train=3, n_test=1)  # 4 images are enough for 3 + 1
+        build(src, tmp_path / "subset", n_classes=3, test_source="train")
+    build(src, tmp_path / "other", n_classes=3, n_train=3, n_test=1, test_source="train")  # 4 images: 3 + 1
+    build(src, tmp_path / "subset", n_classes=3)  # test images from val: 4 train images are enough
+    with pytest.raises(ValueError, match=r"needs 5 images; too few in .* for: n00000001 \(4\)$"):
+        build(src, tmp_path / "short", n_classes=3, n_train=5)
+    shutil.rmtree(val / "n00000000")
+    for image in (val / "n00000002").glob("*.JPEG"):
+        image.unlink()
+    with pytest.raises(ValueError, match=r"at least 1 test image in the val folder .*: n00000000 \(no folder\), "
+                       r"n00000002 \(0 images\) \(check that --val"):
+        build(src, tmp_path / "short", n_classes=3)
+    assert not (tmp_path / "short").exists()
 
 
 @pytest.mark.parametrize(
@@ -209,7 +236,7 @@ def test_destination_errors(imagenet, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError, match="is not a folder"):
         build(imagenet, tmp_path / "file")
-    for inside in (imagenet, imagenet / "n00000001" / "subset", imagenet.parent):
+    for inside in (imagenet, imagenet / "n00000001" / "subset", imagenet.parent, imagenet.parent / "val" / "subset"):
         with pytest.raises(ValueError, match="must not contain each other"):
             build(imagenet, inside, overwrite=True)
     assert siblings(dst) == ["file", "subset"]
@@ -224,11 +251,11 @@ def test_an_empty_destination_folder_is_filled(imagenet, tmp_path):
 def test_overwrite_replaces_an_earlier_subset_and_keeps_the_sources(imagenet, tmp_path):
     dst = tmp_path / "subset"
     build(imagenet, dst, seed=0)
-    sources = sorted(imagenet.rglob("*"))
+    sources = sorted(imagenet.parent.rglob("*"))
     manifest = build(imagenet, dst, seed=1, overwrite=True)
     assert json.loads((dst / "manifest.json").read_text()) == manifest and manifest["seed"] == 1
     assert set(files(dst)) == {f"{split}/{wnid}" for split in ("train", "test") for wnid in manifest["classes"]}
-    assert sorted(imagenet.rglob("*")) == sources
+    assert sorted(imagenet.parent.rglob("*")) == sources
     assert siblings(dst) == ["subset"]
 
 
@@ -255,4 +282,74 @@ def test_a_failed_build_leaves_the_destination_untouched(imagenet, tmp_path, mon
 
 def test_the_script_reports_errors_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="^error: ImageNet train folder not found"):
-        script.main(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "subset")])
+        script.main(["--src", str(tmp_path / "nowhere"), "--val", str(tmp_path / "val"), "--dst", str(tmp_path / "subset")])
+
+
+# --- test images from ILSVRC val (the default) or from train (the paper's split, contaminated) ---
+
+
+def test_test_images_come_from_val_and_the_train_images_do_not_depend_on_the_test_source(imagenet, tmp_path):
+    from_val = build(imagenet, tmp_path / "val_subset", seed=5)
+    from_train = build(imagenet, tmp_path / "train_subset", seed=5, test_source="train")
+    val, ours, papers = imagenet.parent / "val", files(tmp_path / "val_subset"), files(tmp_path / "train_subset")
+    assert from_val["classes"] == from_train["classes"]
+    for wnid in from_val["classes"]:
+        assert ours[f"train/{wnid}"] == papers[f"train/{wnid}"]  # the same train draw either way
+        assert ours[f"test/{wnid}"] <= {p.name for p in subset.class_images(val / wnid)}
+        assert papers[f"test/{wnid}"] <= {p.name for p in subset.class_images(imagenet / wnid)}
+        assert not papers[f"test/{wnid}"] & papers[f"train/{wnid}"]
+    assert (from_val["test_source"], from_val["val_source"], "warning" in from_val) == ("val", str(val.absolute()), False)
+    assert (from_train["test_source"], from_train["val_source"]) == ("train", None)
+    assert "pretrained" in from_train["warning"] and "inflated" in from_train["warning"]
+
+
+def test_each_class_gets_at_most_its_val_images(tmp_path):
+    src = write_imagenet_train(tmp_path / "train", n_classes=3, per_class=6)
+    val = write_imagenet_val(tmp_path / "val", n_classes=3, per_class=N_VAL)
+    next((val / "n00000001").glob("*.JPEG")).unlink()  # 2 val images left in that class
+    manifest = build(src, tmp_path / "subset", n_classes=3, n_test=5)
+    assert manifest["n_test_requested"] == 5
+    assert manifest["counts"]["test"] == {"n00000000": 3, "n00000001": 2, "n00000002": 3}  # min(n_test, available)
+    assert manifest["counts"]["train"] == dict.fromkeys(manifest["classes"], N_TRAIN)
+    fewer = build(src, tmp_path / "fewer", n_classes=3, n_test=1)
+    assert fewer["counts"]["test"] == dict.fromkeys(manifest["classes"], 1)
+    for wnid in manifest["classes"]:  # a seeded draw: the single image is one of the larger draw's
+        assert files(tmp_path / "fewer")[f"test/{wnid}"] <= files(tmp_path / "subset")[f"test/{wnid}"]
+
+
+def test_a_missing_val_folder_says_how_to_fix_it(imagenet, tmp_path, capsys):
+    dst = tmp_path / "subset"
+    with pytest.raises(ValueError, match=r"no val folder was given: pass --val /path/to/imagenet/val .* or --test-source train"):
+        build(imagenet, dst, val=None)
+    with pytest.raises(SystemExit, match="^error: the test images come from ImageNet's val folder .* --test-source train"):
+        script.main(["--src", str(imagenet), "--dst", str(dst)])
+    assert not dst.exists()
+    script.main(["--src", str(imagenet), "--dst", str(dst), "--test-source", "train", "--n-train", "4", "--n-test", "2"])
+    printed = capsys.readouterr()
+    assert "4 train + 2 test images each (test from train)" in printed.out and "warning: test images drawn" in printed.err
+
+
+def test_val_folder_errors(imagenet, tmp_path):
+    dst = tmp_path / "subset"
+    with pytest.raises(DatasetNotFoundError, match="ImageNet val folder not found .* No folder .*--val .*valprep.sh"):
+        build(imagenet, dst, val=tmp_path / "nowhere")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted((imagenet.parent / "val" / "n00000000").glob("*.JPEG"))[:2]:
+        shutil.copy(image, flat / image.name)
+    with pytest.raises(DatasetNotFoundError, match="holds 2 images directly but no class folders .* sort them into"):
+        build(imagenet, dst, val=flat)
+    with pytest.raises(ValueError, match="--val was given with --test-source train, .* drop --val"):
+        build(imagenet, dst, test_source="train", val=imagenet.parent / "val")
+    with pytest.raises(ValueError, match=r"test_source \(--test-source\) must be one of val, train, got 'test'"):
+        build(imagenet, dst, test_source="test")
+    assert siblings(dst) == ["flat"]
+
+
+def test_the_script_help_names_the_test_sources_and_the_contaminated_one(capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--val VAL" in text and "--test-source {val,train}" in text and "CONTAMINATED" in text
+    assert "--test-source train" in script.__doc__ and "contaminated" in script.__doc__
+    assert "Contaminated" in subset.__doc__

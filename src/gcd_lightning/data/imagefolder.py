@@ -97,8 +97,9 @@ class ImageFolderDataModule(ImageDataModule):
             self.root,
             (f"{TRAIN_DIR}/<class>/<image>", f"{TEST_DIR}/<class>/<image>"),
             "build the 20-class ImageNet subset into this folder (scripts/build_imagenet_subset.py --src "
-            "<ImageNet train folder> --dst <this folder>), or point dataset.datamodule.root at an ImageFolder "
-            "tree (train/ and test/ with one folder of JPEG/PNG images per class).",
+            "<ImageNet train folder> --val <ImageNet val folder> --dst <this folder>), or point "
+            "dataset.datamodule.root at an ImageFolder tree (train/ and test/ with one folder of JPEG/PNG "
+            "images per class).",
             reason,
         )
 

@@ -1,4 +1,10 @@
-"""Stage ``attack``: adversarial sets of the train and test subsets, cached by content hash."""
+"""Stage ``attack``: adversarial sets of the train and test subsets, cached by content hash.
+
+The "train" set feeds the detectors and the rectifier. Its images come from the split named by
+``adversarial.train_split``: ``val`` (the default), images ``f`` never trained on, so that the
+clean half of the detectors' pairs is not "memorised" while the test images are unseen; ``train``
+(``f``'s own training images) is kept as an option.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
     return {
         "dataset": ctx.dataset_identity(),
         "split": split,
+        "source": ctx.source_split(split),
         "n": cfg.adversarial[f"n_{split}"],
         "batch_size": cfg.adversarial.batch_size,
         "classifier": classifier_id,
@@ -49,7 +56,7 @@ def run_attack_stage(
             return generate(
                 model,
                 attack,
-                ctx.datamodule.dataset(split),
+                ctx.datamodule.dataset(ctx.source_split(split)),
                 n=cfg.adversarial[f"n_{split}"],
                 num_classes=cfg.dataset.num_classes,
                 seed=cfg.seed,

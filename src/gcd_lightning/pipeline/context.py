@@ -18,6 +18,8 @@ LOCATION_KEYS = ("root", "num_workers", "download")
 # the dataset keys that determine the data and f's input layer (attack budgets and defense
 # settings reach the caches through the attack / detector / rectifier configs instead)
 IDENTITY_KEYS = ("name", "mean", "std", "datamodule")
+# data splits the detectors' and the rectifier's training pairs may come from (adversarial.train_split)
+TRAIN_SOURCES = ("val", "train")
 
 
 @dataclasses.dataclass
@@ -53,6 +55,20 @@ class RunContext:
         for key in LOCATION_KEYS:
             spec["datamodule"].pop(key, None)
         return spec
+
+    def source_split(self, split: str) -> str:
+        """The data split whose images the adversarial set of ``split`` (``train`` or ``test``) attacks.
+
+        The "train" set (the detectors' and the rectifier's pairs) comes from
+        ``adversarial.train_split``: ``val`` by default, images ``f`` did not train on, so that the
+        detectors do not learn "memorised vs unseen" from clean training images and unseen test ones.
+        """
+        if split == "test":
+            return "test"
+        source = self.cfg.adversarial.train_split
+        if source not in TRAIN_SOURCES:
+            raise ValueError(f"adversarial.train_split={source!r} is unknown; choose one of {TRAIN_SOURCES}")
+        return source
 
 
 def select_device(accelerator: str) -> torch.device:

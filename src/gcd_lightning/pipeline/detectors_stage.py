@@ -69,7 +69,7 @@ def run_detectors_stage(
     """Train (or load) both sub-detectors; validation AUC picks the epoch. Returns them, their folder, metrics."""
     cfg = ctx.cfg
     folder = detectors_dir(ctx, adv_train_path, classifier_id)
-    clean, _ = stack(ctx.datamodule.dataset("train"), adv_train.index)
+    clean, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index)
     train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
     detectors: dict[DetectorInput, SubDetector] = {}
     metrics: dict[str, float] = {}

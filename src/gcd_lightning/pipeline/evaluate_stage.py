@@ -3,19 +3,24 @@
 Counting: the test pairs are the images ``f`` classifies correctly and their attacks. AUCs are
 given on the pairs whose attack succeeded (``detector.auc.*``, the paper's setting) and on all
 pairs (``detector.auc_all.*``); accuracies under attack are over all pairs, and over the
-successful ones (``*.acc.adv_successful``). GCD masks flagged inputs at random, so its accuracy
-under attack is the mean over ``evaluate.mask_draws`` draws of the masks (with their standard
-deviation, minimum and maximum). Clean accuracy and the false-positive rate are over the clean
-test split (its first ``evaluate.n_clean`` images; all by default), with one draw.
+successful ones (``*.acc.adv_successful``). ``*.robust_acc.all`` (``robust_accuracy``) is the
+accuracy under attack over every test image examined to find the pairs (``eval.n_examined``),
+the misclassified clean ones, which the attack skipped, counted as errors. GCD masks flagged
+inputs at random, so its accuracy under attack is the mean over ``evaluate.mask_draws`` draws of
+the masks (with their standard deviation, minimum and maximum). Clean accuracy and the
+false-positive rate are over the clean test split (its first ``evaluate.n_clean`` images; all by
+default), with one draw.
 
 Beside the metrics the stage writes the per-image scores (``scores.pt``: each detector's ``p⁻``
 and ``‖G‖₂`` of clean and successful adversarial images) and their figures: ROC curves and the
-``‖G‖₂`` histogram (Fig. 3 / 4). It also runs Table 1's experiment: the attack's success after
-zeroing the 5% / 10% most salient pixels by the detector gradient, next to zeroing as many
-random pixels.
+``‖G‖₂`` histogram (Fig. 3 / 4), whose norms are computed in float64 by a float64 copy of ``f``
+(``float64_copy``). It also runs Table 1's experiment: the attack's success after zeroing the 5% /
+10% most salient pixels by the detector gradient, next to zeroing as many random pixels.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -72,14 +77,55 @@ def build_gcd(
     )
 
 
-def sensitivity_norm(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``‖G(x, ŷ)‖₂`` (eq. 1) of each image of one batch, on the CPU."""
-    return input_sensitivity(classifier, x.to(next(classifier.parameters()).device)).flatten(1).norm(dim=1).cpu()
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` (parameters and buffers), in eval mode on the same device; ``model`` is untouched.
+
+    For the ``‖G‖₂`` histograms only (``sensitivity_norm``): in float32, ``1 − p_ŷ`` of a confident
+    prediction is a multiple of 2⁻²⁴, which puts a dip into the histogram just above 10⁻⁶·⁵. The
+    detectors keep float32 (they see ``asinh(G / τ)`` with τ = 1e-4, where that makes no difference).
+    """
+    return copy.deepcopy(model).to(torch.float64).eval()
 
 
-def sensitivity_norms(classifier: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``sensitivity_norm`` of every image, batch by batch."""
-    return distributed.map_batches(lambda _, rows: sensitivity_norm(classifier, x[rows]), len(x), batch_size)
+def sensitivity_norm(classifier64: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``‖G(x, ŷ)‖₂`` (eq. 1) of each image of one batch, computed in float64; float64, on the CPU.
+
+    ``classifier64`` is ``float64_copy(f)``; the images are cast to float64 for this pass only.
+    """
+    parameter = next(classifier64.parameters())
+    if parameter.dtype != torch.float64:
+        raise ValueError(
+            f"sensitivity_norm: the ‖G‖₂ histograms are computed in float64, but the classifier's parameters are "
+            f"{parameter.dtype}; pass float64_copy(classifier)"
+        )
+    g = input_sensitivity(classifier64, x.to(parameter.device, torch.float64))
+    return g.flatten(1).norm(dim=1).cpu()
+
+
+def sensitivity_norms(classifier64: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``sensitivity_norm`` of every image, batch by batch (``classifier64``: ``float64_copy(f)``)."""
+    return distributed.map_batches(lambda _, rows: sensitivity_norm(classifier64, x[rows]), len(x), batch_size)
+
+
+def robust_accuracy(acc_adv: float, n_attacked: int, n_examined: int) -> float:
+    """Accuracy under attack over every examined test image, clean misclassifications counted as errors.
+
+    The adversarial test set holds the ``n_attacked`` images that ``f`` classifies correctly among
+    the first ``n_examined`` of a seeded order of the test split (the misclassified ones are skipped,
+    not attacked); ``acc_adv`` is an accuracy over those ``n_attacked``. Over all ``n_examined``
+    images, the skipped ones counting as errors, it is ``acc_adv · n_attacked / n_examined``: the
+    robust accuracy of RobustBench and AutoAttack, comparable with accuracies over whole test sets.
+    For GCD this is a lower bound: a skipped image that ``f`` gets wrong counts as GCD's error too,
+    although ``f_rec`` might recover it if the detectors flagged it.
+    """
+    if not 0 < n_attacked <= n_examined:
+        raise ValueError(
+            f"robust_accuracy: need 0 < n_attacked <= n_examined, got {n_attacked} attacked of {n_examined} examined "
+            "(the adversarial test set is inconsistent: delete it from cache/adversarial to rebuild it)"
+        )
+    if not 0.0 <= acc_adv <= 1.0:
+        raise ValueError(f"robust_accuracy: acc_adv must be an accuracy in [0, 1], got {acc_adv}")
+    return acc_adv * n_attacked / n_examined
 
 
 def saliency_ablation(
@@ -138,12 +184,13 @@ def mask_draws(gcd: GCD, adv_test: AdversarialSet, first: torch.Tensor, batch_si
 
 
 def clean_answers(
-    ctx: RunContext, gcd: GCD, classifier: nn.Module, rows: torch.Tensor, pairs: torch.Tensor
+    ctx: RunContext, gcd: GCD, classifier: nn.Module, classifier64: nn.Module, rows: torch.Tensor, pairs: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """``gcd_batch`` plus ``f``'s label (``f_label``) and the true one (``y``) of the clean test images at ``rows``.
 
     The images are read batch by batch, so a large test split never sits in memory at once, and
-    only once: ``g_norm`` holds ``sensitivity_norm`` of those among ``pairs`` (NaN for the others).
+    only once: ``g_norm`` holds ``sensitivity_norm`` (float64, by ``classifier64`` = ``float64_copy(f)``)
+    of those among ``pairs`` (NaN for the others).
     """
     cfg = ctx.cfg
     test = ctx.datamodule.dataset("test")
@@ -154,9 +201,9 @@ def clean_answers(
         with torch.no_grad():
             f_label = classifier(x.to(device)).argmax(dim=1).cpu()
         in_pairs = torch.isin(rows[batch], pairs)
-        g_norm = torch.full((len(x),), float("nan"))
+        g_norm = torch.full((len(x),), float("nan"), dtype=torch.float64)
         if in_pairs.any():
-            g_norm[in_pairs] = sensitivity_norm(classifier, x[in_pairs])
+            g_norm[in_pairs] = sensitivity_norm(classifier64, x[in_pairs])
         return gcd_batch(gcd, x) | {"f_label": f_label, "y": y, "g_norm": g_norm}
 
     return distributed.map_batches(
@@ -185,7 +232,8 @@ def run_evaluate_stage(
     if not 0 < n_clean <= len(test):
         raise ValueError(f"evaluate.n_clean={n_clean} but the test split has {len(test)} images; ask for 1 to {len(test)} (null: all)")
     rows = torch.unique(torch.cat([torch.arange(n_clean), adv_test.index]))  # sorted
-    on_split = clean_answers(ctx, gcd, classifier, rows, adv_test.index)
+    classifier64 = float64_copy(classifier)  # the ‖G‖₂ histograms only; GCD and its detectors stay float32
+    on_split = clean_answers(ctx, gcd, classifier, classifier64, rows, adv_test.index)
     on_clean = {name: value[torch.searchsorted(rows, adv_test.index)] for name, value in on_split.items()}
     on_adv = run_gcd(gcd, adv_test.x_adv, bs, cfg.seed)
     won, y = adv_test.success, adv_test.y
@@ -197,8 +245,9 @@ def run_evaluate_stage(
     scores = {
         "clean": {name: on_clean[name] for name in ("org", "is", "gcd")},
         "adv": {name: on_adv[name][won] for name in ("org", "is", "gcd")},
-        "g_norm": {"clean": on_clean["g_norm"], "adv": sensitivity_norms(classifier, adv_test.x_adv[won], bs)},
+        "g_norm": {"clean": on_clean["g_norm"], "adv": sensitivity_norms(classifier64, adv_test.x_adv[won], bs)},
     }
+    del classifier64
     distributed.write_on_rank_zero(save_torch, scores, ctx.output_dir / "scores.pt")
     distributed.write_on_rank_zero(
         figures.roc_curves, scores["clean"], scores["adv"], f"ROC, {title}", ctx.output_dir / "roc.png"
@@ -214,6 +263,9 @@ def run_evaluate_stage(
     metrics["base.acc.adv"] = base_adv.float().mean().item()
     metrics["base.acc.adv_successful"] = base_adv[won].float().mean().item()
     metrics.update(mask_draws(gcd, adv_test, on_adv["label"], bs, cfg.seed, cfg.evaluate.mask_draws))
+    metrics["eval.n_examined"] = float(adv_test.n_examined)
+    for model in ("base", "gcd"):
+        metrics[f"{model}.robust_acc.all"] = robust_accuracy(metrics[f"{model}.acc.adv"], len(adv_test), adv_test.n_examined)
 
     counted = rows < n_clean  # the pairs' originals beyond the first n_clean images only served the AUCs
     metrics["eval.n_clean"] = float(n_clean)
