@@ -49,6 +49,17 @@ def shrink(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def shrink_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
+    """White-box attacks that take seconds: few images, steps and budgets (``threat=whitebox`` composed)."""
+    with open_dict(cfg):
+        threat = cfg.threat
+        threat.n_test, threat.eot_samples, threat.judge_draws = n_test, 2, 3
+        threat.cw.binary_search_steps, threat.cw.max_iterations = 2, 20
+        threat.adaptive.steps, threat.adaptive.restarts = 10, 1
+        threat.robustness.linf_eps, threat.robustness.l2_eps = [0.3], [1.0]
+    return cfg
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """Compose and shrink: ``tiny_cfg("+experiment=mnist_ddn_untargeted", "stage=attack")``."""

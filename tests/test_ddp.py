@@ -19,7 +19,7 @@ from omegaconf import open_dict
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import compose_config, shrink
+from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, cached, generate
 from gcd_lightning.attacks import PGD
@@ -224,9 +224,8 @@ def pipeline_config(tmp_path: Path, *overrides: str):
     cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "threat=whitebox", *overrides], tmp_path))
     with open_dict(cfg):
         cfg.adversarial.batch_size = 40  # attacks 5 + 3 batches, the clean split 5 batches
-        cfg.threat.n_test, cfg.threat.batch_size, cfg.threat.eot_samples = 12, 5, 2  # white-box: 3 batches
-        cfg.threat.linf_budget_scales = [2]
-    return cfg
+        cfg.threat.batch_size = 5  # white-box: 3 batches
+    return shrink_whitebox(cfg, n_test=12)
 
 
 def pipeline_worker(rank: int, port: int, tmp_path: Path) -> None:

@@ -10,13 +10,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, strongest
-from gcd_lightning.attacks import PGD, DDN, run_attack
+from gcd_lightning.attacks import PGD, DDN, Norm, run_attack
 from gcd_lightning.defense.detector import SubDetector
+from gcd_lightning.defense.ensemble import entropy_select, is_flagged
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.whitebox.models import DetectedClassifier, RandomizedGCD
+from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
+from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
+from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_projection, project_out, run_adaptive
+from gcd_lightning.whitebox.surrogate import SurrogateGradient
 from gcd_lightning.whitebox.objectives import (
     UNTARGETED_LOSSES,
     DetectorEvasion,
+    HingeEvasion,
+    detector_gaps,
+    detector_hinge,
+    ensemble_flags,
     combined_loss,
     combined_margins,
     merged_loss,
@@ -205,3 +213,128 @@ def test_strongest_takes_per_image_the_successful_result_of_smallest_norm():
     assert best.seconds == 5.0 and strongest([a]) is a
     with pytest.raises(ValueError, match="same images"):
         strongest([a, dataclasses.replace(b, index=torch.arange(4) + 1)])
+
+
+# --- adaptive evaluation: hinge objective, orthogonal / selective PGD, surrogate gradient, intervals ---
+
+
+def relu_classifier(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    f = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, L))
+    with torch.no_grad():
+        f[1].weight.mul_(4.0)
+        f[1].bias.copy_(-f[1].weight.sum(1) / 2)
+    return f.double().eval()
+
+
+def test_ensemble_is_evaded_exactly_when_the_gaps_sum_below_zero():
+    torch.manual_seed(3)
+    logits = torch.randn(2000, 4) * 3
+    gaps = detector_gaps(logits)
+    assert torch.equal(ensemble_flags(logits), gaps.sum(1) > 0)
+    p_org, p_is = torch.softmax(logits[:, :2], 1), torch.softmax(logits[:, 2:], 1)
+    assert torch.equal(ensemble_flags(logits), is_flagged(entropy_select(p_org, p_is)[0]))  # GCD.detect's rule
+
+
+def test_both_detector_hinge_gives_a_gradient_to_the_detector_eq11_did_not_select():
+    org = torch.tensor([[3.0, -3.0]], requires_grad=True)  # confident "benign": eq. 11 selects it
+    det_is = torch.tensor([[0.0, 1.0]], requires_grad=True)  # flags the input, less confident: not selected
+    assert not ensemble_flags(torch.cat([org, det_is], 1)).item()
+    (old,) = torch.autograd.grad(-detector_log_probabilities([org, det_is])[:, 0].sum(), det_is)
+    assert old.abs().sum() == 0  # the L+1 loss sees the selected detector only
+    for term, kappa in (("each", 0.0), ("sum", 8.0)):
+        (new,) = torch.autograd.grad(detector_hinge(torch.cat([org, det_is], 1), kappa, term).sum(), det_is)
+        assert new.abs().sum() > 0, term
+    objective = HingeEvasion(L, kappa=0.5, beta=1.0, targeted=False, term="each")
+    outputs = torch.cat([torch.tensor([[0.0, 3.0, 0.0, 0.0]]), org.detach(), det_is.detach()], 1)
+    assert objective.success(outputs, torch.tensor([0]), False).item()  # fooled, ensemble says benign
+    assert objective.total_loss(outputs, torch.tensor([0])).item() == pytest.approx(1.5)  # only DET_IS: relu(1 + 0.5)
+    assert torch.equal(objective.loss(outputs, torch.tensor([0])), -objective.total_loss(outputs, torch.tensor([0])))
+
+
+def test_projections_are_orthogonal_and_respect_the_balls():
+    torch.manual_seed(0)
+    u, v = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    w = project_out(u, v)
+    assert (w * v).flatten(1).sum(1).abs().max() < 1e-5
+    assert torch.equal(project_out(u, torch.zeros_like(v)), u)
+    x = torch.rand(5, 1, 4, 4)
+    for norm, eps in ((Norm.L2, 0.7), (Norm.LINF, 0.1)):
+        delta = ball_projection(torch.randn(5, 1, 4, 4) * 3, x, norm, eps)
+        size = delta.flatten(1).norm(dim=1) if norm is Norm.L2 else delta.flatten(1).abs().amax(1)
+        assert (size <= eps + 1e-6).all() and ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+    # L2: a true projection keeps the direction and lands on the sphere (inside the box), unlike an element-wise clamp
+    mid = torch.full((1, 1, 4, 4), 0.5)
+    d = torch.randn(1, 1, 4, 4)
+    projected = ball_projection(d * 10 / d.norm(), mid, Norm.L2, 0.4)
+    assert projected.norm().item() == pytest.approx(0.4, rel=1e-5) and torch.allclose(projected / 0.4, d / d.norm(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.5)])
+def test_adaptive_pgd_stays_in_budget_and_evades_f_plus_det_is(mode, norm, eps):
+    f = smooth_classifier().float()
+    model = GuardedClassifier(f, [sensitivity_detector(f).float()])
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    y = f(x).argmax(1)
+    objective = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=False, term="each")
+    attack = AdaptivePGD(model, objective, norm, eps, steps=30, restarts=2, mode=mode)
+    result = run_adaptive(attack, x, y, None, batch_size=16, seed=0, progress=False)
+    delta = (result["x_adv"] - x).flatten(1)
+    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
+    assert (size <= eps + 1e-5).all()
+    with torch.no_grad():
+        judged = objective.success(model(result["x_adv"]), y, False)
+    assert torch.equal(judged, result["success"])  # the recorded success is the real decision at x_adv
+    assert judged.float().mean() >= 0.5
+    assert result["loss"].shape == (32, 31) and not result["silent"].any()
+
+
+def test_orthogonal_step_is_orthogonal_to_the_other_terms_gradient():
+    f = smooth_classifier()
+    model = GuardedClassifier(f, [sensitivity_detector(f)])
+    objective = HingeEvasion(L, kappa=0.5, beta=1.0, targeted=False)
+    attack = AdaptivePGD(model, objective, "linf", 0.3, mode="orthogonal")
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    y = f(x).argmax(1)
+    delta = torch.zeros_like(x, requires_grad=True)
+    outputs = model(x + delta)
+    class_loss, detector_loss = objective.class_loss(outputs, y), objective.detector_loss(outputs)
+    g = attack._gradient(delta, class_loss, detector_loss)
+    g_det = torch.autograd.grad(detector_loss.sum(), delta, retain_graph=True)[0]
+    assert (class_loss > 0).all()  # f not yet fooled: the class step, with the detector's gradient projected out
+    assert (g * g_det).flatten(1).sum(1).abs().max() < 1e-9 and g.abs().sum() > 0
+
+
+def test_surrogate_gradient_equals_the_exact_one_on_a_smooth_network_and_keeps_the_exact_value():
+    f = smooth_classifier()
+    det = sensitivity_detector(f)
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    surrogate = SurrogateGradient(det, beta=10.0)
+    exact_out, smooth_out = det(x), surrogate(x)
+    (g_exact,) = torch.autograd.grad(exact_out[:, 1].sum(), x)
+    (g_smooth,) = torch.autograd.grad(smooth_out[:, 1].sum(), x)
+    assert torch.allclose(exact_out, smooth_out) and torch.allclose(g_exact, g_smooth)
+    # on a ReLU network: the same value, and a gradient through the softplus copy
+    relu_f = relu_classifier()
+    relu_det = sensitivity_detector(relu_f)
+    surrogate = SurrogateGradient(relu_det, beta=10.0)
+    assert isinstance(surrogate.smooth[2], nn.Softplus) and isinstance(relu_f[2], nn.ReLU)
+    value = surrogate(x)
+    assert torch.allclose(value, relu_det(x))
+    (g_relu,) = torch.autograd.grad(value[:, 1].sum(), x)
+    assert g_relu.isfinite().all() and g_relu.abs().sum() > 0
+    with pytest.raises(ValueError, match="beta"):
+        SurrogateGradient(relu_det, beta=0.0)
+
+
+def test_wilson_interval_matches_known_values():
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert rate_interval(torch.tensor([True] * 8 + [False] * 2))[0] == pytest.approx(0.8)
+    mean, low, high = mean_interval(torch.tensor([0.0, 1.0] * 50))
+    assert mean == 0.5 and (low, high) == pytest.approx((0.5 - 1.96 * 0.50252 / 10, 0.5 + 1.96 * 0.50252 / 10), abs=1e-4)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)

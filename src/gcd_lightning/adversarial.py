@@ -40,6 +40,8 @@ class AdversarialSet:
         l2, linf: (N,) norms of the perturbation ``x_adv - x``.
         n_examined: images looked at to find N correctly classified ones.
         seconds: wall time of the attack.
+        extras: per-image tensors an attack reports beside its images (N rows each), e.g. the
+            loss trace that the white-box failure indicators read.
     """
 
     index: torch.Tensor
@@ -51,6 +53,7 @@ class AdversarialSet:
     linf: torch.Tensor
     n_examined: int
     seconds: float
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -71,6 +74,7 @@ class AdversarialSet:
         """Atomic write of the tensors and counters."""
         payload = {name: getattr(self, name) for name in TENSOR_FIELDS}
         payload["meta"] = torch.tensor([self.n_examined, self.seconds], dtype=torch.float64)
+        payload["extras"] = dict(self.extras)
         save_torch(payload, path)
 
     @classmethod
@@ -80,7 +84,8 @@ class AdversarialSet:
         if missing:
             raise RuntimeError(f"cached adversarial set at {path} lacks {missing}; delete it and rerun to rebuild it")
         n_examined, seconds = payload["meta"].tolist()
-        return cls(**{name: payload[name] for name in TENSOR_FIELDS}, n_examined=int(n_examined), seconds=seconds)
+        return cls(**{name: payload[name] for name in TENSOR_FIELDS}, n_examined=int(n_examined), seconds=seconds,
+                   extras=payload.get("extras", {}))
 
 
 def stack(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,28 @@ class DetectedClassifier(nn.Module):
         return detector_as_class_logits(self.classifier(x), log_p)
 
 
+class GuardedClassifier(nn.Module):
+    """``f`` and any detectors side by side, for the hinge attacks: outputs (N, L + 2K).
+
+    ``f``'s L logits, then the two logits ``(benign, adversarial)`` of each detector, in order.
+    A detector is any ``nn.Module`` from images in [0, 1] to (N, 2) logits that stays
+    differentiable (``DET_org``, ``DET_IS``, a baseline, or ``SurrogateGradient`` around one);
+    one detector decides alone, two are GCD's entropy ensemble ``[DET_org, DET_IS]`` (eq. 10-11,
+    ``objectives.ensemble_flags``).
+    """
+
+    def __init__(self, classifier: nn.Module, detectors: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(detectors) not in (1, 2):
+            raise ValueError(f"GuardedClassifier: one detector or GCD's two, got {len(detectors)}")
+        self.classifier = classifier
+        self.detectors = nn.ModuleList(detectors)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier(x), *(detector(x) for detector in self.detectors)], dim=1)
+
+
 class RandomizedGCD(nn.Module):
     """The whole GCD, rectifier path included, as log-probabilities over the L classes for BPDA + EOT.
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gcd_lightning.attacks.objective import Objective
-from gcd_lightning.defense.ensemble import BENIGN, entropy_select
+from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, entropy_select, is_flagged
 
 
 def detector_log_probabilities(detector_logits: list[torch.Tensor]) -> torch.Tensor:
@@ -144,3 +144,130 @@ class DetectorEvasion(Objective):
 
     def predictions_succeed(self, pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         return super().predictions_succeed(pred, labels, targeted) & (pred != self.num_classes)
+
+
+DETECTOR_TERMS = ("each", "sum")
+
+
+def classifier_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(N,) how far ``f`` is from being fooled; ``f`` is fooled once it is negative (ties aside).
+
+    Untargeted: ``Z_y − max_{k≠y} Z_k``; targeted: ``max_{k≠t} Z_k − Z_t`` (C&W 2017b's f₆).
+    """
+    rows = torch.arange(len(labels), device=logits.device)
+    own = logits[rows, labels]
+    others = logits.clone()
+    others[rows, labels] = -torch.inf
+    best_other = others.amax(dim=1)
+    return best_other - own if targeted else own - best_other
+
+
+def detector_gaps(detector_logits: torch.Tensor) -> torch.Tensor:
+    """(N, K) each detector's logit gap ``l⁻ − l⁺`` from its (N, 2K) logits: positive flags the input."""
+    pairs = detector_logits.unflatten(1, (-1, 2))
+    return pairs[..., ADVERSARIAL] - pairs[..., BENIGN]
+
+
+def ensemble_flags(detector_logits: torch.Tensor) -> torch.Tensor:
+    """(N,) bool, the real decision of one detector, or of GCD's ensemble of two (eq. 10-11), from (N, 2K) logits.
+
+    The same softmax, entropy selection and ``p⁺ < p⁻`` rule as ``GCD.detect``.
+    """
+    probabilities = torch.softmax(detector_logits.unflatten(1, (-1, 2)), dim=2)
+    if probabilities.shape[1] == 1:
+        return is_flagged(probabilities[:, 0])
+    if probabilities.shape[1] != 2:
+        raise ValueError(f"ensemble_flags: one detector or the two of GCD, got {probabilities.shape[1]}")
+    p, _ = entropy_select(probabilities[:, 0], probabilities[:, 1])
+    return is_flagged(p)
+
+
+def detector_hinge(detector_logits: torch.Tensor, kappa: float, term: str) -> torch.Tensor:
+    """(N,) the detector part of the hinge loss: zero once the detectors are evaded with margin ``kappa``.
+
+    ``"each"``: ``Σ_d max(gap_d + κ, 0)``, every detector pushed to "benign" until it is
+    confidently there; a detector that eq. 11 does not select still gets a gradient.
+    ``"sum"``: ``max(Σ_d gap_d + κ, 0)``. With two detectors this is the ensemble's own boundary:
+    eq. 10-11 adopt the detector of larger ``|gap|`` (the binary entropy falls as ``|gap|``
+    grows), and the adopted gap is negative exactly when ``gap_org + gap_is < 0`` (ties aside),
+    so either route to evasion, a benign vote or a more confident benign one, lowers it.
+    """
+    gaps = detector_gaps(detector_logits)
+    if term == "each":
+        return F.relu(gaps + kappa).sum(dim=1)
+    if term == "sum":
+        return F.relu(gaps.sum(dim=1) + kappa)
+    raise ValueError(f"detector_hinge: unknown detector term {term!r}; choose one of {DETECTOR_TERMS}")
+
+
+class HingeEvasion(Objective):
+    """Hinge losses on ``f``'s margin and on the detectors' logit gaps (C&W 2017a/b; Bryniarski et al. 2022).
+
+    Outputs are those of ``GuardedClassifier``: ``f``'s L logits, then each detector's two
+    logits (N, L + 2K). The loss to minimise is
+
+        max(m_f + κ, 0) + β · detector_hinge(κ)
+
+    with ``m_f`` the ``classifier_margin``: both terms stop pushing once satisfied with margin κ,
+    so neither can run away from the other as an unbounded cross entropy can. The attacks of
+    the registry ascend the loss of untargeted attacks, so it is returned negated for them.
+    Success is the real decision: ``f`` fooled and the input not flagged (``ensemble_flags``).
+
+    Args:
+        num_classes: L.
+        kappa: confidence κ ≥ 0 of both hinges.
+        beta: weight β ≥ 0 of the detector term.
+        targeted: the attack reaches a target class.
+        term: ``"each"`` or ``"sum"`` (``detector_hinge``).
+    """
+
+    def __init__(self, num_classes: int, kappa: float, beta: float, targeted: bool, term: str = "each") -> None:
+        if kappa < 0 or beta < 0:
+            raise ValueError(f"HingeEvasion: kappa and beta must be >= 0, got kappa={kappa}, beta={beta}")
+        if term not in DETECTOR_TERMS:
+            raise ValueError(f"HingeEvasion: unknown detector term {term!r}; choose one of {DETECTOR_TERMS}")
+        self.num_classes = int(num_classes)
+        self.kappa = float(kappa)
+        self.beta = float(beta)
+        self.targeted = bool(targeted)
+        self.term = term
+
+    def split(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f``'s logits (N, L) and the detectors' logits (N, 2K)."""
+        return outputs[:, : self.num_classes], outputs[:, self.num_classes :]
+
+    def class_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) ``max(m_f + κ, 0)``, to be minimised."""
+        return F.relu(classifier_margin(self.split(outputs)[0], labels, self.targeted) + self.kappa)
+
+    def detector_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(N,) the weighted detector hinge, to be minimised."""
+        return self.beta * detector_hinge(self.split(outputs)[1], self.kappa, self.term)
+
+    def total_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) the hinge loss to be minimised."""
+        return self.class_loss(outputs, labels) + self.detector_loss(outputs)
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = self.total_loss(outputs, labels)
+        return total if self.targeted else -total
+
+    def margins(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, L) for margin attacks: the label's score moved by the detector hinge.
+
+        Untargeted: ``Z_y + detector hinge``; targeted: ``Z_t − detector hinge``. The margin the
+        attack drives below zero is then ``m_f`` plus the detector hinge: both fooled and evaded.
+        """
+        logits, detectors = self.split(outputs)
+        scores = logits.clone()
+        rows = torch.arange(len(labels), device=outputs.device)
+        penalty = self.beta * detector_hinge(detectors, self.kappa, self.term)
+        scores[rows, labels] = scores[rows, labels] + (-penalty if self.targeted else penalty)
+        return scores
+
+    def fooled(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) bool, ``f`` alone is fooled."""
+        return super().predictions_succeed(self.split(outputs)[0].argmax(dim=1), labels, self.targeted)
+
+    def success(self, outputs: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        return self.fooled(outputs, labels) & ~ensemble_flags(self.split(outputs)[1])
