@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench clean-cache
+.PHONY: install data demo test bench whitebox clean-cache
 
 install: $(INSTALLED)
 
@@ -35,6 +35,17 @@ test: install data
 bench: install data
 	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
 	$(BIN)/python scripts/bench_attacks.py --checkpoint $(CHECKPOINT) --data-root data --out outputs/bench
+
+# the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
+# reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
+WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
+WHITEBOX_ARGS ?= threat.n_test=100 threat.cw.binary_search_steps=4 threat.cw.max_iterations=100
+whitebox: install data
+	for attack in $(WHITEBOX_ATTACKS); do \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack threat=whitebox progress=false $(WHITEBOX_ARGS) \
+	    hydra.run.dir=outputs/whitebox/mnist_$$attack || exit 1; \
+	done
+	$(BIN)/python scripts/aggregate.py outputs/whitebox
 
 clean-cache:
 	rm -rf cache

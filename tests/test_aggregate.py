@@ -1,4 +1,4 @@
-"""The aggregate report: every run under a folder into Tables 2, 3 and 5 with the paper's numbers."""
+"""The aggregate report: every run under a folder into Tables 2, 3 and 5 with the paper's numbers; a run's W&B rows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from gcd_lightning.aggregate import find_runs, table2, table3, table5
+from gcd_lightning.aggregate import failed_indicators, find_runs, table2, table3, table5
+from gcd_lightning.intervals import wilson_interval
+from gcd_lightning.report import INDICATORS
+from gcd_lightning.wandb_report import table_rows
 
 spec = importlib.util.spec_from_file_location("aggregate_script", REPO / "scripts" / "aggregate.py")
 aggregate_script = importlib.util.module_from_spec(spec)
@@ -20,10 +23,22 @@ GREY = {
     "base.acc.adv": 0.0, "base.acc.clean": 0.99, "gcd.acc.adv": 0.93, "gcd.acc.clean": 0.98,
     "detector.auc.org": 0.97, "detector.auc.is": 1.0, "detector.auc.gcd": 0.999,
 }
-WHITE = {
-    "whitebox.n": 50.0, "whitebox.success.nodet": 1.0, "whitebox.success.det_is": 0.5, "whitebox.success.gcd": 0.25,
+WHITE_OLD = {  # a white-box run from before DET_org, the intervals, the adaptive attacks and the indicators
+    "whitebox.n": 40.0, "whitebox.success.nodet": 1.0, "whitebox.success.det_is": 0.5, "whitebox.success.gcd": 0.25,
     "whitebox.success.gcd_end_to_end": 0.3, "whitebox.success.bpda_eot": 0.9,
     "whitebox.l2_median.nodet": 1.4, "whitebox.l2_median.gcd": 2.5,
+}
+SUCCESS_CI = {"nodet": (0.912, 1.0), "det_is": (0.352, 0.648), "gcd": (0.142, 0.400), "det_org": (0.040, 0.231),
+              "bpda_eot": (0.769, 0.960)}
+WHITE = {
+    **WHITE_OLD, "whitebox.success.det_org": 0.1, "whitebox.success_previous.gcd": 0.125,
+    **{f"whitebox.success_ci.{name}.{side}": v for name, ci in SUCCESS_CI.items() for side, v in zip(("low", "high"), ci)},
+    "whitebox.success.gcd_end_to_end_ci.low": 0.2, "whitebox.success.gcd_end_to_end_ci.high": 0.4,
+    "whitebox.success.bpda_eot_end_to_end": 0.85,
+    "whitebox.success.bpda_eot_end_to_end_ci.low": 0.75, "whitebox.success.bpda_eot_end_to_end_ci.high": 0.95,
+    "whitebox.robust_linf.0.1000.success": 0.0, "whitebox.robust_linf.0.1000.robust_acc": 0.9,
+    **{f"whitebox.indicator.{name}": 0.0 for name in INDICATORS},
+    **{f"whitebox.indicator.{name}.failed": float(name in ("incomplete", "unbounded")) for name in INDICATORS},
 }
 
 
@@ -42,8 +57,8 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox",
               {**GREY, "gcd.robust_acc.all": 0.9207, "base.robust_acc.all": 0.0}, 2_000)
     write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "gcd.acc.clean": 0.97}, 3_000)
-    write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "whitebox.success.gcd": 0.75},
-              4_000, untargeted_loss="merged")
+    write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox",
+              {**GREY, **WHITE_OLD, "whitebox.success.gcd": 0.75}, 4_000, untargeted_loss="merged")
     (tmp_path / "unfinished").mkdir()
     runs = find_runs(tmp_path)
     assert len(runs) == 4
@@ -58,7 +73,7 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     columns, rows = table3(runs)
     ddn, ddn_merged = rows  # the merged objective does not replace eq. 14's row
     assert ddn[columns.index("GCD")] == 0.25 and ddn[columns.index("GCD paper")] == 0.941
-    assert ddn[columns.index("n")] == "50" and ddn[columns.index("threat")] == "whitebox"
+    assert ddn[columns.index("n")] == "40" and ddn[columns.index("threat")] == "whitebox"
     assert ddn_merged[columns.index("threat")] == "whitebox (merged)" and ddn_merged[columns.index("GCD")] == 0.75
 
     columns, rows = table5(runs)
@@ -80,8 +95,77 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     table5_md = (tmp_path / "tables" / "table5.md").read_text()
     assert "| GCD clean | GCD all examined | F all examined |" in table5_md
     assert "| 0.9800 | 0.9207 | 0.0000 |" in table5_md and "| 0.9700 | n/a | n/a |" in table5_md
+    table3_md = (tmp_path / "tables" / "table3.md").read_text()
+    assert "| NoDET | NoDET paper | DET_IS | DET_IS paper | GCD | GCD paper | DET_org | GCD earlier attacks |" in table3_md
+    assert "| 0.2500 [0.142, 0.400] | 0.9410 | 0.1000 [0.040, 0.231] |" in table3_md
+    assert "| incomplete, unbounded |" in table3_md
+    header = (tmp_path / "tables" / "table3.csv").read_text().splitlines()[0]
+    assert "GCD,GCD_low,GCD_high,GCD paper" in header and "GCD end to end,GCD end to end_low,GCD end to end_high" in header
+
+
+def test_table3_gives_every_rate_its_interval_and_older_runs_n_a(tmp_path):
+    write_run(tmp_path / "new", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE}, 1_000)
+    write_run(tmp_path / "old", "cifar10", "cw_targeted", "whitebox", {**GREY, **WHITE_OLD}, 2_000)
+    runs = find_runs(tmp_path)
+
+    columns, (old, new) = table3(runs)  # CSV: the rate, then <column>_low and <column>_high
+    assert old[:2] == ["cifar10", "cw_targeted"]
+
+    def interval(row, column):
+        return tuple(row[columns.index(c)] for c in (column, f"{column}_low", f"{column}_high"))
+
+    assert interval(new, "GCD") == (0.25, 0.142, 0.400)  # the stage's interval
+    assert interval(new, "DET_org") == (0.1, 0.040, 0.231)
+    assert interval(new, "GCD earlier attacks") == (0.125, *wilson_interval(5, 40))  # the stage reports none: Wilson's
+    assert interval(new, "GCD end to end") == (0.3, 0.2, 0.4)  # over the mask draws
+    assert interval(new, "BPDA+EOT end to end") == (0.85, 0.75, 0.95)
+    assert interval(new, "BPDA+EOT") == (0.9, 0.769, 0.960)
+    assert new[columns.index("failed indicators")] == "incomplete, unbounded"
+    assert new[columns.index("GCD paper")] == 0.941 and new[columns.index("L2 GCD")] == 2.5
+    # a run from before the new metrics: Wilson's interval from its rate over n images, n/a where there is no rate
+    assert interval(old, "GCD") == (0.25, *wilson_interval(10, 40))
+    assert interval(old, "NoDET") == (1.0, *wilson_interval(40, 40))
+    for column in ("DET_org", "GCD earlier attacks", "BPDA+EOT end to end"):
+        assert interval(old, column) == (None, None, None)
+    assert interval(old, "GCD end to end") == (0.3, None, None)  # a mean over draws: no interval from the rate
+    assert old[columns.index("failed indicators")] is None
+
+    columns, (old, new) = table3(runs, cells=True)  # Markdown: one cell, rate [low, high]
+    assert "GCD_low" not in columns and len(columns) == len(new)
+    assert new[columns.index("GCD")] == "0.2500 [0.142, 0.400]"
+    assert new[columns.index("GCD end to end")] == "0.3000 [0.200, 0.400]"
+    low, high = wilson_interval(10, 40)
+    assert old[columns.index("GCD")] == f"0.2500 [{low:.3f}, {high:.3f}]"
+    assert old[columns.index("GCD end to end")] == "0.3000"
+    assert old[columns.index("DET_org")] is None and old[columns.index("GCD paper")] == 0.321
+
+
+def test_failed_indicators_names_the_failed_ones():
+    ok = {f"whitebox.indicator.{name}.failed": 0.0 for name in INDICATORS}
+    assert failed_indicators(ok) == "none"
+    assert failed_indicators({**ok, "whitebox.indicator.silent.failed": 1.0}) == "silent"
+    assert failed_indicators(WHITE_OLD) is None  # a run from before the indicators: n/a
 
 
 def test_aggregate_without_runs_says_what_it_expected(tmp_path):
     with pytest.raises(SystemExit, match="no finished runs"):
         find_runs(tmp_path)
+
+
+def test_wandb_rows_carry_det_org_the_intervals_and_the_robust_accuracy_over_all_examined():
+    tables = table_rows({**GREY, **WHITE, "gcd.robust_acc.all": 0.9, "base.robust_acc.all": 0.0}, "mnist", "ddn_untargeted")
+    columns, (ours, theirs) = tables["table3"]
+    assert len(columns) == len(ours) == len(theirs)
+    row = dict(zip(columns, ours))
+    assert (row["GCD"], row["GCD_low"], row["GCD_high"]) == (0.25, 0.142, 0.400)
+    assert (row["DET_org"], row["DET_org_low"], row["DET_org_high"]) == (0.1, 0.040, 0.231)
+    assert (row["BPDA+EOT"], row["BPDA+EOT end to end"], row["GCD end to end_high"]) == (0.9, 0.85, 0.4)
+    assert dict(zip(columns, theirs))["GCD"] == 0.941 and dict(zip(columns, theirs))["DET_org"] is None
+    columns, rows = tables["table5"]
+    assert ["ours", "mnist", "ddn_untargeted, all examined", 0.9, 0.0] in rows
+
+    tables = table_rows({**GREY, **WHITE_OLD}, "imagenet_subset", "no_such_attack")  # older metrics, no paper row
+    columns, (ours, _) = tables["table3"]
+    row = dict(zip(columns, ours))
+    assert row["DET_org"] is None and row["GCD end to end_low"] is None and row["GCD_low"] == wilson_interval(10, 40)[0]
+    assert [r[2] for r in tables["table5"][1]] == ["clean", "no_such_attack", "clean", "no_such_attack"]

@@ -63,6 +63,16 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
         assert rectifier(images).shape == (2, cfg.dataset.num_classes)
 
 
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("imagenet_")])
+def test_imagenet_experiments_ask_for_no_more_images_than_the_splits_hold(experiment, tmp_path):
+    # test images: ILSVRC val, 50 per class (1,000); the detectors' pairs: f's validation split. Only the
+    # correctly classified ones are attacked, so each split must hold at least as many images as asked for
+    cfg = compose_config([f"+experiment={experiment}"], tmp_path)
+    assert cfg.adversarial.train_split == "val"
+    assert cfg.adversarial.n_test <= 50 * cfg.dataset.num_classes == 1000
+    assert cfg.adversarial.n_train <= cfg.dataset.datamodule.val_size
+
+
 def test_unknown_experiment_names_the_options(tmp_path):
     with pytest.raises(MissingConfigException, match="mnist_cw_targeted"):
         compose_config(["+experiment=mnist_no_such_attack"], tmp_path)

@@ -5,7 +5,8 @@ Where several runs share a data set, attack and threat model, the most recently 
 counts; white-box runs of an untargeted attack with one objective alone (eq. 14 or merged,
 instead of the stronger of both) are a threat model of their own (``whitebox (eq14)``), so
 Table 3 shows each. Each table puts the paper's
-number beside ours (``n/a`` where the paper has none).
+number beside ours (``n/a`` where the paper has none). Table 3's rates come with 95% intervals:
+``rate [low, high]`` in Markdown, ``<column>_low`` / ``<column>_high`` columns in the CSV.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import yaml
 
+from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.paper import TABLE2, TABLE3, TABLE5
+from gcd_lightning.report import INDICATORS, with_interval
 from gcd_lightning.utils.files import load_json, save_text
 
 
@@ -99,23 +103,88 @@ def table2(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     return columns, rows
 
 
-def table3(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
-    """White-box success rates against f, f + DET_IS and GCD, ours and the paper's; ours end to end too."""
-    columns = ["dataset", "attack", "threat", "n", "NoDET", "NoDET paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper",
-               "GCD end to end", "BPDA+EOT end to end", "L2 NoDET", "L2 GCD"]
+@dataclass(frozen=True)
+class Rate:
+    """One success rate of Table 3: its column, metric key and 95% interval (``<interval>.low`` / ``.high``)."""
+
+    column: str
+    key: str
+    interval: str
+    paper: int | None = None  # its column in paper.TABLE3, printed beside it
+    wilson: bool = True  # a share of the ``whitebox.n`` images (Wilson interval); False: a mean over mask draws
+
+
+TABLE3_RATES = (
+    Rate("NoDET", "whitebox.success.nodet", "whitebox.success_ci.nodet", paper=0),
+    Rate("DET_IS", "whitebox.success.det_is", "whitebox.success_ci.det_is", paper=1),
+    Rate("GCD", "whitebox.success.gcd", "whitebox.success_ci.gcd", paper=2),
+    Rate("DET_org", "whitebox.success.det_org", "whitebox.success_ci.det_org"),
+    Rate("GCD earlier attacks", "whitebox.success_previous.gcd", "whitebox.success_previous_ci.gcd"),
+    Rate("GCD end to end", "whitebox.success.gcd_end_to_end", "whitebox.success.gcd_end_to_end_ci", wilson=False),
+    Rate("BPDA+EOT", "whitebox.success.bpda_eot", "whitebox.success_ci.bpda_eot"),
+    Rate("BPDA+EOT end to end", "whitebox.success.bpda_eot_end_to_end", "whitebox.success.bpda_eot_end_to_end_ci", wilson=False),
+)
+
+
+def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus the Wilson 95% interval of each share of ``whitebox.n`` images in Table 3 that lacks one.
+
+    Older runs reported none, and the stage reports none for GCD's earlier attacks; a rate over
+    ``n`` images is ``k / n``, so ``k = round(rate · n)`` and the interval is the stage's own.
+    """
+    filled = dict(metrics)
+    n = metrics["whitebox.n"]
+    for rate in TABLE3_RATES:
+        value = metrics.get(rate.key)
+        if rate.wilson and value is not None and not math.isnan(value) and f"{rate.interval}.low" not in metrics:
+            filled[f"{rate.interval}.low"], filled[f"{rate.interval}.high"] = wilson_interval(round(value * n), n)
+    return filled
+
+
+def failed_indicators(metrics: dict[str, float]) -> str | None:
+    """The indicators of attack failure (Pintor et al. 2022) that failed, e.g. ``unbounded, incomplete``; ``none``.
+
+    None (``n/a``) for runs from before the indicators.
+    """
+    found = [name for name in INDICATORS if f"whitebox.indicator.{name}.failed" in metrics]
+    if not found:
+        return None
+    return ", ".join(name for name in found if metrics[f"whitebox.indicator.{name}.failed"]) or "none"
+
+
+def table3(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], list[list]]:
+    """White-box success rates against f, f + DET_IS, GCD and f + DET_org, ours and the paper's; ours end to end too.
+
+    Each image counts the strongest of the stage's attacks; ``GCD earlier attacks`` is GCD's success
+    under the stage's attacks before the adaptive evaluation alone. ``BPDA+EOT`` attacks the whole
+    randomised GCD, judged end to end under one draw of its masks; the ``end to end`` columns are
+    the means over ``threat.judge_draws`` draws. Every rate comes with its 95% interval (``rate_interval``
+    / ``mean_interval`` of the stage, Wilson's from the rate where a run did not report one:
+    ``with_wilson``): with ``cells=False`` (the CSV) as ``<column>_low`` / ``<column>_high`` columns
+    after the rate, with ``cells=True`` (the Markdown) in the rate's cell, ``rate [low, high]``
+    (``report.with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
+    (runs from before them) give ``n/a``.
+    """
+    columns = ["dataset", "attack", "threat", "n"]
+    for rate in TABLE3_RATES:
+        columns.append(rate.column)
+        columns += [] if cells else [f"{rate.column}_low", f"{rate.column}_high"]
+        columns += [] if rate.paper is None else [f"{rate.column} paper"]
+    columns += ["L2 NoDET", "L2 GCD", "failed indicators"]
     rows = []
     for run in latest(runs):
         dataset, attack, threat = run.key
-        m = run.metrics
-        if "whitebox.success.gcd" not in m:
+        if "whitebox.success.gcd" not in run.metrics:
             continue
-        ours = [m[f"whitebox.success.{name}"] for name in ("nodet", "det_is", "gcd")]
-        rows.append([
-            dataset, attack, threat, str(int(m["whitebox.n"])),
-            *(v for i, o in enumerate(ours) for v in (o, paper(TABLE3, dataset, attack, i))),
-            m["whitebox.success.gcd_end_to_end"], m["whitebox.success.bpda_eot"],
-            m["whitebox.l2_median.nodet"], m["whitebox.l2_median.gcd"],
-        ])
+        m = with_wilson(run.metrics)
+        row = [dataset, attack, threat, str(int(m["whitebox.n"]))]
+        for rate in TABLE3_RATES:
+            if cells:
+                row.append(with_interval(m, rate.key, rate.interval) if rate.key in m else None)
+            else:
+                row += [m.get(rate.key), m.get(f"{rate.interval}.low"), m.get(f"{rate.interval}.high")]
+            row += [] if rate.paper is None else [paper(TABLE3, dataset, attack, rate.paper)]
+        rows.append([*row, m.get("whitebox.l2_median.nodet"), m.get("whitebox.l2_median.gcd"), failed_indicators(m)])
     return columns, rows
 
 
@@ -153,6 +222,9 @@ def table5(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
 
 
 TABLES = {"table2": table2, "table3": table3, "table5": table5}
+"""Each table's builder: the CSV's columns and rows."""
+MARKDOWN_TABLES = {**TABLES, "table3": partial(table3, cells=True)}
+"""The Markdown's: Table 3 with each rate and its interval in one cell."""
 
 
 def write_tables(root: Path, out_dir: Path) -> dict[str, str]:
@@ -162,7 +234,7 @@ def write_tables(root: Path, out_dir: Path) -> dict[str, str]:
     for name, build in TABLES.items():
         columns, rows = build(runs)
         if rows:
-            written[name] = markdown(columns, rows)
+            written[name] = markdown(*MARKDOWN_TABLES[name](runs))
             save_text(written[name], out_dir / f"{name}.md")
             save_text(to_csv(columns, rows), out_dir / f"{name}.csv")
     return written

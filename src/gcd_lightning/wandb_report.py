@@ -12,13 +12,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gcd_lightning.aggregate import TABLE3_RATES, with_wilson
 from gcd_lightning.paper import TABLE2, TABLE3, TABLE5
 
 FIGURES = {"figures/roc": "roc.png", "figures/input_sensitivity": "sensitivity.png"}
 
 
 def table_rows(metrics: dict[str, float], dataset: str, attack: str) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    """The paper's tables as (columns, rows) for this run: ours and the paper's numbers where known."""
+    """The paper's tables as (columns, rows) for this run: ours and the paper's numbers where known.
+
+    Table 5 adds the robust accuracy over all examined test images (``*.robust_acc.all``) where the
+    run has it. Table 3 has the aggregate's rates (``aggregate.TABLE3_RATES``: DET_org, GCD's earlier
+    attacks and the end-to-end ones besides the paper's three), each followed by its 95% interval,
+    ``<column>_low`` / ``<column>_high``; ``None`` where the run lacks a metric.
+    """
     m = metrics
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
     if "detector.auc.gcd" in m:
@@ -32,25 +39,23 @@ def table_rows(metrics: dict[str, float], dataset: str, attack: str) -> dict[str
         )
         clean5 = TABLE5.get(dataset, {}).get("clean", (None, None))
         adv5 = TABLE5.get(dataset, {}).get(attack, (None, None))
+        ours5 = [["ours", dataset, "clean", m["gcd.acc.clean"], m["base.acc.clean"]],
+                 ["ours", dataset, attack, m["gcd.acc.adv"], m["base.acc.adv"]]]
+        if "gcd.robust_acc.all" in m or "base.robust_acc.all" in m:  # runs from before them have neither
+            ours5.append(["ours", dataset, f"{attack}, all examined", m.get("gcd.robust_acc.all"), m.get("base.robust_acc.all")])
         tables["table5"] = (
             ["source", "dataset", "images", "GCD", "F"],
-            [
-                ["ours", dataset, "clean", m["gcd.acc.clean"], m["base.acc.clean"]],
-                ["ours", dataset, attack, m["gcd.acc.adv"], m["base.acc.adv"]],
-                ["paper", dataset, "clean", *clean5],
-                ["paper", dataset, attack, *adv5],
-            ],
+            [*ours5, ["paper", dataset, "clean", *clean5], ["paper", dataset, attack, *adv5]],
         )
     if "whitebox.success.gcd" in m:
-        paper3 = TABLE3.get(dataset, {}).get(attack, (None,) * 3)
-        tables["table3"] = (
-            ["source", "dataset", "attack", "NoDET", "DET_IS", "GCD", "GCD end to end", "BPDA+EOT end to end"],
-            [
-                ["ours", dataset, attack, m["whitebox.success.nodet"], m["whitebox.success.det_is"], m["whitebox.success.gcd"],
-                 m["whitebox.success.gcd_end_to_end"], m["whitebox.success.bpda_eot"]],
-                ["paper", dataset, attack, *paper3, None, None],
-            ],
-        )
+        paper3 = TABLE3.get(dataset, {}).get(attack)
+        filled = with_wilson(m)
+        columns, ours, theirs = ["source", "dataset", "attack"], ["ours", dataset, attack], ["paper", dataset, attack]
+        for rate in TABLE3_RATES:
+            columns += [rate.column, f"{rate.column}_low", f"{rate.column}_high"]
+            ours += [filled.get(rate.key), filled.get(f"{rate.interval}.low"), filled.get(f"{rate.interval}.high")]
+            theirs += [None if paper3 is None or rate.paper is None else paper3[rate.paper], None, None]
+        tables["table3"] = (columns, [ours, theirs])
     return tables
 
 
