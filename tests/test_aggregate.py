@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from gcd_lightning.aggregate import failed_indicators, find_runs, table2, table3, table5
+from gcd_lightning.aggregate import failed_indicators, find_runs, robustness, table2, table3, table5
 from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.report import INDICATORS
 from gcd_lightning.wandb_report import table_rows
@@ -36,7 +36,12 @@ WHITE = {
     "whitebox.success.gcd_end_to_end_ci.low": 0.2, "whitebox.success.gcd_end_to_end_ci.high": 0.4,
     "whitebox.success.bpda_eot_end_to_end": 0.85,
     "whitebox.success.bpda_eot_end_to_end_ci.low": 0.75, "whitebox.success.bpda_eot_end_to_end_ci.high": 0.95,
-    "whitebox.robust_linf.0.1000.success": 0.0, "whitebox.robust_linf.0.1000.robust_acc": 0.9,
+    **{f"whitebox.robust_linf.0.1000.{key}": value for key, value in (
+        ("success", 0.0), ("success_ci.low", 0.0), ("success_ci.high", 0.088), ("robust_acc", 0.9), ("robust_acc_all", 0.89),
+        ("tramer.radius", 0.05), ("tramer.reference", 0.9607), ("tramer.plausible", 1.0))},
+    **{f"whitebox.robust_l2.2.0000.{key}": value for key, value in (
+        ("success", 0.5), ("success_ci.low", 0.352), ("success_ci.high", 0.648), ("robust_acc", 0.5), ("robust_acc_all", 0.49),
+        ("tramer.radius", 1.0), ("tramer.reference", float("nan")), ("tramer.plausible", float("nan")))},
     **{f"whitebox.indicator.{name}": 0.0 for name in INDICATORS},
     **{f"whitebox.indicator.{name}.failed": float(name in ("incomplete", "unbounded")) for name in INDICATORS},
 }
@@ -169,3 +174,17 @@ def test_wandb_rows_carry_det_org_the_intervals_and_the_robust_accuracy_over_all
     row = dict(zip(columns, ours))
     assert row["DET_org"] is None and row["GCD end to end_low"] is None and row["GCD_low"] == wilson_interval(10, 40)[0]
     assert [r[2] for r in tables["table5"][1]] == ["clean", "no_such_attack", "clean", "no_such_attack"]
+
+
+def test_robustness_table_has_a_row_per_budget_with_its_interval_and_tramers_verdict(tmp_path):
+    write_run(tmp_path / "new", "mnist", "pgd_targeted", "whitebox", {**GREY, **WHITE}, 200)
+    write_run(tmp_path / "old", "mnist", "ddn_targeted", "whitebox", {**GREY, **WHITE_OLD}, 100)  # no fixed budgets: no rows
+    runs = find_runs(tmp_path)
+    columns, rows = robustness(runs)
+    assert [row[3:5] for row in rows] == [["l2", "2"], ["linf", "0.1"]]
+    linf = dict(zip(columns, rows[1]))
+    assert (linf["success"], linf["success_low"], linf["success_high"]) == (0.0, 0.0, 0.088)
+    assert linf["robust acc all examined"] == 0.89 and linf["Tramèr radius"] == "0.05" and linf["plausible"] == "yes"
+    assert dict(zip(columns, rows[0]))["plausible"] is None  # no published L2 reference
+    _, cells = robustness(runs, cells=True)
+    assert cells[1][5] == "0.0000 [0.000, 0.088]"

@@ -25,6 +25,7 @@ def tiny_run(tmp_path, experiment: str, data_root, *overrides: str) -> tuple[dic
         cfg.adversarial.n_train, cfg.adversarial.n_test, cfg.adversarial.batch_size = 30, 10, 10
         cfg.evaluate.n_clean = 10
         cfg.dataset.datamodule.val_size = 5
+        cfg.adversarial.train_split = "train"  # 5 validation images cannot give 30 pairs; the MNIST runs test the val split
         cfg.dataset.datamodule.batch_size = 16
         if cfg.rectifier.net is not None:  # the ImageNet experiments' own rectifier network, tiny like f
             cfg.rectifier.net = cfg.model.net

@@ -60,7 +60,7 @@ def robust_accuracy(flagged_clean: torch.Tensor, success: torch.Tensor) -> float
     """
     if len(success) == 0:
         return float("nan")
-    return (~flagged_clean & ~success).float().mean().item()
+    return (~flagged_clean & ~success).double().mean().item()
 
 
 def tramer_check(robust: float, eps: float, references: list[tuple[str, float, float]]) -> dict[str, float | str]:
