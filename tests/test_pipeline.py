@@ -189,6 +189,7 @@ WHITEBOX_KEYS = [
     *(f"whitebox.success.{name}" for name in ("nodet", "det_is", "det_org", "gcd", "gcd_end_to_end", "bpda_eot", "bpda_eot_end_to_end")),
     *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
     *(f"whitebox.variant.gcd.{name}" for name in ("l1_target", "hinge_b1", "orthogonal", "selective", "surrogate")),
+    "whitebox.variant.nodet.joint",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),
     "whitebox.robust_linf.0.3000.robust_acc",
     "whitebox.robust_l2.1.0000.robust_acc_all",

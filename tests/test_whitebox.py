@@ -234,6 +234,7 @@ def test_ensemble_is_evaded_exactly_when_the_gaps_sum_below_zero():
     assert torch.equal(ensemble_flags(logits), gaps.sum(1) > 0)
     p_org, p_is = torch.softmax(logits[:, :2], 1), torch.softmax(logits[:, 2:], 1)
     assert torch.equal(ensemble_flags(logits), is_flagged(entropy_select(p_org, p_is)[0]))  # GCD.detect's rule
+    assert not ensemble_flags(logits[:, :0]).any()  # no detector (NoDET) flags nothing
 
 
 def test_both_detector_hinge_gives_a_gradient_to_the_detector_eq11_did_not_select():

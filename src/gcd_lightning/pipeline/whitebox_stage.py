@@ -2,7 +2,8 @@
 
 The first ``threat.n_test`` images of the grey-box test set are attacked against five targets:
 
-* ``nodet``: ``f`` alone (NoDET of Table 3), the configured attack;
+* ``nodet``: ``f`` alone (NoDET of Table 3), the configured attack and ``AdaptivePGD`` on ``f``'s
+  hinge, so that NoDET faces attacks as strong as the detected targets do;
 * ``det_is``, ``det_org``: ``f`` guarded by one sub-detector; ``gcd``: ``f`` guarded by GCD's
   ensemble (eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
@@ -189,7 +190,9 @@ def run_whitebox_stage(
         return found
 
     variants: dict[str, list[Variant]] = {
-        "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True)],
+        "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
+                  Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps),
+                          {"pgd": ["joint", norm.value, eps, pgd_spec]}, "nodet")],
         **{name: detector_variants(name) for name in DETECTOR_TARGETS},
         "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
                              {"attack": cfg.attack, "rectifier": rectifier_id, "eot": threat.eot_samples,

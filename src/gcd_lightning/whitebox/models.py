@@ -43,13 +43,13 @@ class GuardedClassifier(nn.Module):
     A detector is any ``nn.Module`` from images in [0, 1] to (N, 2) logits that stays
     differentiable (``DET_org``, ``DET_IS``, a baseline, or ``SurrogateGradient`` around one);
     one detector decides alone, two are GCD's entropy ensemble ``[DET_org, DET_IS]`` (eq. 10-11,
-    ``objectives.ensemble_flags``).
+    ``objectives.ensemble_flags``); none leaves ``f`` alone (NoDET), attacked by the same PGD.
     """
 
     def __init__(self, classifier: nn.Module, detectors: Sequence[nn.Module]) -> None:
         super().__init__()
-        if len(detectors) not in (1, 2):
-            raise ValueError(f"GuardedClassifier: one detector or GCD's two, got {len(detectors)}")
+        if len(detectors) > 2:
+            raise ValueError(f"GuardedClassifier: none, one detector or GCD's two, got {len(detectors)}")
         self.classifier = classifier
         self.detectors = nn.ModuleList(detectors)
         self.eval()

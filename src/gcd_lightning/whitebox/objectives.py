@@ -1,4 +1,9 @@
-"""The adaptive attacker's view of GCD: an L+1-class classifier (C&W 2017a) and the loss of eq. 14.
+"""The adaptive attacker's objectives: GCD as an L+1-class classifier (C&W 2017a), eq. 14, and hinge losses.
+
+The second half of the module (``HingeEvasion``) reads ``f``'s logits and each detector's two
+logits side by side (``models.GuardedClassifier``) and puts a hinge on ``f``'s margin and on
+every detector's logit gap; ``ensemble_flags`` is the real decision of eq. 10-11 on those logits.
+The first half:
 
 A detected classifier is turned into one classifier with an extra class, "adversarial". With the
 classifier's logits ``Z`` (N, L) and the detector's log-probabilities ``(log p⁺, log p⁻)``, the
@@ -171,8 +176,10 @@ def detector_gaps(detector_logits: torch.Tensor) -> torch.Tensor:
 def ensemble_flags(detector_logits: torch.Tensor) -> torch.Tensor:
     """(N,) bool, the real decision of one detector, or of GCD's ensemble of two (eq. 10-11), from (N, 2K) logits.
 
-    The same softmax, entropy selection and ``p⁺ < p⁻`` rule as ``GCD.detect``.
+    The same softmax, entropy selection and ``p⁺ < p⁻`` rule as ``GCD.detect``; no detector flags nothing.
     """
+    if detector_logits.shape[1] == 0:
+        return torch.zeros(len(detector_logits), dtype=torch.bool, device=detector_logits.device)
     probabilities = torch.softmax(detector_logits.unflatten(1, (-1, 2)), dim=2)
     if probabilities.shape[1] == 1:
         return is_flagged(probabilities[:, 0])
