@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from gcd_lightning.attacks import PGD, DDN, Norm, run_attack
 from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.ensemble import entropy_select, is_flagged
 from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.whitebox import indicators
 from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_projection, project_out, run_adaptive
@@ -339,3 +341,19 @@ def test_wilson_interval_matches_known_values():
     assert mean == 0.5 and (low, high) == pytest.approx((0.5 - 1.96 * 0.50252 / 10, 0.5 + 1.96 * 0.50252 / 10), abs=1e-4)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
+
+
+def test_failure_indicators_and_tramers_check():
+    loss = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.5], [5.0, 5.0, 5.0, 5.0, 5.0]])
+    # the lost image's loss still falls at the end: (1.0 - 0.5) / 1.0 over the last step
+    assert indicators.incomplete_optimisation(loss, torch.tensor([False, True])) == pytest.approx(0.5)
+    assert indicators.incomplete_optimisation(loss, torch.tensor([True, False])) == 0.0  # a flat loss: converged
+    assert indicators.incomplete_optimisation(loss, torch.tensor([True, True])) == 0.0
+    assert indicators.silent_share(torch.tensor([True, False, False, False])) == 0.25
+    flagged, success = torch.tensor([True, False, False, False]), torch.tensor([False, True, False, False])
+    assert indicators.robust_accuracy(flagged, success) == 0.5  # a flagged clean image is an error too
+    refs = [("a", 0.3, 0.9), ("b", 0.1, 0.99)]
+    check = indicators.tramer_check(0.95, 0.3, refs)  # at 0.15 only "a" (robust at 0.3) is known to hold
+    assert check["radius"] == pytest.approx(0.15) and check["reference"] == 0.9 and check["plausible"] == 0.0
+    assert indicators.tramer_check(0.95, 0.2, refs)["plausible"] == 1.0  # at 0.1 "b" reaches 0.99
+    assert math.isnan(indicators.tramer_check(0.5, 2.0, [])["plausible"])

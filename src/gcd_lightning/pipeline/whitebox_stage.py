@@ -270,7 +270,8 @@ def run_whitebox_stage(
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
     metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,
                                            by_variant["gcd"], flagged_clean, adv_test))
-    metrics.update(failure_indicators(by_variant["gcd"], adaptive.modes, guarded["gcd"], gcd, x, grey, gcd_outputs, num_classes, bs,
+    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, guarded["gcd"], gcd, x, grey,
+                                      gcd_outputs, num_classes, bs,
                                       run_variant, adaptive_pgd, pgd_spec))
 
     if norm is Norm.L2:
@@ -320,12 +321,13 @@ def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
     return size <= budget * (1 + 1e-5) + 1e-6
 
 
-def failure_indicators(gcd_sets, modes, model, gcd, x, grey, clean_outputs, num_classes, bs, run_variant, adaptive_pgd,
+def failure_indicators(gcd_sets, won, modes, model, gcd, x, grey, clean_outputs, num_classes, bs, run_variant, adaptive_pgd,
                        pgd_spec) -> dict[str, float]:
     """Pintor et al. (2022)'s indicators on the attacks against GCD: ``whitebox.indicator.<name>`` and ``.failed``.
 
     * ``silent``: images whose first gradient was zero or not finite (``AdaptivePGD``'s first mode);
-    * ``incomplete``: the loss still falling over the last steps on the images it lost;
+    * ``incomplete``: ``AdaptivePGD``'s loss still falling over its last steps on the images that
+      every attack on GCD lost (``won``: the strongest result per image);
     * ``unbounded``: success at L∞ ε = 1, which must reach ~100% (every image is reachable);
     * ``noise``: clean images whose decision (label, flag) changes under uniform noise of ±1e-3;
     * ``random``: the detected classifier gives different outputs on the same inputs (AutoAttack's
@@ -337,7 +339,7 @@ def failure_indicators(gcd_sets, modes, model, gcd, x, grey, clean_outputs, num_
     if first is not None:
         silent = indicators.silent_share(first.extras["silent"])
         values["silent"] = (silent, silent > indicators.SILENT_MAX)
-        incomplete = indicators.incomplete_optimisation(first.extras["loss"], first.extras["success"])
+        incomplete = indicators.incomplete_optimisation(first.extras["loss"], won)
         values["incomplete"] = (incomplete, incomplete > indicators.INCOMPLETE_MAX)
     unbounded = run_variant("gcd", Variant("unbounded", adaptive_pgd(model, "orthogonal", Norm.LINF, UNBOUNDED_LINF),
                                            {"pgd": ["orthogonal", "linf", UNBOUNDED_LINF, pgd_spec]}, "gcd"))

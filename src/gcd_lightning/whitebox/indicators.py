@@ -25,7 +25,7 @@ def silent_share(silent: torch.Tensor) -> float:
 
 
 def incomplete_optimisation(loss: torch.Tensor, success: torch.Tensor) -> float:
-    """How much the loss still fell at the end, on the images the attack did not win.
+    """How much the loss still fell at the end, on the images not won (``success`` False).
 
     ``loss`` (N, T+1) is the attack's loss at every iterate (``AdaptivePGD.run``); the result is
     ``(L̄(t₀) − L̄(T)) / |L̄(t₀)|`` with ``L̄`` the mean over the lost images and ``t₀`` the step
