@@ -114,8 +114,7 @@ def run_whitebox_stage(
     adv_test: AdversarialSet,
 ) -> dict[str, float]:
     """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics."""
-    cfg, threat = ctx.cfg, ctx.cfg.threat
-    check_threat(threat)
+    cfg, threat = ctx.cfg, ctx.cfg.threat  # checked by run() before any training (check_threat)
     adaptive = threat.adaptive
     num_classes, targeted, bs, seed = cfg.dataset.num_classes, bool(cfg.attack.targeted), threat.batch_size, cfg.seed
     n = min(int(threat.n_test), len(adv_test))
@@ -261,11 +260,11 @@ def run_whitebox_stage(
     grey = adv_test.x_adv[:n]
     metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
     metrics["whitebox.greybox.success.end_to_end"] = end_to_end(grey, int(threat.judge_draws)).double().mean().item()
+    gcd_outputs = outputs(guarded["gcd"], x, bs)  # the clean images through f and both detectors, once
     hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, adaptive.detector_term)
-    for point, images in (("clean", x), ("adv", results["gcd"].x_adv)):
-        metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(outputs(guarded["gcd"], images, bs), labels).mean().item()
+    for point, out in (("clean", gcd_outputs), ("adv", outputs(guarded["gcd"], results["gcd"].x_adv, bs))):
+        metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(out, labels).mean().item()
 
-    gcd_outputs = outputs(guarded["gcd"], x, bs)
     flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
     metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,

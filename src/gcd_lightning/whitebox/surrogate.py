@@ -27,7 +27,7 @@ def softplus_copy(model: nn.Module, beta: float) -> nn.Module:
     if beta <= 0:
         raise ValueError(f"softplus_copy: beta must be positive, got {beta} (threat.surrogate_beta)")
     smooth = copy.deepcopy(model).eval()
-    for name, module in list(smooth.named_modules()):
+    for module in list(smooth.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.ReLU):
                 setattr(module, child_name, nn.Softplus(beta=beta))
@@ -57,11 +57,11 @@ class SurrogateGradient(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return self.detector(x)  # no backward pass to replace: DET_IS itself
         classifier = self.detector.classifier
         with torch.no_grad():
-            y_hat = classifier(x).argmax(dim=1)
+            y_hat = classifier(x).argmax(dim=1)  # both sensitivities at f's own prediction
         exact = input_sensitivity(classifier, x, y_hat)
-        if not (x.requires_grad and torch.is_grad_enabled()):
-            return self.detector.body(sensitivity_features(exact))
         smooth = input_sensitivity(self.smooth, x, y_hat, create_graph=True)
         return self.detector.body(sensitivity_features(smooth + (exact - smooth).detach()))
