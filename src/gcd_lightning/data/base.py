@@ -93,6 +93,17 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
     def load_train_test(self) -> tuple[Dataset, Dataset]:
         """The full training set (before the validation split) and the test set."""
 
+    def data_files(self) -> list[Path]:
+        """The files whose bytes define the data set (their content fingerprints it; see ``data.fingerprint``).
+
+        Every file the data module reads its images and labels from, and nothing it merely could
+        read: a subclass must list them so that the caches are keyed by the data's content.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not list its data files: implement data_files() to return every file "
+            "its images and labels are read from, so that the caches are keyed by the data's content"
+        )
+
     def prepare_data(self) -> None:
         """Make the data available on disk (download when allowed); by default there is nothing to do."""
 

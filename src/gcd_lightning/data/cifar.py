@@ -157,6 +157,11 @@ class CIFAR10DataModule(ImageDataModule):
         if missing:
             raise self._not_found(f"Missing: {', '.join(missing)}.")
 
+    def data_files(self) -> list[Path]:
+        """The five training batches, the test batch and ``batches.meta`` (the class names)."""
+        folder = batch_dir(self.root)
+        return [folder / name for name in ALL_FILES]
+
     def prepare_data(self) -> None:
         """Download and extract the official archive when files are missing and ``download`` is set."""
         missing = missing_files(self.root)

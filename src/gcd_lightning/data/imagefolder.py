@@ -8,6 +8,7 @@ deterministically: ``Resize(image_size * 256 / 224)`` (shorter side), ``CenterCr
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -112,6 +113,14 @@ class ImageFolderDataModule(ImageDataModule):
         except FileNotFoundError as error:
             raise self._not_found(f"No class folders in {os.path.abspath(folder)}.") from error
         return classes
+
+    def data_files(self) -> list[Path]:
+        """Every image file that the ``train/`` and ``test/`` data sets read (symlinks as listed, not resolved).
+
+        Other files in the tree are left out, the ImageNet subset's ``manifest.json`` included: it
+        records where the images came from (absolute source paths), not what they are.
+        """
+        return [Path(path) for split_dir in (TRAIN_DIR, TEST_DIR) for path, _ in self._image_folder(split_dir).samples]
 
     def prepare_data(self) -> None:
         """Nothing to download; fails early (``DatasetNotFoundError``) when the tree is absent."""

@@ -146,6 +146,11 @@ class MNISTDataModule(ImageDataModule):
     def image_size(self) -> int:
         return 28
 
+    def data_files(self) -> list[Path]:
+        """The four raw IDX files in ``<root>/MNIST/raw``."""
+        folder = raw_dir(self.root)
+        return [folder / name for name in _raw_file_names()]
+
     def prepare_data(self) -> None:
         """Fetch MNIST into ``root`` when it is missing (see ``prepare_mnist``)."""
         prepare_mnist(self.root, download=self.download)

@@ -12,12 +12,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gcd_lightning import distributed
+from gcd_lightning.data import fingerprint
 
 # data-module settings that change where or how fast data is read, never what it is
 LOCATION_KEYS = ("root", "num_workers", "download")
 # the dataset keys that determine the data and f's input layer (attack budgets and defense
 # settings reach the caches through the attack / detector / rectifier configs instead)
 IDENTITY_KEYS = ("name", "mean", "std", "datamodule")
+# memo of the data files' content hashes, in the cache folder (see data.fingerprint)
+FINGERPRINT_MEMO = "fingerprints.json"
 # data splits the detectors' and the rectifier's training pairs may come from (adversarial.train_split)
 TRAIN_SOURCES = ("val", "train")
 
@@ -32,6 +35,7 @@ class RunContext:
     cache_dir: Path
     device: torch.device
     loggers: list[Any]
+    _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, cfg: DictConfig) -> RunContext:
@@ -49,12 +53,30 @@ class RunContext:
         )
 
     def dataset_identity(self) -> dict[str, Any]:
-        """The dataset config's identity: what the data is, not where its files are."""
+        """What the data is, not where its files are: the dataset config's identity and the data's fingerprint.
+
+        The fingerprint (``data.fingerprint``) hashes the content of the data module's files, so that
+        other data in the same format under the same config (``paths.data_dir`` pointed elsewhere)
+        never reuses the caches of this one.
+        """
         full = OmegaConf.to_container(self.cfg.dataset, resolve=True)
         spec = {key: full[key] for key in IDENTITY_KEYS}
         for key in LOCATION_KEYS:
             spec["datamodule"].pop(key, None)
+        spec["fingerprint"] = self.data_fingerprint()
         return spec
+
+    def data_fingerprint(self) -> str:
+        """The content fingerprint of the data module's files, computed once per run.
+
+        Its per-file hashes are memoised in ``<cache_dir>/fingerprints.json``; every rank of a DDP
+        run computes it (no collective, so any rank may ask first), and only rank 0 writes the memo.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint.data_fingerprint(
+                self.datamodule.data_files(), self.cache_dir / FINGERPRINT_MEMO, save=distributed.is_rank_zero()
+            )
+        return self._fingerprint
 
     def source_split(self, split: str) -> str:
         """The data split whose images the adversarial set of ``split`` (``train`` or ``test``) attacks.

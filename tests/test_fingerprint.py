@@ -1,0 +1,152 @@
+"""The data fingerprint: caches follow the data's content, and its memo saves rereads without being trusted blindly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from data_fixtures import random_mnist, write_cifar10, write_image_folder, write_mnist_idx
+
+from gcd_lightning.data import CIFAR10DataModule, ImageFolderDataModule, MNISTDataModule
+from gcd_lightning.data.base import ImageDataModule
+from gcd_lightning.data.fingerprint import data_fingerprint
+from gcd_lightning.pipeline.classifier_stage import classifier_dir
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.utils import hashing
+
+
+@pytest.fixture
+def hash_calls(monkeypatch) -> list[Path]:
+    """The files whose content ``file_hash`` reads, in call order."""
+    calls: list[Path] = []
+    real = hashing.file_hash
+
+    def counting(path, length=16):
+        calls.append(Path(path))
+        return real(path, length)
+
+    monkeypatch.setattr(hashing, "file_hash", counting)
+    return calls
+
+
+def mnist_files(root: Path, seed: int) -> list[Path]:
+    """A tiny MNIST in torchvision's raw layout under ``root``; its four IDX files."""
+    write_mnist_idx(root, random_mnist(n_train=12, n_test=4, seed=seed))
+    return MNISTDataModule(root, download=False).data_files()
+
+
+def mnist_context(data_dir: Path, tmp_path: Path) -> RunContext:
+    """A run's context on the MNIST files in ``data_dir``, with its caches under ``tmp_path/cache``."""
+    cfg = compose_config(
+        [f"paths.data_dir={data_dir}", "logger=none", "dataset.datamodule.download=false",
+         "dataset.datamodule.val_size=2"],
+        tmp_path,
+    )
+    return RunContext.build(cfg)
+
+
+def test_other_data_in_the_same_place_gets_its_own_caches(tmp_path):
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+    first = mnist_context(data_dir, tmp_path)
+    first_identity, first_dir = first.dataset_identity(), classifier_dir(first)
+    mnist_files(data_dir, seed=1)  # same format, same names and sizes, same config: other digits
+    second = mnist_context(data_dir, tmp_path)
+
+    assert first.cfg.dataset == second.cfg.dataset
+    assert second.dataset_identity()["fingerprint"] != first_identity["fingerprint"]
+    assert second.dataset_identity() != first_identity
+    assert classifier_dir(second) != first_dir
+    assert (tmp_path / "cache" / "fingerprints.json").is_file()
+
+
+def test_the_fingerprint_is_computed_once_per_run(tmp_path, hash_calls):
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+    ctx = mnist_context(data_dir, tmp_path)
+    assert ctx.dataset_identity() == ctx.dataset_identity()
+    assert len(hash_calls) == 4
+
+
+def test_same_content_anywhere_gives_the_same_fingerprint_and_the_memo_saves_rereads(tmp_path, hash_calls):
+    memo = tmp_path / "cache" / "fingerprints.json"
+    here, there = mnist_files(tmp_path / "here", seed=0), mnist_files(tmp_path / "there", seed=0)
+    fingerprint = data_fingerprint(here, memo)
+    assert len(hash_calls) == 4
+
+    assert data_fingerprint(here, memo) == fingerprint
+    assert len(hash_calls) == 4  # unchanged files: all from the memo
+    assert data_fingerprint(there, memo) == fingerprint  # same bytes, same names, other folder
+    assert len(hash_calls) == 8
+
+    changed = here[0]
+    changed.write_bytes(changed.read_bytes()[:-1] + b"\x01")
+    assert data_fingerprint(here, memo) != fingerprint
+    assert hash_calls[8:] == [changed.resolve()]  # only the changed file is read again
+
+
+def test_renaming_a_file_changes_the_fingerprint(tmp_path):
+    files = mnist_files(tmp_path / "data", seed=0)
+    fingerprint = data_fingerprint(files, tmp_path / "memo.json")
+    renamed = files[0].rename(files[0].with_name("renamed"))
+    assert data_fingerprint([renamed, *files[1:]], tmp_path / "memo.json") != fingerprint
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[1, 2]", "\udcff", "bogus entries"],
+    ids=["not-json", "not-an-object", "not-utf8", "bad-entries"],
+)
+def test_a_corrupt_memo_is_ignored_and_rebuilt(tmp_path, hash_calls, content):
+    files = mnist_files(tmp_path / "data", seed=0)
+    memo = tmp_path / "fingerprints.json"
+    expected = data_fingerprint(files, tmp_path / "clean.json")
+    hash_calls.clear()
+    if content == "bogus entries":  # current size and mtime, but no usable hash: never trusted
+        entries = {str(file.resolve()): {"size": file.stat().st_size, "mtime_ns": file.stat().st_mtime_ns,
+                                         "hash": "0" * 63 + "x"} for file in files}
+        memo.write_text(json.dumps(entries))
+    else:
+        memo.write_bytes(content.encode("utf-8", "surrogateescape"))
+
+    assert data_fingerprint(files, memo) == expected
+    assert len(hash_calls) == 4
+    assert json.loads(memo.read_text()) == json.loads((tmp_path / "clean.json").read_text())
+
+
+def test_a_missing_file_is_named(tmp_path):
+    files = mnist_files(tmp_path / "data", seed=0)
+    files[2].unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(files[2]))):
+        data_fingerprint(files, tmp_path / "fingerprints.json")
+
+
+def test_each_datamodule_lists_the_files_it_reads(tmp_path):
+    mnist = MNISTDataModule(tmp_path, download=False)
+    assert sorted(file.name for file in mnist.data_files()) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+    ]
+    write_cifar10(tmp_path)
+    cifar_files = CIFAR10DataModule(tmp_path).data_files()
+    assert len(cifar_files) == 7 and all(file.is_file() for file in cifar_files)
+    assert "batches.meta" in {file.name for file in cifar_files}
+
+    folder = write_image_folder(tmp_path / "subset", n_train=2, n_test=1)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "train" / "cat" / "notes.txt").write_text("not an image")
+    images = ImageFolderDataModule(folder).data_files()
+    assert sorted(file.relative_to(folder).as_posix() for file in images) == sorted(
+        f"{split}/{name}/{name}_{i}.png" for split, n in (("train", 2), ("test", 1))
+        for name in ("cat", "dog", "eel") for i in range(n)
+    )
+
+
+def test_a_datamodule_without_data_files_says_what_to_implement(tmp_path):
+    class NoFiles(MNISTDataModule):
+        data_files = ImageDataModule.data_files
+
+    with pytest.raises(NotImplementedError, match=r"NoFiles.*data_files\(\)"):
+        NoFiles(tmp_path).data_files()
