@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcd_lightning.aggregate import write_tables
+from gcd_lightning.reporting.aggregate import write_tables
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,10 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcd_lightning.aggregate import find_runs, markdown, to_csv
-from gcd_lightning.figures import alpha_sweep
+from gcd_lightning.reporting.aggregate import find_runs
+from gcd_lightning.reporting.figures import alpha_sweep
+from gcd_lightning.reporting.tables import markdown, to_csv
+from gcd_lightning.reporting.wandb import log_sweep
 from gcd_lightning.utils.files import save_text
-from gcd_lightning.wandb_report import log_sweep
 
 COLUMNS = ("rectifier.alpha", "gcd.acc.adv", "gcd.acc.clean", "rectifier.val_acc", "detector.auc.gcd", "base.acc.adv")
 

@@ -1,4 +1,4 @@
-"""The aggregate report: every run under a folder into Tables 2, 3 and 5 with the paper's numbers; a run's W&B rows."""
+"""The aggregate report: every run under a folder into Tables 2, 3 and 5 with the paper's numbers; one run's tables."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from gcd_lightning.aggregate import failed_indicators, find_runs, robustness, table2, table3, table5
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.report import INDICATORS
-from gcd_lightning.wandb_report import table_rows
+from gcd_lightning.reporting.aggregate import find_runs, latest
+from gcd_lightning.reporting.tables import INDICATORS, Run, failed_indicators, laid_out, robustness, table2, table3, table5
 
 spec = importlib.util.spec_from_file_location("aggregate_script", REPO / "scripts" / "aggregate.py")
 aggregate_script = importlib.util.module_from_spec(spec)
@@ -65,8 +64,8 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox",
               {**GREY, **WHITE_OLD, "whitebox.success.gcd": 0.75}, 4_000, untargeted_loss="merged")
     (tmp_path / "unfinished").mkdir()
-    runs = find_runs(tmp_path)
-    assert len(runs) == 4
+    assert len(find_runs(tmp_path)) == 4
+    runs = latest(find_runs(tmp_path))
 
     columns, rows = table2(runs)
     cw = rows[0]
@@ -111,7 +110,7 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
 def test_table3_gives_every_rate_its_interval_and_older_runs_n_a(tmp_path):
     write_run(tmp_path / "new", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE}, 1_000)
     write_run(tmp_path / "old", "cifar10", "cw_targeted", "whitebox", {**GREY, **WHITE_OLD}, 2_000)
-    runs = find_runs(tmp_path)
+    runs = latest(find_runs(tmp_path))
 
     columns, (old, new) = table3(runs)  # CSV: the rate, then <column>_low and <column>_high
     assert old[:2] == ["cifar10", "cw_targeted"]
@@ -157,29 +156,31 @@ def test_aggregate_without_runs_says_what_it_expected(tmp_path):
         find_runs(tmp_path)
 
 
-def test_wandb_rows_carry_det_org_the_intervals_and_the_robust_accuracy_over_all_examined():
-    tables = table_rows({**GREY, **WHITE, "gcd.robust_acc.all": 0.9, "base.robust_acc.all": 0.0}, "mnist", "ddn_untargeted")
-    columns, (ours, theirs) = tables["table3"]
-    assert len(columns) == len(ours) == len(theirs)
-    row = dict(zip(columns, ours))
-    assert (row["GCD"], row["GCD_low"], row["GCD_high"]) == (0.25, 0.142, 0.400)
-    assert (row["DET_org"], row["DET_org_low"], row["DET_org_high"]) == (0.1, 0.040, 0.231)
+def test_one_run_is_a_list_of_one_with_det_org_the_intervals_and_the_robust_accuracy_over_all_examined():
+    """What a run's report.md and its W&B tables show: the aggregate's tables of that run alone."""
+    tables = laid_out([Run("mnist", "ddn_untargeted", "whitebox",
+                           {**GREY, **WHITE, "gcd.robust_acc.all": 0.9, "base.robust_acc.all": 0.0})])
+    assert list(tables) == ["table2", "table3", "table5", "robustness"]
+    columns, (row,) = tables["table3"]
+    row = dict(zip(columns, row))
+    assert (row["GCD"], row["GCD_low"], row["GCD_high"], row["GCD paper"]) == (0.25, 0.142, 0.400, 0.941)
+    assert (row["DET_org"], row["DET_org_low"], row["DET_org_high"]) == (0.1, 0.040, 0.231) and "DET_org paper" not in row
     assert (row["BPDA+EOT"], row["BPDA+EOT end to end"], row["GCD end to end_high"]) == (0.9, 0.85, 0.4)
-    assert dict(zip(columns, theirs))["GCD"] == 0.941 and dict(zip(columns, theirs))["DET_org"] is None
     columns, rows = tables["table5"]
-    assert ["ours", "mnist", "ddn_untargeted, all examined", 0.9, 0.0] in rows
+    assert [row[1] for row in rows] == ["clean (lowest of 1)", "ddn_untargeted"]
+    assert rows[1][columns.index("GCD all examined"):] == [0.9, 0.0]
 
-    tables = table_rows({**GREY, **WHITE_OLD}, "imagenet_subset", "no_such_attack")  # older metrics, no paper row
-    columns, (ours, _) = tables["table3"]
-    row = dict(zip(columns, ours))
+    tables = laid_out([Run("imagenet_subset", "no_such_attack", "whitebox", {**GREY, **WHITE_OLD})])  # older, no paper
+    columns, (row,) = tables["table3"]
+    row = dict(zip(columns, row))
     assert row["DET_org"] is None and row["GCD end to end_low"] is None and row["GCD_low"] == wilson_interval(10, 40)[0]
-    assert [r[2] for r in tables["table5"][1]] == ["clean", "no_such_attack", "clean", "no_such_attack"]
+    assert row["GCD paper"] is None and "robustness" not in tables
 
 
 def test_robustness_table_has_a_row_per_budget_with_its_interval_and_tramers_verdict(tmp_path):
     write_run(tmp_path / "new", "mnist", "pgd_targeted", "whitebox", {**GREY, **WHITE}, 200)
     write_run(tmp_path / "old", "mnist", "ddn_targeted", "whitebox", {**GREY, **WHITE_OLD}, 100)  # no fixed budgets: no rows
-    runs = find_runs(tmp_path)
+    runs = latest(find_runs(tmp_path))
     columns, rows = robustness(runs)
     assert [row[3:5] for row in rows] == [["l2", "2"], ["linf", "0.1"]]
     linf = dict(zip(columns, rows[1]))

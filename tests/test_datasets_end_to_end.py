@@ -7,7 +7,6 @@ subsets are shrunk so that the whole GCD pipeline runs in seconds on a CPU.
 
 from __future__ import annotations
 
-import pytest
 from omegaconf import open_dict
 
 from conftest import compose_config, shrink

@@ -23,11 +23,12 @@ from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, cached, generate
 from gcd_lightning.attacks import PGD
-from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.detector import SubDetector
+from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.models import SmallCNN
 from gcd_lightning.pipeline import run
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.rectifier_stage import ensemble_saliency
+from gcd_lightning.pipeline.components import ensemble_saliency
 from gcd_lightning.pipeline.training import fit_best
 from gcd_lightning.utils.files import load_json, save_json
 
@@ -114,31 +115,29 @@ def join(rank: int, port: int, tmp_path: Path) -> None:
     assert (distributed.rank(), distributed.world_size()) == (rank, WORLD)
 
 
-def tiny_problem() -> tuple[nn.Module, TensorDataset, dict[DetectorInput, SubDetector]]:
+def tiny_problem() -> tuple[nn.Module, TensorDataset, GCD]:
     """A seeded classifier, images it labels itself (all correct) and two untrained detectors: the same in every process."""
     torch.manual_seed(0)
     model = SmallCNN(1, CLASSES, image_size=8, width=4, hidden=16).eval()
     x = torch.rand(N, 1, 8, 8)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    detectors = {
-        kind: SubDetector(SmallCNN(1, 2, image_size=8, width=4, hidden=16), kind, optimizer=torch.optim.Adam,
-                          classifier=model if kind is DetectorInput.SENSITIVITY else None).eval()
-        for kind in DetectorInput
-    }
-    return model, TensorDataset(x, y), detectors
+    detectors = [
+        SubDetector(SmallCNN(1, 2, image_size=8, width=4, hidden=16), kind, classifier=model).eval() for kind in ("org", "is")
+    ]
+    return model, TensorDataset(x, y), GCD(model, detectors)
 
 
 def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     torch.set_num_threads(1)  # the same arithmetic before and after joining
-    model, dataset, detectors = tiny_problem()
+    model, dataset, gcd = tiny_problem()
     attack = PGD(model, eps=0.1, nb_iter=3, eps_iter=0.05, rand_init=True, targeted=True)
 
     def build() -> AdversarialSet:
         return generate(model, attack, dataset, n=N, num_classes=CLASSES, seed=3, batch_size=BATCH, progress=False)
 
     alone = build()
-    saliency_alone = ensemble_saliency(detectors, alone.x_adv, BATCH)
+    saliency_alone = ensemble_saliency(gcd, alone.x_adv, BATCH)
     join(rank, port, tmp_path)
 
     rows = []
@@ -155,7 +154,7 @@ def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     assert torch.equal(AdversarialSet.load(path).x_adv, alone.x_adv)
     assert cached(path, {"seed": 3}, build)[1]  # every rank hits the cache rank 0 wrote
 
-    assert torch.equal(ensemble_saliency(detectors, alone.x_adv, BATCH), saliency_alone)
+    assert torch.equal(ensemble_saliency(gcd, alone.x_adv, BATCH), saliency_alone)
 
     uneven = torch.arange(3.0 * (2 + rank)).reshape(2 + rank, 3) + 100 * rank  # 2 rows on rank 0, 3 on rank 1
     expected = torch.cat([torch.arange(6.0).reshape(2, 3), torch.arange(9.0).reshape(3, 3) + 100])

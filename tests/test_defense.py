@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gcd_lightning.defense import (
     GCD,
+    Detector,
     DetectorInput,
+    GuidedMasking,
     RectifierFineTune,
     SubDetector,
     binary_entropy,
@@ -30,12 +32,12 @@ from gcd_lightning.defense import (
 from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning.models import SmallCNN, normalized
 from gcd_lightning.models.normalize import Normalize
+from gcd_lightning.adversarial import robust_accuracy
+from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.pipeline.evaluate_stage import (
     DRAW_STRIDE,
     float64_copy,
     mask_draws,
-    robust_accuracy,
-    run_gcd,
     sensitivity_norm,
     sensitivity_norms,
 )
@@ -383,8 +385,10 @@ def test_sensitivity_detector_trains_without_touching_f():
 def test_sub_detector_checks_its_classifier():
     with pytest.raises(ValueError, match="needs the protected classifier"):
         SubDetector(detector_body(), "is", optimizer=adam)
-    with pytest.raises(ValueError, match="does not use a classifier"):
-        SubDetector(detector_body(), "org", optimizer=adam, classifier=margin_classifier())
+    f = margin_classifier()
+    pixels = SubDetector(detector_body(), "org", optimizer=adam, classifier=f)  # built like DET_IS, keeps no f
+    assert pixels.classifier is None and not pixels.reads_sensitivity_of(f) and pixels.name == "org"
+    assert SubDetector(detector_body(), "is", optimizer=adam, classifier=f).reads_sensitivity_of(f)
     with pytest.raises(ValueError):
         SubDetector(detector_body(), "gradients", optimizer=adam)
 
@@ -408,12 +412,12 @@ def test_det_is_saliency_flows_through_the_sensitivity():
 # --- GCD routing ---------------------------------------------------------------------------
 
 
-class PixelDetector(nn.Module):
+class PixelDetector(Detector):
     """A stub detector whose adversarial logit is ``scale·(x[row, col] − 0.5)``: known decision and saliency."""
 
-    def __init__(self, row: int, col: int, scale: float = 20.0) -> None:
+    def __init__(self, row: int, col: int, name: str, scale: float = 20.0) -> None:
         super().__init__()
-        self.row, self.col, self.scale = row, col, scale
+        self.row, self.col, self.name, self.scale = row, col, name, scale
 
     def forward(self, x):
         z = self.scale * (x[:, 0, self.row, self.col] - 0.5)
@@ -439,32 +443,54 @@ def routing_batch() -> torch.Tensor:
     return x
 
 
-def make_gcd(**kwargs) -> GCD:
-    return GCD(ConstantClassifier(0), ConstantClassifier(1), PixelDetector(0, 0), PixelDetector(3, 3), **kwargs)
+def make_gcd(rectifier: nn.Module, alpha: float = 0.5, p: float = 1.0, generator: torch.Generator | None = None) -> GCD:
+    """f always says 0; DET_org reads pixel (0, 0), DET_IS pixel (3, 3); flagged inputs go to ``rectifier``."""
+    detectors = [PixelDetector(0, 0, "org"), PixelDetector(3, 3, "is")]
+    return GCD(ConstantClassifier(0), detectors, GuidedMasking(rectifier, alpha, p, generator))
 
 
 def test_gcd_routes_benign_inputs_to_f_and_flagged_ones_to_the_rectifier():
-    gcd = make_gcd(alpha=0.5, p=1.0, generator=torch.Generator().manual_seed(0))
+    gcd = make_gcd(ConstantClassifier(1), generator=torch.Generator().manual_seed(0))
     x = routing_batch()
     with torch.inference_mode():
-        labels, result = gcd.predict(x)
+        prediction = gcd.predict(x)
+    result = prediction.detection
     # 0: both benign (tie -> DET_IS); 1: DET_org sure it is adversarial; 2: DET_IS sure;
     # 3: DET_org sure it is benign overrules an unsure DET_IS
-    assert result.use_org.tolist() == [False, True, False, True]
+    assert result.decided.tolist() == [1, 0, 1, 0] and gcd.detector_names == ["org", "is"]
     assert result.flagged.tolist() == [False, True, True, False]
-    assert torch.equal(result.p, torch.where(result.use_org[:, None], result.p_org, result.p_is))
-    assert labels.tolist() == [0, 1, 1, 0]
-    assert torch.equal(gcd(x).argmax(1), labels)
+    assert torch.equal(result.p, torch.where((result.decided == 0)[:, None], result.p_each["org"], result.p_each["is"]))
+    assert prediction.label.tolist() == [0, 1, 1, 0]
+    assert prediction.f_label.tolist() == [0, 0, 0, 0] and prediction.rectified_label.tolist() == [-1, 1, 1, -1]
+    assert set(prediction.adversarial_scores) == {"org", "is", "gcd"}
+    assert torch.equal(gcd(x).argmax(1), prediction.label)
 
 
 def test_gcd_masks_flagged_inputs_where_the_deciding_detector_looks():
-    gcd = make_gcd(alpha=0.5, p=1.0, generator=torch.Generator().manual_seed(0))
-    x = routing_batch()
-    changed = gcd.rectify(x, gcd.detect(x)) != x
+    gcd = make_gcd(ConstantClassifier(1), generator=torch.Generator().manual_seed(0))
+    x = routing_batch()[1:3]  # flagged by DET_org, then by DET_IS
+    decided = gcd.detect(x).decided
+    changed = gcd.rectifier.mask(x, gcd.saliency(x, decided)) != x
     expected = torch.zeros_like(changed)
-    expected[1, 0, 0, 0] = True  # flagged by DET_org: its saliency is on pixel (0, 0)
-    expected[2, 0, 3, 3] = True  # flagged by DET_IS: pixel (3, 3)
+    expected[0, 0, 0, 0] = True  # flagged by DET_org: its saliency is on pixel (0, 0)
+    expected[1, 0, 3, 3] = True  # flagged by DET_IS: pixel (3, 3)
     assert torch.equal(changed, expected)
+
+
+def test_gcd_predict_refuses_inputs_it_cannot_score():
+    gcd = make_gcd(ConstantClassifier(1))
+    gcd.input_shape = (1, 4, 4)
+    x = routing_batch()
+    for bad, message in (
+        (x.clone().index_fill_(0, torch.tensor([2]), float("nan")), r"images \[2\] contain NaN"),
+        (x * 255, r"values in \[0, 1\]"),
+        ((x * 255).to(torch.uint8), "dtype torch.uint8"),
+        (x.repeat(1, 3, 1, 1), r"shape \(N, 1, 4, 4\)"),
+        (x[0], "batch"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            gcd.predict(bad)
+    assert gcd.predict(x.double()).label.tolist() == [0, 1, 1, 0]  # float64 is cast, not refused
 
 
 class PixelClassifier(nn.Module):
@@ -484,7 +510,7 @@ def test_mask_draws_average_gcd_accuracy_over_its_random_masks():
     y = torch.ones(64, dtype=torch.long)  # right while pixel (0, 0) survives the mask (p = 0.5)
     adv = AdversarialSet(index=torch.arange(64), x_adv=x, y=y, target=torch.full((64,), -1), success=torch.arange(64) < 32,
                          l2=torch.zeros(64), linf=torch.zeros(64), n_examined=64, seconds=0.0)
-    gcd = GCD(ConstantClassifier(0), PixelClassifier(), PixelDetector(0, 0), PixelDetector(3, 3), alpha=0.5, p=0.5)
+    gcd = make_gcd(PixelClassifier(), p=0.5)
     first = run_gcd(gcd, x, 16, seed=3)["label"]
     one = mask_draws(gcd, adv, first, 16, seed=3, draws=1)
     assert one["gcd.acc.adv"] == (first == y).double().mean().item() and one["gcd.acc.adv_std"] == 0.0
@@ -538,10 +564,16 @@ def test_sensitivity_norms_for_the_histograms_are_computed_in_float64():
 
 def test_gcd_checks_its_settings_and_mode():
     with pytest.raises(ValueError, match="alpha must lie in"):
-        make_gcd(alpha=1.5, p=0.5)
+        make_gcd(ConstantClassifier(1), alpha=1.5, p=0.5)
     with pytest.raises(ValueError, match="p must lie in"):
-        make_gcd(alpha=0.5, p=-0.1)
-    gcd = make_gcd(alpha=0.5, p=0.5).train()
+        make_gcd(ConstantClassifier(1), alpha=0.5, p=-0.1)
+    with pytest.raises(ValueError, match="names must differ"):
+        GCD(ConstantClassifier(0), [PixelDetector(0, 0, "org"), PixelDetector(3, 3, "org")])
+    with pytest.raises(ValueError, match="one detector or the two"):
+        GCD(ConstantClassifier(0), [])
+    with pytest.raises(RuntimeError, match="without a rectifier"):
+        GCD(ConstantClassifier(0), [PixelDetector(0, 0, "org")]).predict(routing_batch())
+    gcd = make_gcd(ConstantClassifier(1), alpha=0.5, p=0.5).train()
     with pytest.raises(RuntimeError, match="inference module"):
         gcd(routing_batch())
 

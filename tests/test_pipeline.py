@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from omegaconf import open_dict
 
 from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning.adversarial import AdversarialSet
+from gcd_lightning import load_defense
 from gcd_lightning.pipeline import run
+from gcd_lightning.predict import main as predict_main
 
 METRIC_KEYS = [
     "classifier.test_acc",
@@ -78,9 +85,9 @@ def test_run_writes_every_metric_config_and_report(first_run):
     for model in ("base", "gcd"):
         expected = metrics[f"{model}.acc.adv"] * metrics["eval.n_pairs"] / metrics["eval.n_examined"]
         assert metrics[f"{model}.robust_acc.all"] == pytest.approx(expected)
-    assert f"| pgd_targeted, all examined | {metrics['gcd.robust_acc.all']:.4f} | {metrics['base.robust_acc.all']:.4f} |" in (
-        out / "report.md"
-    ).read_text()
+    # Table 5's GCD clean, GCD all examined and F all examined columns
+    assert (f"| {metrics['gcd.acc.clean']:.4f} | {metrics['gcd.robust_acc.all']:.4f} | {metrics['base.robust_acc.all']:.4f} |"
+            in (out / "report.md").read_text())
 
 
 def test_classifier_learns_and_attack_respects_its_contract(first_run):
@@ -180,8 +187,9 @@ def test_wandb_logger_writes_an_offline_run_with_tables_and_figures(first_run, t
     tables = {p.name.split("_")[0] for p in (media / "table").glob("*.table.json")}
     assert {"table2", "table5"} <= tables
     table2 = json.loads(next((media / "table").glob("table2_*.table.json")).read_text())
-    assert table2["data"][0][:3] == ["ours", "mnist", "pgd_targeted"]
-    assert table2["data"][0][-1] == pytest.approx(metrics["detector.auc.gcd"])
+    row = dict(zip(table2["columns"], table2["data"][0]))
+    assert (row["dataset"], row["attack"], row["GCD paper"]) == ("mnist", "pgd_targeted", 1.0)
+    assert row["GCD"] == pytest.approx(metrics["detector.auc.gcd"])
     assert len(list((media / "images").rglob("*.png"))) == 2
 
 
@@ -229,7 +237,9 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
     report = (tmp_path / "whitebox" / "report.md").read_text()
-    assert "Table 3" in report and "| paper | 1.000 | 1.000 | 0.437 |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| mnist | pgd_targeted | whitebox | 20 |"))
+    cells = row.strip("| ").split(" | ")  # Table 3: the paper's NoDET, DET_IS and GCD beside ours
+    assert "Table 3" in report and (cells[5], cells[7], cells[9]) == ("1.0000", "1.0000", "0.4370")
     assert "Indicators of attack failure" in report and "Tramèr" in report and "95%" in report
     for name in ("silent", "incomplete", "unbounded", "noise", "random"):
         assert (f"**WARNING** {name}:" in report) == bool(metrics[f"whitebox.indicator.{name}.failed"]), name
@@ -267,3 +277,84 @@ def test_untargeted_whitebox_counts_the_stronger_of_both_objectives_per_image(fi
         alone.threat.untargeted_loss = "hinge"
     with pytest.raises(ValueError, match="untargeted_loss='hinge'.*'both'"):
         run(alone)
+
+
+# --- the exported defense --------------------------------------------------------------------
+
+FRESH_PROCESS = """
+import json, sys
+import torch
+from gcd_lightning import load_defense
+from gcd_lightning.adversarial import AdversarialSet
+from gcd_lightning.pipeline.components import run_gcd
+from gcd_lightning.pipeline.evaluate_stage import DRAW_STRIDE
+
+folder, adv_path, seed, draws, batch_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+defense = load_defense(folder)
+adv = AdversarialSet.load(adv_path)
+answers = [run_gcd(defense, adv.x_adv, batch_size, seed + d * DRAW_STRIDE) for d in range(draws)]
+accuracy = [(a["label"] == adv.y).double().mean().item() for a in answers]
+print(json.dumps({"acc": sum(accuracy) / draws, "p_adv": {k: answers[0][k][adv.success].tolist() for k in ("org", "is", "gcd")}}))
+"""
+
+
+def test_exported_defense_gives_the_runs_decisions_in_a_fresh_process(first_run):
+    tmp, cfg, metrics = first_run
+    folder = tmp / "out" / "defense"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "classifier.pt", "defense.yaml", "detector_is.pt", "detector_org.pt", "rectifier.pt"
+    ]
+    (adv_test,) = [p for p in cached_sets(cfg) if "_test_" in p.name]
+    args = [str(folder), str(adv_test), str(cfg.seed), str(cfg.evaluate.mask_draws), str(cfg.adversarial.batch_size)]
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, *args], capture_output=True, text=True, check=True)
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["acc"] == metrics["gcd.acc.adv"]  # every draw's labels, as the run's evaluation saw them
+    scores = torch.load(tmp / "out" / "scores.pt", weights_only=True)
+    for name in ("org", "is", "gcd"):
+        assert torch.equal(torch.tensor(fresh["p_adv"][name]), scores["adv"][name]), name
+
+
+def test_loaded_defense_refuses_another_classifier_unless_told(first_run):
+    tmp, _, _ = first_run
+    folder = tmp / "out" / "defense"
+    defense = load_defense(folder)
+    other = copy.deepcopy(defense.classifier[1])
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="differ from those the defense .* was trained for.*strict=False"):
+        load_defense(folder, classifier=other)
+    loose = load_defense(folder, classifier=other, strict=False)
+    assert loose.classifier[1] is other
+    x = torch.rand(4, 1, 28, 28)
+    prediction = defense.predict(x)
+    assert prediction.label.shape == (4,) and set(prediction.adversarial_scores) == {"org", "is", "gcd"}
+    assert torch.equal(defense(x).argmax(1), prediction.label)
+    with pytest.raises(FileNotFoundError, match="not an exported defense"):
+        load_defense(tmp)
+
+
+def test_predict_cli_answers_a_folder_of_pngs_and_reports_a_corrupt_one(first_run, tmp_path):
+    tmp, cfg, _ = first_run
+    folder = tmp / "out" / "defense"
+    (adv_test,) = [p for p in cached_sets(cfg) if "_test_" in p.name]
+    images = AdversarialSet.load(adv_test).x_adv[:5]
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray((image[0] * 255).round().byte().numpy(), mode="L").save(inputs / f"{i}.png")
+    (inputs / "5_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.new("L", (32, 32)).save(inputs / "6_too_big.png")
+    out = tmp_path / "answers.csv"
+    predict_main([f"defense={folder}", f"inputs={inputs}", f"out={out}", "batch_size=2", "progress=false"])
+    rows = list(csv.DictReader(out.open()))
+    assert [row["file"] for row in rows] == [*(f"{i}.png" for i in range(5)), "5_corrupt.png", "6_too_big.png"]
+    assert "unreadable" in rows[5]["error"] and "expects (1, 28, 28)" in rows[6]["error"]
+    quantised = torch.stack([predict_image(inputs / f"{i}.png") for i in range(5)])
+    expected = load_defense(folder).predict(quantised)
+    assert [int(row["label"]) for row in rows[:5]] == expected.label.tolist()
+    assert [row["flagged"] == "True" for row in rows[:5]] == expected.flagged.tolist()
+    assert all(row["decided_by"] in ("org", "is") and not row["error"] for row in rows[:5])
+
+
+def predict_image(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.uint8).copy()).float().div(255)[None]

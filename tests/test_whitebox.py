@@ -12,9 +12,11 @@ from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, strongest
 from gcd_lightning.attacks import PGD, DDN, Norm, run_attack
+from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.ensemble import entropy_select, is_flagged
 from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
@@ -59,12 +61,24 @@ def sensitivity_detector(classifier: nn.Module, seed: int = 1) -> SubDetector:
     return SubDetector(body, "is", optimizer=torch.optim.SGD, classifier=classifier).double().eval()
 
 
-def flagging_detector() -> nn.Module:
+class FlaggingDetector(Detector):
     """A pixel detector that flags everything with near certainty but still has input gradients."""
-    torch.manual_seed(2)
-    linear = nn.Linear(16, 2).double()
-    linear.bias.data = torch.tensor([-20.0, 20.0], dtype=torch.float64)
-    return nn.Sequential(nn.Flatten(), linear).eval()
+
+    name = "org"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.linear = nn.Linear(16, 2).double()
+        self.linear.bias.data = torch.tensor([-20.0, 20.0], dtype=torch.float64)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def flagging_detector() -> Detector:
+    return FlaggingDetector()
 
 
 def test_l_plus_one_prediction_is_the_detected_classifiers_decision():
@@ -154,16 +168,16 @@ def test_attack_gradient_through_det_is_uses_double_backprop_and_matches_finite_
 
 def test_bpda_eot_gradient_is_the_mean_rectifier_gradient_at_the_masks():
     f, f_rec = smooth_classifier(0), smooth_classifier(3)
-    gcd = GCD(f, f_rec, flagging_detector(), sensitivity_detector(f), alpha=0.3, p=0.5,
-              generator=torch.Generator().manual_seed(0))
+    gcd = GCD(f, [flagging_detector(), sensitivity_detector(f)],
+              GuidedMasking(f_rec, alpha=0.3, p=0.5, generator=torch.Generator().manual_seed(0)))
     model = RandomizedGCD(gcd, eot_samples=5)
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 1])
     (grad,) = torch.autograd.grad(F.nll_loss(model(x), y, reduction="sum"), x)
     # the same masks again, differentiated at the masked points and averaged over the draws (BPDA: dm/dx = I)
-    gcd.generator.manual_seed(0)
+    gcd.rectifier.generator.manual_seed(0)
     result = gcd.detect(x.detach())
-    masks = gcd.mask(x.detach(), result.use_org, 5).requires_grad_(True)
+    masks = gcd.rectifier.mask(x, gcd.saliency(x.detach(), result.decided), 5).requires_grad_(True)
     probs = torch.softmax(f_rec(masks), 1).view(5, 2, L).mean(0)
     (expected,) = torch.autograd.grad(F.nll_loss(probs.log(), y, reduction="sum"), masks)
     assert grad.abs().sum() > 0

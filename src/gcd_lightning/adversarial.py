@@ -132,6 +132,36 @@ def select_correct(model: nn.Module, dataset: Dataset, n: int, seed: int, batch_
     return torch.cat(chosen), examined
 
 
+def robust_accuracy(acc_adv: float, n_attacked: int, n_examined: int) -> float:
+    """Accuracy under attack over every examined test image, clean misclassifications counted as errors.
+
+    The adversarial test set holds the ``n_attacked`` images that ``f`` classifies correctly among
+    the first ``n_examined`` of a seeded order of the test split (the misclassified ones are skipped,
+    not attacked); ``acc_adv`` is an accuracy over those ``n_attacked``. Over all ``n_examined``
+    images, the skipped ones counting as errors, it is ``acc_adv · n_attacked / n_examined``: the
+    robust accuracy of RobustBench and AutoAttack, comparable with accuracies over whole test sets.
+    For GCD this is a lower bound: a skipped image that ``f`` gets wrong counts as GCD's error too,
+    although ``f_rec`` might recover it if the detectors flagged it.
+    """
+    if not 0 < n_attacked <= n_examined:
+        raise ValueError(
+            f"robust_accuracy: need 0 < n_attacked <= n_examined, got {n_attacked} attacked of {n_examined} examined "
+            "(the adversarial test set is inconsistent: delete it from cache/adversarial to rebuild it)"
+        )
+    if not 0.0 <= acc_adv <= 1.0:
+        raise ValueError(f"robust_accuracy: acc_adv must be an accuracy in [0, 1], got {acc_adv}")
+    return acc_adv * n_attacked / n_examined
+
+
+def pair_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) rows of an adversarial set; a clean image and its attack stay together."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example L2 and L∞ norms of ``x_adv - x``."""
     delta = (x_adv - x).flatten(1)

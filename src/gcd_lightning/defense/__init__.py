@@ -1,8 +1,10 @@
-"""The Guided Complementary Defense (section 3): sub-detectors, entropy ensemble, guided rectifier."""
+"""The Guided Complementary Defense (section 3) as components: detectors, the entropy ensemble, rectifiers."""
 
+from gcd_lightning.defense.base import Detector, Rectifier
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
-from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, binary_entropy, entropy_select, is_flagged
-from gcd_lightning.defense.gcd import GCD, DetectResult
+from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, binary_entropy, ensemble, entropy_select, is_flagged
+from gcd_lightning.defense.gcd import GCD, DetectResult, Prediction
+from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.defense.rectifier import (
     detector_saliency,
     guided_saliency,
@@ -19,11 +21,16 @@ __all__ = [
     "BENIGN",
     "GCD",
     "DetectResult",
+    "Detector",
     "DetectorInput",
+    "GuidedMasking",
+    "Prediction",
+    "Rectifier",
     "RectifierFineTune",
     "SubDetector",
     "binary_entropy",
     "detector_saliency",
+    "ensemble",
     "entropy_select",
     "guided_saliency",
     "input_sensitivity",

@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
 from gcd_lightning.optim import OptimizerFactory, SchedulerFactory, configure_optimizers
@@ -22,7 +23,7 @@ class DetectorInput(str, enum.Enum):
     SENSITIVITY = "is"  # DET_IS: the scaled input sensitivity G(x, ŷ) of the classifier (eq. 8)
 
 
-class SubDetector(pl.LightningModule):
+class SubDetector(pl.LightningModule, Detector):
     """A binary classifier of its input representation: logit 0 benign (``p⁺``), logit 1 adversarial (``p⁻``).
 
     Trained with cross entropy on the set of eq. 7: batches ``(x, label)`` of images in [0, 1]
@@ -39,18 +40,20 @@ class SubDetector(pl.LightningModule):
         body: the network on the representation, 2 logits out, e.g. ``SmallCNN(in_channels,
             num_classes=2, ...)``; both kinds take inputs with the image's shape.
         kind: ``DetectorInput`` or its value (``"org"`` / ``"is"``).
-        optimizer: a partial optimizer (``_partial_: true``), called with ``params=``.
+        optimizer: a partial optimizer (``_partial_: true``), called with ``params=``; ``None``
+            for a detector that is only loaded for inference.
         scheduler: a partial LR scheduler or ``None``; it is called with ``optimizer=`` and
             ``total_steps=`` and stepped every batch.
         classifier: the protected classifier ``f`` (pixels -> logits); required for
-            ``SENSITIVITY``, refused for ``PIXELS``. It is put in eval mode.
+            ``SENSITIVITY`` (it is put in eval mode); a ``PIXELS`` detector does not look at it
+            and keeps none, so every detector can be built with the same arguments.
     """
 
     def __init__(
         self,
         body: nn.Module,
         kind: DetectorInput | str,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         classifier: nn.Module | None = None,
     ) -> None:
@@ -59,8 +62,8 @@ class SubDetector(pl.LightningModule):
         self.kind = DetectorInput(kind)
         if self.kind is DetectorInput.SENSITIVITY and classifier is None:
             raise ValueError("SubDetector: a sensitivity detector (DET_IS) needs the protected classifier f")
-        if self.kind is DetectorInput.PIXELS and classifier is not None:
-            raise ValueError("SubDetector: a pixel detector (DET_org) does not use a classifier; pass classifier=None")
+        if self.kind is DetectorInput.PIXELS:
+            classifier = None
         if classifier is not None:
             classifier.eval()
         object.__setattr__(self, "classifier", classifier)
@@ -94,13 +97,24 @@ class SubDetector(pl.LightningModule):
         create_graph = x.requires_grad and torch.is_grad_enabled()
         return sensitivity_features(input_sensitivity(self.classifier, x, create_graph=create_graph))
 
+    @property
+    def name(self) -> str:
+        """``"org"`` (``DET_org``) or ``"is"`` (``DET_IS``)."""
+        return self.kind.value
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, 2) of images ``x`` (N, C, H, W) in [0, 1]."""
         return self.body(self.features(x))
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``(p⁺, p⁻)`` (N, 2): column 0 benign, column 1 adversarial."""
-        return torch.softmax(self(x), dim=1)
+    def reads_sensitivity_of(self, classifier: nn.Module) -> bool:
+        """``DET_IS`` reads only ``G`` of its classifier: true for that classifier."""
+        return self.kind is DetectorInput.SENSITIVITY and classifier is self.classifier
+
+    def logits_from_sensitivity(self, sensitivity: torch.Tensor) -> torch.Tensor:
+        """``DET_IS``'s logits from ``G(x, ŷ)`` computed elsewhere (``GCD.predict``)."""
+        if self.kind is not DetectorInput.SENSITIVITY:
+            raise ValueError("logits_from_sensitivity: DET_org reads the images, not the sensitivity")
+        return self.body(sensitivity_features(sensitivity))
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, the adversarial probability ``p⁻`` and the labels of a batch."""
@@ -140,4 +154,6 @@ class SubDetector(pl.LightningModule):
         self.log("test/auc", self.test_auc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
+        if self.hparams.optimizer is None:
+            raise ValueError("SubDetector: built without an optimizer (inference only); pass optimizer= to train it")
         return configure_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)

@@ -7,6 +7,7 @@ probability of a benign input, column ``ADVERSARIAL`` (1) that of an adversarial
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -44,6 +45,27 @@ def entropy_select(p_org: torch.Tensor, p_is: torch.Tensor) -> tuple[torch.Tenso
         raise ValueError(f"entropy_select: p_org {tuple(p_org.shape)} and p_is {tuple(p_is.shape)} differ in shape")
     use_org = binary_entropy(p_org) < binary_entropy(p_is)
     return torch.where(use_org[:, None], p_org, p_is), use_org
+
+
+def ensemble(probabilities: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decision of one detector, or of GCD's two combined by eq. 10-11: the one place the ensemble is formed.
+
+    Args:
+        probabilities: each detector's ``(p⁺, p⁻)`` (N, 2), in the defense's order (``[DET_org,
+            DET_IS]`` for GCD: ties go to the second, ``entropy_select``).
+
+    Returns:
+        ``(p, decided)``: the adopted probabilities (N, 2), differentiable with respect to the
+        adopted detector's, and (N,) int64 the index of the detector that decided each example.
+    """
+    if len(probabilities) == 1:
+        (p,) = probabilities
+        check_detector_probabilities(p)
+        return p, torch.zeros(len(p), dtype=torch.long, device=p.device)
+    if len(probabilities) != 2:
+        raise ValueError(f"ensemble: one detector or the two of GCD's entropy ensemble, got {len(probabilities)}")
+    p, use_first = entropy_select(*probabilities)
+    return p, (~use_first).long()
 
 
 def is_flagged(p: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ For a single-channel image both choices are exactly the paper's rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,26 +70,26 @@ def detector_saliency(
 
 
 def guided_saliency(
-    det_org: Callable[[torch.Tensor], torch.Tensor],
-    det_is: Callable[[torch.Tensor], torch.Tensor],
+    detectors: Sequence[Callable[[torch.Tensor], torch.Tensor]],
     x: torch.Tensor,
-    use_org: torch.Tensor,
+    decided: torch.Tensor,
     target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The saliency of each example from the sub-detector that decided it (section 3.2).
+    """The saliency of each example from the detector that decided it (section 3.2).
 
-    ``use_org`` (N,) is the choice of eq. 11: ``DET_org``'s gradients where true, ``DET_IS``'s
-    elsewhere. ``target`` (N,) optionally fixes the detector label of ``L_DET`` (see
-    ``detector_saliency``).
+    ``decided`` (N,) holds the index into ``detectors`` of the detector adopted by eq. 11 for each
+    example (``GCD.detect``). ``target`` (N,) optionally fixes the detector label of ``L_DET``
+    (see ``detector_saliency``).
     """
     check_images(x)
-    if use_org.shape != (x.shape[0],) or use_org.dtype != torch.bool:
+    if decided.shape != (x.shape[0],) or decided.dtype != torch.long:
         raise ValueError(
-            f"guided_saliency: use_org must be a bool tensor of shape ({x.shape[0]},), "
-            f"got {use_org.dtype} {tuple(use_org.shape)}"
+            f"guided_saliency: decided must be an int64 tensor of shape ({x.shape[0]},), "
+            f"got {decided.dtype} {tuple(decided.shape)}"
         )
     saliency = torch.zeros_like(x)
-    for detector, chosen in ((det_org, use_org), (det_is, ~use_org)):
+    for k, detector in enumerate(detectors):
+        chosen = decided == k
         if chosen.any():
             saliency[chosen] = detector_saliency(detector, x[chosen], None if target is None else target[chosen])
     return saliency

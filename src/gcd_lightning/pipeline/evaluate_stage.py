@@ -26,55 +26,18 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from gcd_lightning import distributed, figures
-from gcd_lightning.adversarial import AdversarialSet, predict, stack
-from gcd_lightning.defense.detector import DetectorInput, SubDetector
-from gcd_lightning.defense.ensemble import ADVERSARIAL
+from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.rectifier import zero_most_salient
 from gcd_lightning.defense.sensitivity import input_sensitivity
+from gcd_lightning.pipeline.components import ensemble_saliency, gcd_batch, run_gcd
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.rectifier_stage import ensemble_saliency
+from gcd_lightning.reporting import figures
 from gcd_lightning.utils.files import save_torch
 
 TABLE1_FRACTIONS = (0.05, 0.10)
 DRAW_STRIDE = 100_003  # seeds of successive mask draws lie this far apart, beyond any set's batch count
-
-
-def gcd_batch(gcd: GCD, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """GCD's labels, the three adversarial scores ``p⁻`` (org, is, ensemble), flags and routing of one batch, on the CPU."""
-    labels, result = gcd.predict(x.to(next(gcd.parameters()).device))
-    answers = {
-        "label": labels,
-        "org": result.p_org[:, ADVERSARIAL],
-        "is": result.p_is[:, ADVERSARIAL],
-        "gcd": result.p[:, ADVERSARIAL],
-        "flagged": result.flagged,
-        "use_org": result.use_org,
-    }
-    return {name: value.detach().cpu() for name, value in answers.items()}
-
-
-def run_gcd(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """``gcd_batch`` over ``x`` batch by batch, batch ``i``'s random masks drawn after seeding ``seed + i``.
-
-    So the answers do not depend on the order of calls or on how a DDP run shares the batches.
-    """
-    return distributed.map_batches(lambda _, rows: gcd_batch(gcd, x[rows]), len(x), batch_size, seed)
-
-
-def build_gcd(
-    ctx: RunContext, classifier: nn.Module, rectifier: nn.Module, detectors: dict[DetectorInput, SubDetector]
-) -> GCD:
-    """The GCD inference module of a run; its random masks come from the global generator (``run_gcd`` seeds it)."""
-    return GCD(
-        classifier,
-        rectifier,
-        detectors[DetectorInput.PIXELS],
-        detectors[DetectorInput.SENSITIVITY],
-        alpha=ctx.cfg.rectifier.alpha,
-        p=ctx.cfg.rectifier.p,
-    )
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
@@ -107,30 +70,7 @@ def sensitivity_norms(classifier64: nn.Module, x: torch.Tensor, batch_size: int)
     return distributed.map_batches(lambda _, rows: sensitivity_norm(classifier64, x[rows]), len(x), batch_size)
 
 
-def robust_accuracy(acc_adv: float, n_attacked: int, n_examined: int) -> float:
-    """Accuracy under attack over every examined test image, clean misclassifications counted as errors.
-
-    The adversarial test set holds the ``n_attacked`` images that ``f`` classifies correctly among
-    the first ``n_examined`` of a seeded order of the test split (the misclassified ones are skipped,
-    not attacked); ``acc_adv`` is an accuracy over those ``n_attacked``. Over all ``n_examined``
-    images, the skipped ones counting as errors, it is ``acc_adv · n_attacked / n_examined``: the
-    robust accuracy of RobustBench and AutoAttack, comparable with accuracies over whole test sets.
-    For GCD this is a lower bound: a skipped image that ``f`` gets wrong counts as GCD's error too,
-    although ``f_rec`` might recover it if the detectors flagged it.
-    """
-    if not 0 < n_attacked <= n_examined:
-        raise ValueError(
-            f"robust_accuracy: need 0 < n_attacked <= n_examined, got {n_attacked} attacked of {n_examined} examined "
-            "(the adversarial test set is inconsistent: delete it from cache/adversarial to rebuild it)"
-        )
-    if not 0.0 <= acc_adv <= 1.0:
-        raise ValueError(f"robust_accuracy: acc_adv must be an accuracy in [0, 1], got {acc_adv}")
-    return acc_adv * n_attacked / n_examined
-
-
-def saliency_ablation(
-    ctx: RunContext, classifier: nn.Module, detectors: dict[DetectorInput, SubDetector], adv_test: AdversarialSet
-) -> dict[str, float]:
+def saliency_ablation(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> dict[str, float]:
     """Table 1: success of the successful attacks once their most detector-salient pixels are zeroed.
 
     ``table1.success.top{5,10}`` zero the 5% / 10% locations of highest ``|∂L_DET/∂x|`` (the
@@ -144,11 +84,11 @@ def saliency_ablation(
         return metrics | {f"table1.success.{name}{round(f * 100)}": float("nan") for f in TABLE1_FRACTIONS for name in ("top", "random")}
     x_adv = adv_test.x_adv[won]
     labels = (adv_test.target if targeted else adv_test.y)[won]
-    saliency = ensemble_saliency(detectors, x_adv, bs)
+    saliency = ensemble_saliency(gcd, x_adv, bs)
     random_saliency = torch.rand(saliency.shape, generator=torch.Generator().manual_seed(ctx.cfg.seed))
     for fraction in TABLE1_FRACTIONS:
         for name, guide in (("top", saliency), ("random", random_saliency)):
-            pred = predict(classifier, zero_most_salient(x_adv, guide, fraction), bs)
+            pred = predict(gcd.classifier, zero_most_salient(x_adv, guide, fraction), bs)
             success = pred == labels if targeted else pred != labels
             metrics[f"table1.success.{name}{round(fraction * 100)}"] = success.float().mean().item()
     return metrics
@@ -211,13 +151,7 @@ def clean_answers(
     )
 
 
-def run_evaluate_stage(
-    ctx: RunContext,
-    classifier: nn.Module,
-    rectifier: nn.Module,
-    detectors: dict[DetectorInput, SubDetector],
-    adv_test: AdversarialSet,
-) -> dict[str, float]:
+def run_evaluate_stage(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> dict[str, float]:
     """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images.
 
     One pass over the clean test split answers both for the clean accuracies (its first
@@ -226,7 +160,7 @@ def run_evaluate_stage(
     """
     cfg = ctx.cfg
     bs = cfg.adversarial.batch_size
-    gcd = build_gcd(ctx, classifier, rectifier, detectors)
+    classifier = gcd.classifier
     test = ctx.datamodule.dataset("test")
     n_clean = cfg.evaluate.n_clean or len(test)
     if not 0 < n_clean <= len(test):
@@ -238,13 +172,14 @@ def run_evaluate_stage(
     on_adv = run_gcd(gcd, adv_test.x_adv, bs, cfg.seed)
     won, y = adv_test.success, adv_test.y
     metrics = {"eval.n_pairs": float(len(adv_test)), "eval.n_successful": float(won.sum())}
-    for name in ("org", "is", "gcd"):
+    names = [*gcd.detector_names, "gcd"]
+    for name in names:
         metrics[f"detector.auc.{name}"] = auc(on_clean[name], on_adv[name][won])
         metrics[f"detector.auc_all.{name}"] = auc(on_clean[name], on_adv[name])
     title = f"{cfg.dataset.name} {cfg.attack.name}"
     scores = {
-        "clean": {name: on_clean[name] for name in ("org", "is", "gcd")},
-        "adv": {name: on_adv[name][won] for name in ("org", "is", "gcd")},
+        "clean": {name: on_clean[name] for name in names},
+        "adv": {name: on_adv[name][won] for name in names},
         "g_norm": {"clean": on_clean["g_norm"], "adv": sensitivity_norms(classifier64, adv_test.x_adv[won], bs)},
     }
     del classifier64
@@ -256,9 +191,10 @@ def run_evaluate_stage(
         figures.sensitivity_histogram,
         scores["g_norm"]["clean"], scores["g_norm"]["adv"], f"input sensitivity, {title}", ctx.output_dir / "sensitivity.png",
     )
-    metrics.update(saliency_ablation(ctx, classifier, detectors, adv_test))
+    metrics.update(saliency_ablation(ctx, gcd, adv_test))
     metrics["detector.tpr.adv"] = on_adv["flagged"][won].float().mean().item()
-    metrics["detector.org_share.adv"] = on_adv["use_org"][won].float().mean().item()
+    for k, name in enumerate(gcd.detector_names):  # the share of the successful attacks each detector decided
+        metrics[f"detector.{name}_share.adv"] = (on_adv["decided"][won] == k).float().mean().item()
     base_adv = predict(classifier, adv_test.x_adv, bs) == y
     metrics["base.acc.adv"] = base_adv.float().mean().item()
     metrics["base.acc.adv_successful"] = base_adv[won].float().mean().item()

@@ -5,19 +5,22 @@ from __future__ import annotations
 import enum
 import logging
 import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from gcd_lightning import distributed, wandb_report
+from gcd_lightning import distributed
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
+from gcd_lightning.pipeline.components import build_gcd, export_run_defense
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
-from gcd_lightning.pipeline.rectifier_stage import rectifier_path, run_rectifier_stage
+from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
 from gcd_lightning.pipeline.whitebox_stage import check_threat, run_whitebox_stage
-from gcd_lightning.report import write_report
+from gcd_lightning.reporting import wandb as wandb_report
+from gcd_lightning.reporting.report import write_report
 from gcd_lightning.utils.files import save_text
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_metrics(metrics)
         wandb_report.log_run(ctx.loggers, cfg, metrics, ctx.output_dir)
         log.info("results in %s", ctx.output_dir)
+        if stage.includes(Stage.RECTIFIER) and distributed.is_rank_zero():
+            print(usage_example(ctx.output_dir / "defense"))
         status = "success"
         return metrics
     finally:
         close_loggers(ctx.loggers, status)
         if opened and status == "success":  # a failed rank may never reach the barrier
             distributed.shutdown()
+
+
+def usage_example(folder: Path) -> str:
+    """What ``make demo`` ends with: where the trained defense is and two lines of Python that use it."""
+    return (
+        f"defense exported to {folder}; use it in Python:\n"
+        "    from gcd_lightning import load_defense\n"
+        f"    labels = load_defense({str(folder)!r}).predict(images).label  # images: (N, C, H, W) floats in [0, 1]"
+    )
 
 
 def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
@@ -98,18 +112,17 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     metrics.update(detector_metrics)
     if not stage.includes(Stage.RECTIFIER):
         return metrics
-    rectifier, rectifier_metrics = run_rectifier_stage(ctx, model, classifier_id, detectors, detectors_folder, adv_train)
+    rectifier, rectifier_id, rectifier_metrics = run_rectifier_stage(
+        ctx, model, classifier_id, detectors, detectors_folder, adv_train
+    )
     metrics.update(rectifier_metrics)
+    gcd = build_gcd(ctx, model, detectors, rectifier)
+    distributed.write_on_rank_zero(export_run_defense, ctx, gcd)
     if not stage.includes(Stage.EVALUATE):
         return metrics
-    metrics.update(run_evaluate_stage(ctx, model, rectifier, detectors, adv_test))
+    metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
     if ctx.cfg.threat.name == "whitebox":
-        rectifier_id = rectifier_path(ctx, detectors_folder, classifier_id).stem
-        metrics.update(
-            run_whitebox_stage(
-                ctx, model, classifier_id, rectifier, rectifier_id, detectors, detectors_folder.name, adv_test
-            )
-        )
+        metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test))
     return metrics
 
 

@@ -4,8 +4,8 @@ The first ``threat.n_test`` images of the grey-box test set are attacked against
 
 * ``nodet``: ``f`` alone (NoDET of Table 3), the configured attack and ``AdaptivePGD`` on ``f``'s
   hinge, so that NoDET faces attacks as strong as the detected targets do;
-* ``det_is``, ``det_org``: ``f`` guarded by one sub-detector; ``gcd``: ``f`` guarded by GCD's
-  ensemble (eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
+* ``det_<name>`` for each detector of the defense (GCD: ``det_org``, ``det_is``): ``f`` guarded by
+  that detector alone; ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
 
 Each detector target is attacked by several attacks ("variants"), and each image counts the
@@ -41,14 +41,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, stack, strongest
+from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, robust_accuracy, stack, strongest
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.intervals import mean_interval, rate_interval
-from gcd_lightning.paper import ROBUST_CLASSIFIERS
+from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.evaluate_stage import build_gcd, robust_accuracy, run_gcd
+from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.utils.hashing import spec_hash
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
@@ -65,7 +66,6 @@ SPEC_VERSION = 3
 # a seed an attack uses (seed + i for a few thousand batches at most)
 JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
-DETECTOR_TARGETS = ("det_is", "det_org", "gcd")
 
 Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
@@ -92,6 +92,11 @@ def check_threat(threat: DictConfig) -> None:
         raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
 
 
+def reads_sensitivity(detector: nn.Module) -> bool:
+    """Whether ``detector`` is a ``DET_IS``, whose backward pass ``SurrogateGradient`` can smooth."""
+    return isinstance(detector, SubDetector) and detector.kind is DetectorInput.SENSITIVITY
+
+
 @dataclasses.dataclass
 class Variant:
     """One attack on one target: how to build it, what its cached result depends on, who judges it."""
@@ -105,11 +110,9 @@ class Variant:
 
 def run_whitebox_stage(
     ctx: RunContext,
-    classifier: nn.Module,
+    gcd: GCD,
     classifier_id: str,
-    rectifier: nn.Module,
     rectifier_id: str,
-    detectors: dict[DetectorInput, SubDetector],
     detectors_id: str,
     adv_test: AdversarialSet,
 ) -> dict[str, float]:
@@ -125,10 +128,9 @@ def run_whitebox_stage(
     norm = Norm(cfg.attack.norm)
     eps = float(cfg.attack.eps) if norm is Norm.LINF else float(adaptive.l2_eps)
 
-    det_org, det_is = detectors[DetectorInput.PIXELS], detectors[DetectorInput.SENSITIVITY]
-    parts = {"det_is": [det_is], "det_org": [det_org], "gcd": [det_org, det_is]}
+    classifier = gcd.classifier
+    parts = {f"det_{d.name}": [d] for d in gcd.detectors} | {"gcd": list(gcd.detectors)}
     guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}
-    gcd = build_gcd(ctx, classifier, rectifier, detectors)
     judge_objective = HingeEvasion(num_classes, 0.0, 1.0, targeted)
 
     def fooled(pred: torch.Tensor) -> torch.Tensor:
@@ -182,8 +184,8 @@ def run_whitebox_stage(
             Variant(mode, adaptive_pgd(model, mode, norm, eps), {"pgd": [mode, norm.value, eps, pgd_spec]}, name)
             for mode in adaptive.modes
         ]
-        if adaptive.surrogate_beta is not None and DetectorInput.SENSITIVITY in [d.kind for d in parts[name]]:
-            smooth = [SurrogateGradient(d, adaptive.surrogate_beta) if d.kind is DetectorInput.SENSITIVITY else d for d in parts[name]]
+        if adaptive.surrogate_beta is not None and any(map(reads_sensitivity, parts[name])):
+            smooth = [SurrogateGradient(d, adaptive.surrogate_beta) if reads_sensitivity(d) else d for d in parts[name]]
             found.append(Variant("surrogate", adaptive_pgd(GuardedClassifier(classifier, smooth), "orthogonal", norm, eps),
                                  {"pgd": ["orthogonal", norm.value, eps, pgd_spec], "surrogate": adaptive.surrogate_beta}, name))
         return found
@@ -192,7 +194,7 @@ def run_whitebox_stage(
         "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
                   Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps),
                           {"pgd": ["joint", norm.value, eps, pgd_spec]}, "nodet")],
-        **{name: detector_variants(name) for name in DETECTOR_TARGETS},
+        **{name: detector_variants(name) for name in parts},
         "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
                              {"attack": cfg.attack, "rectifier": rectifier_id, "eot": threat.eot_samples,
                               "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]}, "end_to_end", previous=True)],

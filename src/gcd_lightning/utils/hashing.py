@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -31,4 +32,18 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def state_dict_hash(module: torch.nn.Module, length: int = 16) -> str:
+    """Hex SHA-256 of a module's weights: every state-dict entry's name, dtype, shape and values, in name order.
+
+    Independent of how the weights were stored (file format, device); the same network with the
+    same weights gives the same hash, any changed value a new one.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:length]

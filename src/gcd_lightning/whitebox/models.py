@@ -9,6 +9,7 @@ from torch import nn
 
 from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN
 from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox.objectives import detector_as_class_logits, detector_log_probabilities
 
 
@@ -74,7 +75,7 @@ class RandomizedGCD(nn.Module):
     (hard decision, one random mask), not on this surrogate.
 
     Args:
-        gcd: the trained GCD (eval mode).
+        gcd: the trained GCD (eval mode) with its ``GuidedMasking`` rectifier.
         eot_samples: ``K``, random masks averaged per forward pass.
     """
 
@@ -82,16 +83,19 @@ class RandomizedGCD(nn.Module):
         super().__init__()
         if eot_samples < 1:
             raise ValueError(f"RandomizedGCD: eot_samples must be at least 1, got {eot_samples}")
+        if not isinstance(gcd.rectifier, GuidedMasking):
+            raise TypeError(f"RandomizedGCD: BPDA through GCD's guided masking; got rectifier {type(gcd.rectifier).__name__}")
         self.gcd = gcd
         self.eot_samples = int(eot_samples)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.gcd.detect(x)
-        masked = self.gcd.mask(x.detach(), result.use_org, self.eot_samples)
+        rectifier = self.gcd.rectifier
+        masked = rectifier.mask(x, self.gcd.saliency(x.detach(), result.decided), self.eot_samples)
         x_rep = x.repeat(self.eot_samples, 1, 1, 1)
         bpda = x_rep + (masked - x_rep).detach()
-        rec = torch.softmax(self.gcd.rectifier(bpda), dim=1).view(self.eot_samples, len(x), -1).mean(dim=0)
+        rec = torch.softmax(rectifier.network(bpda), dim=1).view(self.eot_samples, len(x), -1).mean(dim=0)
         clean = torch.softmax(self.gcd.classifier(x), dim=1)
         expected = result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec
         return expected.clamp_min(torch.finfo(expected.dtype).tiny).log()

@@ -25,22 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from gcd_lightning.attacks.objective import Objective
-from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, entropy_select, is_flagged
+from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN, ensemble, is_flagged
 
 
 def detector_log_probabilities(detector_logits: list[torch.Tensor]) -> torch.Tensor:
-    """``(log p⁺, log p⁻)`` (N, 2) of one detector, or of the entropy ensemble of two (eq. 10-11).
+    """``(log p⁺, log p⁻)`` (N, 2) of one detector, or of GCD's entropy ensemble of two (``defense.ensemble``).
 
     With two detectors (``[DET_org, DET_IS]`` logits) the more confident one is adopted per
     example; the choice is piecewise constant, and the gradient flows through the adopted one.
     """
-    if len(detector_logits) == 1:
-        return F.log_softmax(detector_logits[0], dim=1)
-    if len(detector_logits) != 2:
-        raise ValueError(f"detector_log_probabilities: one detector or the two of GCD, got {len(detector_logits)}")
-    log_org, log_is = (F.log_softmax(logits, dim=1) for logits in detector_logits)
-    _, use_org = entropy_select(log_org.exp(), log_is.exp())
-    return torch.where(use_org[:, None], log_org, log_is)
+    log_p = torch.stack([F.log_softmax(logits, dim=1) for logits in detector_logits])  # (K, N, 2)
+    _, decided = ensemble(list(log_p.exp()))
+    return log_p[decided, torch.arange(log_p.shape[1], device=log_p.device)]
 
 
 def detector_as_class_logits(class_logits: torch.Tensor, detector_log_p: torch.Tensor) -> torch.Tensor:
@@ -176,17 +172,12 @@ def detector_gaps(detector_logits: torch.Tensor) -> torch.Tensor:
 def ensemble_flags(detector_logits: torch.Tensor) -> torch.Tensor:
     """(N,) bool, the real decision of one detector, or of GCD's ensemble of two (eq. 10-11), from (N, 2K) logits.
 
-    The same softmax, entropy selection and ``p⁺ < p⁻`` rule as ``GCD.detect``; no detector flags nothing.
+    The same softmax, ``defense.ensemble`` and ``p⁺ < p⁻`` rule as ``GCD.detect``; no detector flags nothing.
     """
     if detector_logits.shape[1] == 0:
         return torch.zeros(len(detector_logits), dtype=torch.bool, device=detector_logits.device)
     probabilities = torch.softmax(detector_logits.unflatten(1, (-1, 2)), dim=2)
-    if probabilities.shape[1] == 1:
-        return is_flagged(probabilities[:, 0])
-    if probabilities.shape[1] != 2:
-        raise ValueError(f"ensemble_flags: one detector or the two of GCD, got {probabilities.shape[1]}")
-    p, _ = entropy_select(probabilities[:, 0], probabilities[:, 1])
-    return is_flagged(p)
+    return is_flagged(ensemble(list(probabilities.unbind(1)))[0])
 
 
 def detector_hinge(detector_logits: torch.Tensor, kappa: float, term: str) -> torch.Tensor:

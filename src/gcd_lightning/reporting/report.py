@@ -1,29 +1,23 @@
-"""A run's results for people: ``metrics.json`` (flat dotted keys) and ``report.md`` (tables)."""
+"""A run's results for people: ``metrics.json`` (flat dotted keys) and ``report.md`` (tables).
+
+Tables 2, 3 and 5 and the robustness table are ``tables``' layout of a list of one run; around
+them stands what only one run's report says: what each number is counted over, the classifier and
+the attack on it, each white-box attack's success, Table 1 and Table 4, and the warnings of failed
+indicators and checks.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from gcd_lightning.paper import TABLE2, TABLE3, TABLE4, TABLE5
+from gcd_lightning.reporting.paper import TABLE4
+from gcd_lightning.reporting.tables import INDICATORS, Run, fmt, markdown, robustness, table2, table3, table5
 from gcd_lightning.utils.files import save_json, save_text
 
 
-def fmt(value: float, digits: int = 4) -> str:
-    """A rate or norm with ``digits`` decimals; whole-number counts pass ``digits=0``."""
-    if isinstance(value, float) and math.isnan(value):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def paper_cell(table: dict, dataset: str, row: str, column: int) -> str:
-    values = table.get(dataset, {}).get(row)
-    return "n/a" if values is None else f"{values[column]:.2f}"
-
-
-def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list[str]:
-    """The paper's Table 2 row (detection AUC) and Table 5 columns (accuracy), ours beside theirs."""
-    m = metrics
+def defense_tables(run: Run) -> list[str]:
+    """Table 2 (detection AUC) and Table 5 (accuracy), ours beside the paper's, and what each is counted over."""
+    m, attack = run.metrics, run.attack
     return [
         "## Detection (Table 2, grey-box AUC)",
         "",
@@ -31,28 +25,16 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
         "test images and their clean originals (on all pairs, unsuccessful attacks included: "
         f"GCD {fmt(m['detector.auc_all.gcd'])}). F is f's accuracy under attack, over all pairs.",
         "",
-        "| | F | DET_org | DET_IS | GCD |",
-        "|---|---:|---:|---:|---:|",
-        f"| ours | {fmt(m['base.acc.adv'])} | {fmt(m['detector.auc.org'])} | {fmt(m['detector.auc.is'])} | "
-        f"{fmt(m['detector.auc.gcd'])} |",
-        "| paper | " + " | ".join(paper_cell(TABLE2, dataset, attack, i) for i in range(4)) + " |",
-        "",
+        markdown(*table2([run])),
         f"Clean test images flagged (false-positive rate): {fmt(m['detector.fpr.clean'])} of "
         f"{fmt(m['eval.n_clean'], 0)}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; "
         f"decided by DET_org: {fmt(m['detector.org_share.adv'])}.",
         "",
         "## Accuracy (Table 5)",
         "",
-        "| images | GCD (ours) | F (ours) | GCD (paper) | F (paper) |",
-        "|---|---:|---:|---:|---:|",
-        f"| clean | {fmt(m['gcd.acc.clean'])} | {fmt(m['base.acc.clean'])} | {paper_cell(TABLE5, dataset, 'clean', 0)} | "
-        f"{paper_cell(TABLE5, dataset, 'clean', 1)} |",
-        f"| {attack} | {fmt(m['gcd.acc.adv'])} | {fmt(m['base.acc.adv'])} | {paper_cell(TABLE5, dataset, attack, 0)} | "
-        f"{paper_cell(TABLE5, dataset, attack, 1)} |",
-        f"| {attack}, all examined | {fmt(m['gcd.robust_acc.all'])} | {fmt(m['base.robust_acc.all'])} | n/a | n/a |",
-        "",
+        markdown(*table5([run])),
         f"The {attack} row is over the {fmt(m['eval.n_pairs'], 0)} attacked test images, all classified correctly by f "
-        f"(the paper's setting); \"all examined\" is the robust accuracy over the {fmt(m['eval.n_examined'], 0)} test "
+        f"(the paper's setting); the \"all examined\" columns are the robust accuracy over the {fmt(m['eval.n_examined'], 0)} test "
         f"images examined to find them, the {fmt(m['eval.n_examined'] - m['eval.n_pairs'], 0)} clean images f "
         "misclassifies (not attacked) counted as errors, of GCD's too.",
         "",
@@ -80,27 +62,10 @@ def defense_tables(metrics: dict[str, float], dataset: str, attack: str) -> list
     ]
 
 
-def with_interval(m: dict[str, float], key: str, interval: str) -> str:
-    """``rate [low, high]``: a rate and its 95% interval (``<interval>.low`` / ``.high``) when reported."""
-    if f"{interval}.low" not in m:
-        return fmt(m[key])
-    return f"{fmt(m[key])} [{fmt(m[f'{interval}.low'], 3)}, {fmt(m[f'{interval}.high'], 3)}]"
-
-
-INDICATORS = {
-    "silent": "images whose first gradient was zero or not finite (gradient masking)",
-    "incomplete": "relative fall of the loss over the last 10% of the steps, on the images the attack lost",
-    "unbounded": "success of orthogonal PGD at L∞ ε = 1 (must reach ~1: every image is reachable)",
-    "noise": "clean images whose decision (label, flag) changes under ±1e-3 uniform noise",
-    "random": "the detected classifier answers the same input differently (AutoAttack's check)",
-}
-
-
-def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> list[str]:
-    """Table 3's row (white-box success, 95% intervals), each attack's share, fixed-budget robustness, failure indicators, Table 4."""
-    m = metrics
-    paper3 = TABLE3.get(dataset, {}).get(attack)
-    paper4 = TABLE4.get(attack)
+def whitebox_tables(run: Run) -> list[str]:
+    """Table 3 (white-box success, 95% intervals), each attack's share, fixed-budget robustness, failure indicators, Table 4."""
+    m = run.metrics
+    paper4 = TABLE4.get(run.attack)
     targets = ("nodet", "det_is", "gcd", "det_org")
     attacked = (*targets, "bpda_eot")
     variants = sorted({k.split(".")[3] for k in m if k.startswith("whitebox.variant.")})
@@ -110,26 +75,20 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
         key = f"whitebox.variant.{target}.{variant}"
         return fmt(m[key]) if key in m else ""
 
-    previous = [fmt(m.get(f"whitebox.success_previous.{t}", m[f"whitebox.success.{t}"])) for t in targets]
+    previous = [f"{names[t]} {fmt(m.get(f'whitebox.success_previous.{t}', m[f'whitebox.success.{t}']))}" for t in targets]
     lines = [
         "## White-box attacks (Table 3: success rate, smaller is better)",
         "",
         f"{fmt(m['whitebox.n'], 0)} test images. A success fools f and is not flagged by the detector(s), judged by the "
         "real decision rule (eq. 10-11 for GCD); every image counts the strongest of the attacks below. "
-        "[low, high]: Wilson 95% interval; end to end: GCD's final answer (f_rec on random masks for flagged inputs), "
+        "[low, high]: Wilson 95% interval; BPDA+EOT: the attack on the whole randomised GCD, judged under one draw of its "
+        "masks; end to end: GCD's final answer (f_rec on random masks for flagged inputs), "
         f"the mean over {fmt(m['whitebox.judge_draws'], 0)} mask draws with seeds disjoint from the attacks', "
         "with a 95% interval over the images.",
         "",
-        "| | NoDET | DET_IS | GCD | DET_org | GCD end to end | BPDA+EOT on GCD, end to end |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        "| ours | " + " | ".join(with_interval(m, f"whitebox.success.{t}", f"whitebox.success_ci.{t}") for t in targets)
-        + f" | {with_interval(m, 'whitebox.success.gcd_end_to_end', 'whitebox.success.gcd_end_to_end_ci')} | "
-        f"{with_interval(m, 'whitebox.success.bpda_eot_end_to_end', 'whitebox.success.bpda_eot_end_to_end_ci')} |",
-        "| ours, earlier attacks only | " + " | ".join(previous) + " | | |",
-        "| paper | " + (" | ".join(f"{v:.3f}" for v in paper3) if paper3 else "n/a | n/a | n/a") + " | n/a | n/a | n/a |",
-        "",
+        markdown(*table3([run], cells=True)),
         "\"Earlier attacks\": the configured attack on the L+1-class view (eq. 14 / merged loss, or the target), "
-        "the stage's only attacks before the adaptive evaluation.",
+        f"the stage's only attacks before the adaptive evaluation; their success: {', '.join(previous)}.",
         "",
         "### Success of each attack",
         "",
@@ -144,7 +103,7 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
         *(f"| {v} | " + " | ".join(variant_cell(t, v) for t in attacked) + " |" for v in variants),
         "",
     ]
-    lines += robustness_lines(m) + indicator_lines(m)
+    lines += robustness_lines(run) + indicator_lines(m)
     lines += [
         "## Cost and perturbation (Table 4)",
         "",
@@ -176,35 +135,28 @@ def whitebox_tables(metrics: dict[str, float], dataset: str, attack: str) -> lis
     return [*lines, ""]
 
 
-def robustness_lines(m: dict[str, float]) -> list[str]:
-    """Fixed-budget robustness of GCD and Tramèr's (2022) check, one row per norm and budget."""
-    rows = sorted({k.split(".")[1] + "." + ".".join(k.split(".")[2:4]) for k in m if k.startswith("whitebox.robust_")})
+def robustness_lines(run: Run) -> list[str]:
+    """Fixed-budget robustness of GCD and Tramèr's (2022) check, one row per norm and budget; a failed check is a warning."""
+    columns, rows = robustness([run], cells=True)
     if not rows:
         return []
     lines = [
         "## Fixed-budget robustness of GCD",
         "",
         "Orthogonal PGD at each budget (at the attack's own budget, every attack above). Robust accuracy: the clean image "
-        f"is not flagged (flagged: {fmt(m['whitebox.flagged_clean.gcd'])} of the attacked images) and the attack fails; "
-        "over the attacked images, and over all test images looked at (f's errors count as errors). Tramèr (2022): a "
-        "detector robust at ε implies a classifier robust at ε/2 with the same accuracy; the last columns compare it "
-        "with the best published robust classifier at a radius ≥ ε/2 (`paper.ROBUST_CLASSIFIERS`).",
+        f"is not flagged (flagged: {fmt(run.metrics['whitebox.flagged_clean.gcd'])} of the attacked images) and the attack "
+        "fails; over the attacked images, and over all test images looked at (f's errors count as errors). Tramèr (2022): "
+        "a detector robust at ε implies a classifier robust at ε/2 (the Tramèr radius) with the same accuracy (over all "
+        "examined); the last columns compare it with the best published robust classifier at a radius ≥ ε/2 "
+        "(`paper.ROBUST_CLASSIFIERS`).",
         "",
-        "| norm | ε | attack success | robust acc. (attacked) | robust acc. (all) | implied classifier at ε/2 | best published | plausible |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        markdown(columns, rows),
     ]
-    for row in rows:
-        norm, budget = row.split(".", 1)
-        key = f"whitebox.{row}"
-        plausible = m[f"{key}.tramer.plausible"]
-        verdict = "n/a" if math.isnan(plausible) else ("yes" if plausible else "**no: exceeds published classifiers**")
-        lines.append(
-            f"| {norm.removeprefix('robust_').replace('linf', 'L∞').replace('l2', 'L2')} | {budget} | "
-            f"{with_interval(m, f'{key}.success', f'{key}.success_ci')} | {fmt(m[f'{key}.robust_acc'])} | "
-            f"{fmt(m[f'{key}.robust_acc_all'])} | {fmt(m[f'{key}.robust_acc_all'])} at {fmt(m[f'{key}.tramer.radius'], 3)} | "
-            f"{fmt(m[f'{key}.tramer.reference'])} | {verdict} |"
-        )
-    return [*lines, ""]
+    failed = [row for row in (dict(zip(columns, values)) for values in rows) if row["plausible"] == "no"]
+    warnings = [f"**WARNING** Tramèr's check fails at {row['norm']} ε = {row['eps']}: the implied classifier's accuracy "
+                f"{fmt(row['robust acc all examined'])} exceeds the published classifiers' {fmt(row['best published'])}."
+                for row in failed]
+    return [*lines, *warnings, ""] if warnings else lines
 
 
 def indicator_lines(m: dict[str, float]) -> list[str]:
@@ -226,7 +178,11 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
 
 
 def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str = "") -> str:
-    """Markdown: the classifier line, one row per adversarial split, then the defense tables."""
+    """Markdown: the classifier line, one row per adversarial split, then the defense tables.
+
+    The tables read the run as ``tables.Run``: its threat model is the one its metrics show, white-box
+    runs reporting ``whitebox.*``.
+    """
     lines = [f"# {title}", ""]
     if "classifier.test_acc" in metrics:
         cached = " (cached)" if metrics.get("classifier.cached") else ""
@@ -255,10 +211,11 @@ def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str
                 f"{fmt(m['l2_median'])} | {fmt(m['linf_max'])} | {fmt(m['seconds'], 1)} | {'yes' if m['cached'] else 'no'} |"
             )
         lines.append("")
+    run = Run(dataset, attack, "whitebox" if "whitebox.success.gcd" in metrics else "greybox", metrics)
     if "detector.auc.gcd" in metrics:
-        lines += defense_tables(metrics, dataset, attack)
+        lines += defense_tables(run)
     if "whitebox.success.gcd" in metrics:
-        lines += whitebox_tables(metrics, dataset, attack)
+        lines += whitebox_tables(run)
     return "\n".join(lines)
 
 

@@ -1,12 +1,12 @@
-"""Collect finished runs under a folder into the paper's Tables 2, 3 and 5 (Markdown and CSV).
+"""The paper's Tables 2, 3 and 5 and GCD's fixed-budget robustness, laid out once from a list of runs.
 
-A run is a folder holding ``metrics.json`` and the resolved ``config.yaml`` that every run writes.
-Where several runs share a data set, attack and threat model, the most recently written one
-counts; white-box runs of an untargeted attack with one objective alone (eq. 14 or merged,
-instead of the stronger of both) are a threat model of their own (``whitebox (eq14)``), so
-Table 3 shows each. Each table puts the paper's
-number beside ours (``n/a`` where the paper has none). Table 3's rates come with 95% intervals:
-``rate [low, high]`` in Markdown, ``<column>_low`` / ``<column>_high`` columns in the CSV.
+Each table is ``(columns, rows)``: one row per run (Table 5: per attack, after a ``clean`` row
+per data set), the paper's number beside ours (``None``, ``n/a`` in Markdown, where it has
+none). The aggregate passes the latest run per data set, attack and threat model
+(``aggregate.latest``); a run's ``report.md`` and its W&B tables pass a list of one. A rate with
+a 95% interval is three columns, ``<column>``, ``<column>_low`` and ``<column>_high`` (the CSV
+and W&B), or one Markdown cell ``rate [low, high]`` (``cells=True``). ``markdown`` and
+``to_csv`` write a table as text.
 """
 
 from __future__ import annotations
@@ -14,69 +14,74 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-
-import yaml
 
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.paper import TABLE2, TABLE3, TABLE5
-from gcd_lightning.report import INDICATORS, with_interval
-from gcd_lightning.utils.files import load_json, save_text
+from gcd_lightning.reporting.paper import TABLE2, TABLE3, TABLE5
+
+Table = tuple[list[str], list[list]]
+"""A table's columns and its rows."""
 
 
 @dataclass(frozen=True)
 class Run:
-    """One finished run: its folder, resolved config and metrics."""
+    """One run as the tables read it: data set, attack, threat model (``run_key``) and metrics."""
 
-    folder: Path
-    config: dict
+    dataset: str
+    attack: str
+    threat: str
     metrics: dict[str, float]
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """(data set, attack, threat model); a white-box untargeted run with one objective alone names it."""
-        threat, attack = self.config["threat"], self.config["attack"]
-        objective = threat.get("untargeted_loss", "eq14")  # runs from before the choice used eq. 14
-        if threat["name"] == "whitebox" and not attack.get("targeted", False) and objective != "both":
-            return self.config["dataset"]["name"], attack["name"], f"whitebox ({objective})"
-        return self.config["dataset"]["name"], attack["name"], threat["name"]
+        """(data set, attack, threat model): a run of the same key replaces it in the aggregate."""
+        return self.dataset, self.attack, self.threat
 
 
-def find_runs(root: Path) -> list[Run]:
-    """Every finished run below ``root`` (a folder with ``metrics.json`` and ``config.yaml``), oldest first."""
-    runs = []
-    for metrics_path in sorted(root.rglob("metrics.json"), key=lambda p: (p.stat().st_mtime, str(p))):
-        config_path = metrics_path.parent / "config.yaml"
-        if config_path.is_file():
-            config = yaml.safe_load(config_path.read_text())
-            runs.append(Run(metrics_path.parent, config, load_json(metrics_path, "run metrics")))
-    if not runs:
-        raise SystemExit(f"no finished runs (metrics.json beside config.yaml) under {root.resolve()}")
-    return runs
+def run_key(config: Mapping) -> tuple[str, str, str]:
+    """(data set, attack, threat model) of a run's resolved config.
+
+    White-box runs of an untargeted attack with one objective alone (eq. 14 or merged, instead of
+    the stronger of both) are a threat model of their own (``whitebox (eq14)``), so Table 3 shows each.
+    """
+    threat, attack = config["threat"], config["attack"]
+    objective = threat.get("untargeted_loss", "eq14")  # runs from before the choice used eq. 14
+    if threat["name"] == "whitebox" and not attack.get("targeted", False) and objective != "both":
+        return config["dataset"]["name"], attack["name"], f"whitebox ({objective})"
+    return config["dataset"]["name"], attack["name"], threat["name"]
 
 
-def latest(runs: Sequence[Run]) -> list[Run]:
-    """The most recent run per (data set, attack, threat model), sorted by that key."""
-    by_key = {run.key: run for run in runs}
-    return [by_key[key] for key in sorted(by_key)]
+def fmt(value: float, digits: int = 4) -> str:
+    """A rate or norm with ``digits`` decimals; whole-number counts pass ``digits=0``."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def with_interval(m: dict[str, float], key: str, interval: str) -> str:
+    """``rate [low, high]``: a rate and its 95% interval (``<interval>.low`` / ``.high``) when reported."""
+    if f"{interval}.low" not in m:
+        return fmt(m[key])
+    return f"{fmt(m[key])} [{fmt(m[f'{interval}.low'], 3)}, {fmt(m[f'{interval}.high'], 3)}]"
 
 
 def cell(value: float | str | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A Markdown cell: text as it is, a number with four decimals, ``n/a`` for none or NaN."""
+    if value is None:
         return "n/a"
-    return value if isinstance(value, str) else f"{value:.4f}"
+    return value if isinstance(value, str) else fmt(value)
 
 
 def markdown(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The table in Markdown, ending with a newline."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The table as CSV text, a header line first."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -85,17 +90,17 @@ def to_csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
+    """The paper's number in ``table`` (``paper.TABLE*``); None where it has none."""
     values = table.get(dataset, {}).get(row)
     return None if values is None else values[column]
 
 
-def table2(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
-    """Grey-box detection AUC and f's accuracy under attack, ours and the paper's."""
+def table2(runs: Sequence[Run]) -> Table:
+    """Grey-box detection AUC and f's accuracy under attack, ours and the paper's; a row per data set and attack."""
     columns = ["dataset", "attack", "F", "F paper", "DET_org", "DET_org paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper"]
     rows = []
-    for run in latest(runs):
-        dataset, attack, _ = run.key
-        m = run.metrics
+    for run in runs:
+        dataset, attack, m = run.dataset, run.attack, run.metrics
         if "detector.auc.gcd" not in m or any(r[:2] == [dataset, attack] for r in rows):
             continue
         ours = (m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"])
@@ -141,6 +146,16 @@ def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
     return filled
 
 
+INDICATORS = {
+    "silent": "images whose first gradient was zero or not finite (gradient masking)",
+    "incomplete": "relative fall of the loss over the last 10% of the steps, on the images the attack lost",
+    "unbounded": "success of orthogonal PGD at L∞ ε = 1 (must reach ~1: every image is reachable)",
+    "noise": "clean images whose decision (label, flag) changes under ±1e-3 uniform noise",
+    "random": "the detected classifier answers the same input differently (AutoAttack's check)",
+}
+"""Pintor et al.'s (2022) indicators of attack failure (``whitebox.indicator.<name>``) and what each measures."""
+
+
 def failed_indicators(metrics: dict[str, float]) -> str | None:
     """The indicators of attack failure (Pintor et al. 2022) that failed, e.g. ``unbounded, incomplete``; ``none``.
 
@@ -152,7 +167,7 @@ def failed_indicators(metrics: dict[str, float]) -> str | None:
     return ", ".join(name for name in found if metrics[f"whitebox.indicator.{name}.failed"]) or "none"
 
 
-def table3(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], list[list]]:
+def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     """White-box success rates against f, f + DET_IS, GCD and f + DET_org, ours and the paper's; ours end to end too.
 
     Each image counts the strongest of the stage's attacks; ``GCD earlier attacks`` is GCD's success
@@ -160,9 +175,9 @@ def table3(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], list[li
     randomised GCD, judged end to end under one draw of its masks; the ``end to end`` columns are
     the means over ``threat.judge_draws`` draws. Every rate comes with its 95% interval (``rate_interval``
     / ``mean_interval`` of the stage, Wilson's from the rate where a run did not report one:
-    ``with_wilson``): with ``cells=False`` (the CSV) as ``<column>_low`` / ``<column>_high`` columns
-    after the rate, with ``cells=True`` (the Markdown) in the rate's cell, ``rate [low, high]``
-    (``report.with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
+    ``with_wilson``): with ``cells=False`` (the CSV, W&B) as ``<column>_low`` / ``<column>_high`` columns
+    after the rate, with ``cells=True`` (Markdown) in the rate's cell, ``rate [low, high]``
+    (``with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
     (runs from before them) give ``n/a``.
     """
     columns = ["dataset", "attack", "threat", "n"]
@@ -172,23 +187,22 @@ def table3(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], list[li
         columns += [] if rate.paper is None else [f"{rate.column} paper"]
     columns += ["L2 NoDET", "L2 GCD", "failed indicators"]
     rows = []
-    for run in latest(runs):
-        dataset, attack, threat = run.key
+    for run in runs:
         if "whitebox.success.gcd" not in run.metrics:
             continue
         m = with_wilson(run.metrics)
-        row = [dataset, attack, threat, str(int(m["whitebox.n"]))]
+        row = [run.dataset, run.attack, run.threat, str(int(m["whitebox.n"]))]
         for rate in TABLE3_RATES:
             if cells:
                 row.append(with_interval(m, rate.key, rate.interval) if rate.key in m else None)
             else:
                 row += [m.get(rate.key), m.get(f"{rate.interval}.low"), m.get(f"{rate.interval}.high")]
-            row += [] if rate.paper is None else [paper(TABLE3, dataset, attack, rate.paper)]
+            row += [] if rate.paper is None else [paper(TABLE3, run.dataset, run.attack, rate.paper)]
         rows.append([*row, m.get("whitebox.l2_median.nodet"), m.get("whitebox.l2_median.gcd"), failed_indicators(m)])
     return columns, rows
 
 
-def table5(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
+def table5(runs: Sequence[Run]) -> Table:
     """GCD's and f's accuracy on clean and on adversarial test images, ours and the paper's.
 
     Each attack trains its own detectors and ``f_rec``, so GCD's clean accuracy differs by attack:
@@ -201,9 +215,8 @@ def table5(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     columns = ["dataset", "images", "GCD", "GCD paper", "F", "F paper", "GCD clean", "GCD all examined", "F all examined"]
     attack_rows: dict[str, list[list]] = {}
     f_clean: dict[tuple[str, str], float] = {}
-    for run in latest(runs):
-        dataset, attack, _ = run.key
-        m = run.metrics
+    for run in runs:
+        dataset, attack, m = run.dataset, run.attack, run.metrics
         rows = attack_rows.setdefault(dataset, [])
         if "gcd.acc.adv" not in m or any(row[1] == attack for row in rows):
             continue
@@ -221,18 +234,18 @@ def table5(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     return columns, table
 
 
-def robustness(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], list[list]]:
+def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
     """GCD's fixed-budget robustness in white-box runs: one row per run, norm and budget (``whitebox.robust_*``).
 
     Attack success with its Wilson 95% interval (as Table 3 shows it), robust accuracy over the
     attacked images and over every examined test image, and Tramèr's (2022) check: the accuracy a
-    classifier robust at ε/2 would have, and whether it stays at or below the best published one.
+    classifier robust at ε/2 (``Tramèr radius``) would have (``robust acc all examined``), the best
+    published one (``paper.ROBUST_CLASSIFIERS``), and whether it stays at or below it (``plausible``).
     """
     columns = ["dataset", "attack", "threat", "norm", "eps", "success", *([] if cells else ["success_low", "success_high"]),
                "robust acc", "robust acc all examined", "Tramèr radius", "best published", "plausible"]
     rows = []
-    for run in latest(runs):
-        dataset, attack, threat = run.key
+    for run in runs:
         m = run.metrics
         keys = sorted({".".join(k.split(".")[:4]) for k in m if k.startswith("whitebox.robust_")})
         for key in keys:
@@ -240,26 +253,16 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> tuple[list[str], lis
             success = ([with_interval(m, f"{key}.success", f"{key}.success_ci")] if cells
                        else [m[f"{key}.success"], m[f"{key}.success_ci.low"], m[f"{key}.success_ci.high"]])
             plausible = m[f"{key}.tramer.plausible"]
-            rows.append([dataset, attack, threat, norm, f"{eps:g}", *success, m[f"{key}.robust_acc"], m[f"{key}.robust_acc_all"],
-                         f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
+            rows.append([run.dataset, run.attack, run.threat, norm, f"{eps:g}", *success, m[f"{key}.robust_acc"],
+                         m[f"{key}.robust_acc_all"], f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
                          None if math.isnan(plausible) else ("yes" if plausible else "no")])
     return columns, rows
 
 
-TABLES = {"table2": table2, "table3": table3, "table5": table5, "robustness": robustness}
-"""Each table's builder: the CSV's columns and rows."""
-MARKDOWN_TABLES = {**TABLES, "table3": partial(table3, cells=True), "robustness": partial(robustness, cells=True)}
-"""The Markdown's: rates and their intervals in one cell."""
+def laid_out(runs: Sequence[Run], cells: bool = False) -> dict[str, Table]:
+    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``).
 
-
-def write_tables(root: Path, out_dir: Path) -> dict[str, str]:
-    """Write ``<name>.md`` and ``<name>.csv`` for each table that has rows; returns the Markdown by name."""
-    runs = find_runs(root)
-    written = {}
-    for name, build in TABLES.items():
-        columns, rows = build(runs)
-        if rows:
-            written[name] = markdown(*MARKDOWN_TABLES[name](runs))
-            save_text(written[name], out_dir / f"{name}.md")
-            save_text(to_csv(columns, rows), out_dir / f"{name}.csv")
-    return written
+    ``cells=False``: one number a cell (the CSV, W&B); ``cells=True``: a rate and its interval in one cell (Markdown).
+    """
+    tables = {"table2": table2(runs), "table3": table3(runs, cells), "table5": table5(runs), "robustness": robustness(runs, cells)}
+    return {name: table for name, table in tables.items() if table[1]}
