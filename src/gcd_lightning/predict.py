@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from gcd_lightning.defense.export import load_defense
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.defense.inputs import check_inputs
+from gcd_lightning.inputs import check_inputs
 from gcd_lightning.utils.files import load_torch, save_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

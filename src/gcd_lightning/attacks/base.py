@@ -13,12 +13,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import math
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from gcd_lightning.attacks.objective import PLAIN, Objective
+from gcd_lightning.inputs import check_inputs
 
 
 class Norm(str, enum.Enum):
@@ -85,17 +87,25 @@ def input_gradients_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def check_setting(
+    attack: str, name: str, value: float, low: float, high: float = math.inf, low_inclusive: bool = False, high_inclusive: bool = True
+) -> None:
+    """Raise a ``ValueError`` naming the setting unless ``value`` lies between ``low`` and ``high`` (NaN never does)."""
+    v = float(value)
+    above = v >= low if low_inclusive else v > low
+    below = v <= high if high_inclusive else v < high
+    if math.isnan(v) or not (above and below):
+        closed_high = high_inclusive and math.isfinite(high)
+        interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+        raise ValueError(f"{attack}: {name} must lie in {interval}, got {value}")
+
+
 def check_attack_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, targeted: bool) -> None:
-    """Raise a ``ValueError`` naming the problem when the inputs break the contract above."""
-    if not torch.is_floating_point(x):
-        raise ValueError(f"attack: images must be a float tensor in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
-    if x.dim() != 4:
-        raise ValueError(f"attack: images must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
-            f"attack: pixels must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]; "
-            "do not normalise the input, the model carries its own normalisation"
-        )
+    """Raise a ``ValueError`` naming the problem when the inputs break the contract above (``inputs.check_inputs``)."""
+    try:
+        check_inputs(x)
+    except ValueError as err:
+        raise ValueError(f"attack: {err}; do not normalise the input, the model carries its own normalisation") from None
     if y.shape != (x.shape[0],):
         raise ValueError(f"attack: labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     if targeted:

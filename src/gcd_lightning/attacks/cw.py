@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import CarliniWagnerL2Attack
-from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.base import Attack, Norm, check_setting
 from gcd_lightning.attacks.objective import PLAIN, Objective
 
 
@@ -88,6 +88,11 @@ class CW(Attack):
         objective: Objective = PLAIN,
     ) -> None:
         super().__init__(model, targeted, objective)
+        check_setting("CW", "confidence", confidence, 0.0, low_inclusive=True)
+        check_setting("CW", "learning_rate", learning_rate, 0.0)
+        check_setting("CW", "binary_search_steps", binary_search_steps, 1, low_inclusive=True)
+        check_setting("CW", "max_iterations", max_iterations, 1, low_inclusive=True)
+        check_setting("CW", "initial_const", initial_const, 0.0)
         self.num_classes = int(num_classes)
         if objective is not PLAIN and confidence != 0:
             raise ValueError("CW: a custom objective decides success itself; use confidence=0")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.base import Attack, Norm, check_setting
 from gcd_lightning.attacks.objective import PLAIN, Objective
 
 
@@ -76,13 +76,12 @@ class DDN(Attack):
         objective: Objective = PLAIN,
     ) -> None:
         super().__init__(model, targeted, objective)
-        if steps < 1 or not 0 < gamma < 1 or init_norm <= 0 or levels < 2:
-            raise ValueError(
-                f"DDN: need steps >= 1, 0 < gamma < 1, init_norm > 0 and levels >= 2, "
-                f"got {steps}, {gamma}, {init_norm}, {levels}"
-            )
-        if max_norm is not None and max_norm <= 0:
-            raise ValueError(f"DDN: max_norm must be positive or None, got {max_norm}")
+        check_setting("DDN", "steps", steps, 1, low_inclusive=True)
+        check_setting("DDN", "gamma", gamma, 0.0, 1.0, high_inclusive=False)
+        check_setting("DDN", "init_norm", init_norm, 0.0)
+        check_setting("DDN", "levels", levels, 2, low_inclusive=True)
+        if max_norm is not None:
+            check_setting("DDN", "max_norm", max_norm, 0.0)
         self.steps = int(steps)
         self.gamma = float(gamma)
         self.init_norm = float(init_norm)

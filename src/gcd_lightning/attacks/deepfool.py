@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.base import Attack, Norm, check_setting
 from gcd_lightning.attacks.objective import PLAIN, Objective
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class DeepFool(Attack):
         self.nb_candidate = self.num_classes if nb_candidate is None else int(nb_candidate)
         if not 2 <= self.nb_candidate <= self.num_classes:
             raise ValueError(f"DeepFool: nb_candidate must lie in [2, {self.num_classes}], got {self.nb_candidate}")
-        if overshoot < 0 or max_iter < 1:
-            raise ValueError(f"DeepFool: need overshoot >= 0 and max_iter >= 1, got {overshoot}, {max_iter}")
+        check_setting("DeepFool", "overshoot", overshoot, 0.0, low_inclusive=True)
+        check_setting("DeepFool", "max_iter", max_iter, 1, low_inclusive=True)
         self.overshoot = float(overshoot)
         self.max_iter = int(max_iter)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import GradientSignAttack
-from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.base import Attack, Norm, check_setting
 from gcd_lightning.attacks.objective import PLAIN, Objective, summed_loss
 
 
@@ -38,6 +38,7 @@ class FGSM(Attack):
 
     def __init__(self, model: nn.Module, eps: float = 0.3, targeted: bool = False, objective: Objective = PLAIN) -> None:
         super().__init__(model, targeted, objective)
+        check_setting("FGSM", "eps", eps, 0.0, 1.0)
         self.eps = float(eps)
         self._advertorch = GradientSignAttack(
             model, loss_fn=summed_loss(objective), eps=self.eps, clip_min=0.0, clip_max=1.0, targeted=targeted

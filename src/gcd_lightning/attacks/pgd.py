@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gcd_lightning.attacks.advertorch_compat import LinfPGDAttack
-from gcd_lightning.attacks.base import Attack, Norm
+from gcd_lightning.attacks.base import Attack, Norm, check_setting
 from gcd_lightning.attacks.objective import PLAIN, Objective, summed_loss
 
 
@@ -54,6 +54,9 @@ class PGD(Attack):
         objective: Objective = PLAIN,
     ) -> None:
         super().__init__(model, targeted, objective)
+        check_setting("PGD", "eps", eps, 0.0, 1.0)
+        check_setting("PGD", "eps_iter", eps_iter, 0.0, 1.0)
+        check_setting("PGD", "nb_iter", nb_iter, 1, low_inclusive=True)
         self.eps = float(eps)
         self.nb_iter = int(nb_iter)
         self.eps_iter = float(eps_iter)

@@ -28,6 +28,14 @@ from gcd_lightning.data.idx import read_idx_header
 log = logging.getLogger(__name__)
 
 RAW_SUBDIR = Path("MNIST") / "raw"
+KNOWN_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+"""SHA-256 of the four uncompressed IDX files, checked when ``prepare_mnist`` fetches them (files already in place
+are the user's: other data in MNIST's layout, e.g. Fashion-MNIST, is allowed)."""
 
 
 def raw_dir(root: str | os.PathLike[str]) -> Path:
@@ -108,8 +116,25 @@ def prepare_mnist(
     if missing:
         failed = f" Download failed: {' | '.join(failures)}." if failures else ""
         raise _not_found(root, f"Missing after download: {', '.join(missing)}.{failed}")
+    check_known_checksums(root)
     log.info("MNIST prepared in %s in %.1f s", folder, time.perf_counter() - start)
     return folder
+
+
+def check_known_checksums(root: str | os.PathLike[str]) -> None:
+    """Raise ``DatasetCorruptError`` naming the first fetched file whose SHA-256 is not MNIST's, after deleting them all.
+
+    So a bad download or conversion never stays on disk to be read as MNIST later.
+    """
+    folder = raw_dir(root)
+    for name, expected in KNOWN_SHA256.items():
+        found = mnist_offline.sha256_of(folder / name)
+        if found != expected:
+            for other in KNOWN_SHA256:
+                (folder / other).unlink(missing_ok=True)
+            raise DatasetCorruptError(
+                folder / name, f"its SHA-256 is {found}, MNIST's is {expected}; the fetched files were deleted", _how_to(root)
+            )
 
 
 class MNISTDataModule(ImageDataModule):
@@ -167,6 +192,13 @@ class MNISTDataModule(ImageDataModule):
                 folder / labels_name, f"{n_labels} labels for {n_images} images in {images_name}", repair
             )
         source = torchvision.datasets.MNIST(str(self.root), train=train, download=False)
+        outside = (source.targets < 0) | (source.targets >= self.num_classes)
+        if outside.any():
+            raise DatasetCorruptError(
+                folder / labels_name,
+                f"{int(outside.sum())} labels outside the classes 0..{self.num_classes - 1} (e.g. {int(source.targets[outside][0])})",
+                repair,
+            )
         images = source.data.unsqueeze(1).float().div_(255.0)
         return TensorDataset(images, source.targets.to(torch.int64))
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.models.normalize import normalized
-from gcd_lightning.utils.files import load_torch
+from gcd_lightning.utils.files import load_torch, umask_mode
 from gcd_lightning.utils.hashing import state_dict_hash, to_plain
 
 FORMAT = "gcd-lightning-defense/1"
@@ -99,6 +99,7 @@ def export_defense(
         for name, detector in zip(gcd.detector_names, gcd.detectors):
             torch.save(detector.state_dict(), staging / detector_file(name))
         torch.save(rectifier_network.state_dict(), staging / RECTIFIER)
+        os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

@@ -11,7 +11,7 @@ from torch import nn
 
 from gcd_lightning.defense.base import Detector, Rectifier
 from gcd_lightning.defense.ensemble import ADVERSARIAL, ensemble, is_flagged
-from gcd_lightning.defense.inputs import check_inputs
+from gcd_lightning.inputs import check_inputs
 from gcd_lightning.defense.rectifier import check_images, guided_saliency
 from gcd_lightning.defense.sensitivity import input_gradients_enabled
 

@@ -14,11 +14,19 @@ import torch
 from gcd_lightning.utils.hashing import to_plain
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process's umask: what ``open`` / ``mkdir`` would have given (``mkstemp`` gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` only if it succeeded.
 
     The temporary file lives in the target's folder (same file system, so ``os.replace`` is
-    atomic) and is removed on any failure, including ``KeyboardInterrupt``.
+    atomic) and is removed on any failure, including ``KeyboardInterrupt``. The file gets the
+    user's umask (0644 under the usual 022), so a shared cache or results folder stays readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

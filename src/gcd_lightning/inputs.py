@@ -1,4 +1,4 @@
-"""The input guard of a defense: refuse what it was not trained for, with one clear message each."""
+"""The one input guard of attacks and defenses: refuse what they cannot work on, with one clear message each."""
 
 from __future__ import annotations
 
