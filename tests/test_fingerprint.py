@@ -150,3 +150,20 @@ def test_a_datamodule_without_data_files_says_what_to_implement(tmp_path):
 
     with pytest.raises(NotImplementedError, match=r"NoFiles.*data_files\(\)"):
         NoFiles(tmp_path).data_files()
+
+
+def test_trainer_settings_that_change_the_model_key_its_cache_and_the_others_do_not(tmp_path):
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+
+    def folder(*overrides: str) -> Path:
+        cfg = compose_config(
+            [f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2", *overrides],
+            tmp_path,
+        )
+        return classifier_dir(RunContext.build(cfg))
+
+    normal = folder()
+    for changes_the_model in ("+trainer.limit_train_batches=20", "+trainer.precision=bf16-mixed", "+trainer.max_steps=5"):
+        assert folder(changes_the_model) != normal, changes_the_model
+    assert folder("trainer.devices=2", "trainer.log_every_n_steps=7", "progress=false") == normal

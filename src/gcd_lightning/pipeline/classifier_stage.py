@@ -29,7 +29,13 @@ SUMMARY = "summary.json"
 def classifier_spec(ctx: RunContext) -> dict:
     """Everything that determines ``f``'s weights."""
     cfg = ctx.cfg
-    return {"dataset": ctx.dataset_identity(), "model": cfg.model, "classifier": cfg.classifier, "seed": cfg.seed}
+    return {
+        "dataset": ctx.dataset_identity(),
+        "model": cfg.model,
+        "classifier": cfg.classifier,
+        "trainer": ctx.training_identity(),
+        "seed": cfg.seed,
+    }
 
 
 def external_id(ctx: RunContext) -> str:
@@ -42,7 +48,7 @@ def external_id(ctx: RunContext) -> str:
 
 def external_spec(ctx: RunContext, classifier_id: str) -> dict:
     """Everything that determines the user's ``f``'s test accuracy: the data and ``f``'s id."""
-    return {"dataset": ctx.dataset_identity(), "classifier": classifier_id}
+    return {"dataset": ctx.dataset_identity(), "classifier": classifier_id, "trainer": ctx.training_identity()}
 
 
 def cache_folder(ctx: RunContext, spec: dict) -> Path:

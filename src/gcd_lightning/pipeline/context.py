@@ -21,6 +21,14 @@ LOCATION_KEYS = ("root", "num_workers", "download")
 IDENTITY_KEYS = ("name", "mean", "std", "datamodule")
 # memo of the data files' content hashes, in the cache folder (see data.fingerprint)
 FINGERPRINT_MEMO = "fingerprints.json"
+# trainer settings that change what a stage trains or measures (limits, precision, accumulation, clipping ...):
+# part of every trained model's cache key when set, so a debug run never serves its model to a normal one.
+# Devices, strategy and logging are left out: the same model trained with DDP or on one device is reused.
+TRAINING_KEYS = (
+    "limit_train_batches", "limit_val_batches", "limit_test_batches", "max_steps", "min_steps", "min_epochs",
+    "max_time", "precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
+    "overfit_batches", "fast_dev_run", "val_check_interval", "check_val_every_n_epoch",
+)
 # data splits the detectors' and the rectifier's training pairs may come from (adversarial.train_split)
 TRAIN_SOURCES = ("val", "train")
 
@@ -51,6 +59,11 @@ class RunContext:
             device=select_device(cfg.trainer.accelerator),
             loggers=loggers,
         )
+
+    def training_identity(self) -> dict[str, Any]:
+        """The trainer settings of ``TRAINING_KEYS`` that this run sets (``+trainer.limit_train_batches=20`` ...)."""
+        trainer = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        return {key: trainer[key] for key in TRAINING_KEYS if trainer.get(key) is not None}
 
     def dataset_identity(self) -> dict[str, Any]:
         """What the data is, not where its files are: the dataset config's identity and the data's fingerprint.

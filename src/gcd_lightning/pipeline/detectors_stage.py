@@ -37,6 +37,7 @@ def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> 
         "adversarial": adv_train_path.name,
         "classifier": classifier_id,
         "detector": ctx.cfg.detector,
+        "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
     }
     return ctx.cache_dir / "detectors" / f"{adv_train_path.stem}_{spec_hash(spec)}"

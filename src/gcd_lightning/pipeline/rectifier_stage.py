@@ -25,6 +25,7 @@ def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) 
         "detectors": detectors_folder.name,
         "classifier": classifier_id,
         "rectifier": ctx.cfg.rectifier,
+        "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
     }
     return ctx.cache_dir / "rectifier" / f"{detectors_folder.name}_rec_{spec_hash(spec)}.pt"
