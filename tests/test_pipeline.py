@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
 import shutil
 import subprocess
@@ -358,3 +359,17 @@ def test_predict_cli_answers_a_folder_of_pngs_and_reports_a_corrupt_one(first_ru
 
 def predict_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path), dtype=np.uint8).copy()).float().div(255)[None]
+
+
+@pytest.mark.parametrize(("error", "word"), [(KeyboardInterrupt(), "interrupted"), (RuntimeError("disk full"), "failed")])
+def test_a_failed_or_interrupted_run_says_so_in_its_run_dir(tmp_path, monkeypatch, error, word):
+    cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "stage=classifier"], tmp_path))
+
+    def broken(ctx, stage):
+        raise error
+
+    monkeypatch.setattr(importlib.import_module("gcd_lightning.pipeline.run"), "run_stages", broken)
+    with pytest.raises(type(error)):
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert f"this run {word}" in (out / "FAILED").read_text() and not (out / "metrics.json").exists()

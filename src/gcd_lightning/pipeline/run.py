@@ -53,6 +53,8 @@ def parse_stage(value: str) -> Stage:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages ``cfg.stage`` asks for; write the resolved config, metrics and report.
 
+    A run that fails or is interrupted leaves a ``FAILED`` file in its run dir saying so, with the error.
+
     With ``trainer=ddp`` this runs in every process of the run (``distributed.launch`` starts
     them here); every rank computes the metrics, rank 0 writes the files.
     """
@@ -83,10 +85,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
             print(usage_example(ctx.output_dir / "defense"))
         status = "success"
         return metrics
+    except BaseException as err:
+        if distributed.is_rank_zero():  # no barrier: the other ranks may be gone
+            save_text(failure_text(err), ctx.output_dir / FAILED)
+        raise
     finally:
         close_loggers(ctx.loggers, status)
         if opened and status == "success":  # a failed rank may never reach the barrier
             distributed.shutdown()
+
+
+FAILED = "FAILED"
+
+
+def failure_text(err: BaseException) -> str:
+    """What a run's ``FAILED`` file says: interrupted or failed, and the error."""
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    return f"this run {what}; its outputs are incomplete\n{type(err).__name__}: {err}\n"
 
 
 def usage_example(folder: Path) -> str:
