@@ -12,7 +12,7 @@ from conftest import CONF, compose_config
 from gcd_lightning.attacks import Attack
 from gcd_lightning.models import SmallCNN, normalized
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.pipeline.run import parse_stage
+from gcd_lightning.pipeline.run import parse_stage, run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ATTACKS = sorted(p.stem for p in (CONF / "attack").glob("*.yaml"))
@@ -108,3 +108,25 @@ def test_unknown_train_split_names_the_config_key(tmp_path):
     assert ctx.source_split("test") == "test"  # the test set never depends on it
     with pytest.raises(ValueError, match=r"adversarial\.train_split='test'.*val.*train"):
         ctx.source_split("train")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rectifier.alpha=1.5", r"rectifier\.alpha=1\.5 is not allowed: it must be a number in \[0, 1\]"),
+        ("rectifier.alpha=abc", r"rectifier\.alpha='abc' is not allowed: it must be a number in \[0, 1\]"),
+        ("rectifier.p=-0.1", r"rectifier\.p=-0\.1 .* \[0, 1\]"),
+        ("adversarial.n_test=0", r"adversarial\.n_test=0 .* an integer >= 1"),
+        ("adversarial.train_split=test", r"adversarial\.train_split='test' .* one of \['val', 'train'\]"),
+        ("classifier.max_epochs=0", r"classifier\.max_epochs=0 .* an integer >= 1"),
+        ("dataset.linf_eps=0", r"dataset\.linf_eps=0 .* \(0, 1\]"),
+        ("attack=pgd_untargeted attack.eps=-1", r"attack=pgd_untargeted: PGD: eps must lie in \(0, 1\], got -1"),
+        ("attack.attack.learning_rate=nan", r"attack=cw_targeted: CW: learning_rate must lie in"),
+        ("threat=whitebox threat.adaptive.steps=0", r"threat\.adaptive\.steps=0 must be at least 1"),
+    ],
+)
+def test_bad_values_fail_before_any_work_naming_key_value_and_range(override, message, tmp_path):
+    cfg = compose_config(override.split(), tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run(cfg)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing written, nothing cached

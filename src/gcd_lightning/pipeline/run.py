@@ -12,13 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gcd_lightning import distributed
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
+from gcd_lightning.pipeline.checks import check_config
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.components import build_gcd, export_run_defense
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
 from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
-from gcd_lightning.pipeline.whitebox_stage import check_threat, run_whitebox_stage
+from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
 from gcd_lightning.reporting import wandb as wandb_report
 from gcd_lightning.reporting.report import write_report
 from gcd_lightning.utils.files import save_text
@@ -59,8 +60,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     them here); every rank computes the metrics, rank 0 writes the files.
     """
     stage = parse_stage(cfg.stage)
-    if cfg.threat.name == "whitebox":
-        check_threat(cfg.threat)
+    check_config(cfg)
     opened = distributed.launch(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True)
     ctx = RunContext.build(cfg)
