@@ -1,0 +1,55 @@
+"""The two interfaces a defense is built from: ``Detector`` and ``Rectifier``.
+
+A new detector (a baseline, a statistical test) or a new rectifier is a subclass plus a YAML file
+in ``conf/defense/``; ``GCD`` and the white-box attacks use only what is declared here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Detector(nn.Module):
+    """A benign/adversarial detector: images (N, C, H, W) in [0, 1] -> logits (N, 2) ``(benign, adversarial)``.
+
+    ``forward`` must stay differentiable with respect to its input (never run under
+    ``no_grad`` inside), so that white-box attacks reach through it. How a detector is fitted
+    is its own business: the CNN detectors are LightningModules (``SubDetector``); statistical
+    ones can offer a plain ``fit``.
+
+    Attributes:
+        name: short name, used in metric keys, file names and ``predict``'s columns.
+    """
+
+    name: str
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(p⁺, p⁻)`` (N, 2): column 0 benign, column 1 adversarial."""
+        return torch.softmax(self(x), dim=1)
+
+    def reads_sensitivity_of(self, classifier: nn.Module) -> bool:
+        """Whether the detector reads nothing but ``G(x, ŷ)`` of ``classifier`` at its own prediction.
+
+        ``GCD.predict`` computes that ``G`` once per batch with ``f``'s prediction and hands it to
+        such detectors (``logits_from_sensitivity``), which save their own pass through ``f``.
+        """
+        return False
+
+    def logits_from_sensitivity(self, sensitivity: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 2) from ``G(x, ŷ)``; only for detectors that ``reads_sensitivity_of`` the classifier."""
+        raise NotImplementedError(f"{type(self).__name__} reads the images, not the classifier's sensitivity")
+
+
+class Rectifier(nn.Module):
+    """Class logits (N, L) for inputs that a defense flagged.
+
+    Attributes:
+        guided: the rectifier wants the saliency ``|∂L_DET/∂x|`` of the detector that flagged
+            each input (``GCD`` computes it only then, and only for the flagged inputs).
+    """
+
+    guided: bool = False
+
+    def forward(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,73 @@
+"""Stage ``attack``: adversarial sets of the train and test subsets, cached by content hash.
+
+The "train" set feeds the detectors and the rectifier. Its images come from the split named by
+``adversarial.train_split``: ``val`` (the default), images ``f`` never trained on, so that the
+clean half of the detectors' pairs is not "memorised" while the test images are unseen; ``train``
+(``f``'s own training images) is kept as an option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from torch import nn
+
+from gcd_lightning.adversarial import AdversarialSet, cached, generate
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.utils.hashing import spec_hash
+
+SPLITS = ("train", "test")
+
+
+def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
+    """Everything that determines one adversarial set (the classifier by the hash of its weights)."""
+    cfg = ctx.cfg
+    return {
+        "dataset": ctx.dataset_identity(),
+        "split": split,
+        "source": ctx.source_split(split),
+        "n": cfg.adversarial[f"n_{split}"],
+        "batch_size": cfg.adversarial.batch_size,
+        "classifier": classifier_id,
+        "attack": cfg.attack,
+        "seed": cfg.seed,
+    }
+
+
+def adversarial_path(ctx: RunContext, spec: dict) -> Path:
+    cfg = ctx.cfg
+    name = f"{cfg.dataset.name}_{cfg.attack.name}_{spec['split']}_{spec_hash(spec)}.pt"
+    return ctx.cache_dir / "adversarial" / name
+
+
+def run_attack_stage(
+    ctx: RunContext, model: nn.Module, classifier_id: str
+) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
+    """Build or load the adversarial set of each split; returns each set with its file, and flat metrics."""
+    cfg = ctx.cfg
+    attack = hydra.utils.instantiate(cfg.attack.attack)(model=model)
+    sets: dict[str, tuple[AdversarialSet, Path]] = {}
+    metrics: dict[str, float] = {}
+    for split in SPLITS:
+        spec = adversarial_spec(ctx, split, classifier_id)
+
+        def build(split: str = split) -> AdversarialSet:
+            return generate(
+                model,
+                attack,
+                ctx.datamodule.dataset(ctx.source_split(split)),
+                n=cfg.adversarial[f"n_{split}"],
+                num_classes=cfg.dataset.num_classes,
+                seed=cfg.seed,
+                batch_size=cfg.adversarial.batch_size,
+                progress=cfg.progress,
+                desc=f"{cfg.attack.name} ({split})",
+            )
+
+        path = adversarial_path(ctx, spec)
+        adv, hit = cached(path, spec, build)
+        sets[split] = adv, path
+        metrics.update({f"attack.{split}.{key}": value for key, value in adv.summary().items()})
+        metrics[f"attack.{split}.cached"] = float(hit)
+    return sets, metrics

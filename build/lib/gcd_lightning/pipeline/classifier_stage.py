@@ -1,0 +1,153 @@
+"""Stage ``classifier``: train the protected classifier ``f`` once per config, then reuse it; or, with
+``model=external``, test the user's own model instead (nothing is trained)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from torch import nn
+
+from gcd_lightning import distributed
+from gcd_lightning.classifier import BaseClassifier
+from gcd_lightning.models.external import first_line, weights_file
+from gcd_lightning.pipeline.cache import load_or_train
+from gcd_lightning.pipeline.components import build_model, classifier_recipe
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.utils.files import load_json, save_json
+from gcd_lightning.utils.hashing import file_hash, spec_hash
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.pt"
+SUMMARY = "summary.json"
+
+
+def classifier_spec(ctx: RunContext) -> dict:
+    """Everything that determines ``f``'s weights."""
+    cfg = ctx.cfg
+    return {
+        "dataset": ctx.dataset_identity(),
+        "model": cfg.model,
+        "classifier": cfg.classifier,
+        "trainer": ctx.training_identity(),
+        "seed": cfg.seed,
+    }
+
+
+def external_id(ctx: RunContext) -> str:
+    """The id of the user's ``f`` (``model=external``): the content hash of ``model.weights_path``
+    together with the normalisation in front of it, so that either change keys new caches."""
+    recipe = classifier_recipe(ctx)
+    weights = weights_file(ctx.cfg.model.weights_path)
+    return spec_hash({"weights": file_hash(weights), "mean": recipe["mean"], "std": recipe["std"]})
+
+
+def external_spec(ctx: RunContext, classifier_id: str) -> dict:
+    """Everything that determines the user's ``f``'s test accuracy: the data and ``f``'s id."""
+    return {"dataset": ctx.dataset_identity(), "classifier": classifier_id, "trainer": ctx.training_identity()}
+
+
+def cache_folder(ctx: RunContext, spec: dict) -> Path:
+    """The classifier cache folder keyed by ``spec``."""
+    return ctx.cache_dir / "classifier" / f"{ctx.cfg.dataset.name}_{ctx.cfg.model.name}_{spec_hash(spec)}"
+
+
+def classifier_dir(ctx: RunContext) -> Path:
+    """The cache folder of ``f``: its weights and summary, or only the summary of the user's own ``f``."""
+    if classifier_recipe(ctx)["external"]:
+        return cache_folder(ctx, external_spec(ctx, external_id(ctx)))
+    return cache_folder(ctx, classifier_spec(ctx))
+
+
+def train(ctx: RunContext, model: nn.Module) -> dict:
+    """Fit and test ``f`` (``model``, trained in place) with Lightning; returns the summary to cache."""
+    cfg = ctx.cfg
+    module = BaseClassifier(
+        model=model,
+        num_classes=cfg.dataset.num_classes,
+        optimizer=hydra.utils.instantiate(cfg.model.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+    )
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, max_epochs=cfg.classifier.max_epochs, logger=ctx.loggers or False, enable_checkpointing=False
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=ctx.datamodule)
+    seconds = time.perf_counter() - start
+    (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
+    return {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds}
+
+
+def check_external(ctx: RunContext, model: nn.Module) -> None:
+    """A clear error when the user's ``f`` does not map two test images to ``dataset.num_classes`` logits."""
+    x, _ = next(iter(ctx.datamodule.test_dataloader()))
+    x, expected = x[:2], (min(2, len(x)), ctx.cfg.dataset.num_classes)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x)
+    except Exception as err:
+        raise ValueError(
+            f"model=external: the model fails on {ctx.cfg.dataset.name} test images of shape {tuple(x.shape)} "
+            f"({first_line(err)}); give a model for these images (model.mean / model.std normalise them first)"
+        ) from err
+    if tuple(logits.shape) != expected:
+        raise ValueError(
+            f"model=external: the model gives outputs of shape {tuple(logits.shape)} for {expected[0]} images, "
+            f"expected {expected} logits; give a model with dataset.num_classes={expected[1]} outputs"
+        )
+
+
+def evaluate_external(ctx: RunContext, model: nn.Module, classifier_id: str, folder: Path) -> None:
+    """Test the user's ``f`` with Lightning (as ``train`` tests a trained one) and cache its summary (rank 0 writes)."""
+    cfg = ctx.cfg
+    check_external(ctx, model)
+    module = BaseClassifier(model=model, num_classes=cfg.dataset.num_classes, optimizer=None)  # tested, never fit
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=ctx.loggers or False, enable_checkpointing=False)
+    (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
+    summary = {
+        "spec": external_spec(ctx, classifier_id),
+        "recipe": classifier_recipe(ctx),
+        "test_acc": result["test/acc"],
+        "train_seconds": 0.0,
+    }
+    distributed.write_on_rank_zero(save_json, summary, folder / SUMMARY)
+
+
+def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
+    """``run_classifier_stage`` under ``model=external``: load the user's ``f``, test it once per weights and data."""
+    model = build_model(ctx)  # loads model.weights_path, with its clear errors
+    classifier_id = external_id(ctx)
+    folder = cache_folder(ctx, external_spec(ctx, classifier_id))
+    cached = distributed.broadcast((folder / SUMMARY).is_file())  # rank 0's look, for all
+    if cached:
+        log.info("classifier: model=external, cache hit %s", folder)
+    else:
+        log.info("classifier: model=external, testing %s into %s", ctx.cfg.model.weights_path, folder)
+        evaluate_external(ctx, model, classifier_id, folder)
+    summary = load_json(folder / SUMMARY, "cached external classifier summary")
+    metrics = {"classifier.test_acc": summary["test_acc"], "classifier.train_seconds": 0.0, "classifier.cached": float(cached)}
+    return model.eval().to(ctx.device), classifier_id, metrics
+
+
+def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
+    """Load ``f`` from the cache (training it first on a miss), or the user's own ``f`` (``model=external``).
+
+    Returns ``f`` in eval mode, its id (the content hash of its weights, with its normalisation for
+    the user's ``f``; it keys every later cache) and metrics.
+    """
+    if classifier_recipe(ctx)["external"]:
+        return run_external_stage(ctx)
+    folder = classifier_dir(ctx)
+    weights = folder / WEIGHTS
+    model = build_model(ctx)
+    summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda: train(ctx, model), "classifier")
+    metrics = {
+        "classifier.test_acc": summary["test_acc"],
+        "classifier.train_seconds": summary["train_seconds"],
+        "classifier.cached": float(cached),
+    }
+    return model.eval().to(ctx.device), file_hash(weights), metrics

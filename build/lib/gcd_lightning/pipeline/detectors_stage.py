@@ -1,0 +1,106 @@
+"""Stage ``detectors``: the detectors of ``defense.detectors`` (GCD: ``DET_org``, eq. 9, and ``DET_IS``, eq. 8) trained on clean/adversarial pairs (eq. 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc
+
+from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
+from gcd_lightning.defense.base import Detector
+from gcd_lightning.defense.ensemble import ADVERSARIAL
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.pipeline.cache import load_or_train
+from gcd_lightning.pipeline.components import build_detector
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.training import fit_best, seed_stage
+from gcd_lightning.utils.hashing import spec_hash
+
+
+def detection_pairs(clean: torch.Tensor, adv: AdversarialSet, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set of eq. 7: clean images (label 0) and the successful attacks on them (label 1).
+
+    Unsuccessful attacks are left out: a minimal-norm attack that fails returns the clean image,
+    which would then carry both labels.
+    """
+    won = rows[adv.success[rows]]
+    x = torch.cat([clean[rows], adv.x_adv[won]])
+    label = torch.cat([torch.zeros(len(rows)), torch.ones(len(won))]).long()
+    return x, label
+
+
+def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> Path:
+    spec = {
+        "adversarial": adv_train_path.name,
+        "classifier": classifier_id,
+        "detector": ctx.cfg.detector,
+        "trainer": ctx.training_identity(),
+        "seed": ctx.cfg.seed,
+    }
+    return ctx.cache_dir / "detectors" / f"{adv_train_path.stem}_{spec_hash(spec)}"
+
+
+def detector_file(folder: Path, name: str, spec: object) -> Path:
+    """A detector's weights in ``folder``, named by its entry of ``defense.detectors`` and that entry's hash."""
+    return folder / f"{name}_{spec_hash({'detector': spec})}.pt"
+
+
+def run_detectors_stage(
+    ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_train: AdversarialSet, adv_train_path: Path
+) -> tuple[dict[str, Detector], Path, dict[str, float]]:
+    """Train (or load) every detector; validation AUC picks the epoch. Returns them by name, their folder, metrics."""
+    cfg = ctx.cfg
+    folder = detectors_dir(ctx, adv_train_path, classifier_id)
+    clean, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index)
+    train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
+    detectors: dict[str, Detector] = {}
+    metrics: dict[str, float] = {}
+    for name in cfg.defense.detectors:
+        seed_stage(cfg.seed, f"detector {name}")  # before the detector's random initialisation
+        detector = detectors[name] = build_detector(ctx, name, classifier)
+        weights = detector_file(folder, name, cfg.defense.detectors[name])
+
+        def train(detector: Detector = detector) -> dict[str, float]:  # bound now: the loop moves on
+            best, seconds = fit_best(
+                ctx,
+                detector,
+                detection_pairs(clean, adv_train, train_rows),
+                detection_pairs(clean, adv_train, val_rows),
+                max_epochs=cfg.detector.max_epochs,
+                batch_size=cfg.detector.batch_size,
+                monitor="val/auc",
+            )
+            return {"val_auc": best, "train_seconds": seconds}
+
+        summary, cached = load_or_train(detector, weights, weights.with_suffix(".json"), train, f"detector {name}")
+        detector.eval().to(ctx.device)
+        metrics[f"detector.val_auc.{name}"] = summary["val_auc"]
+        metrics[f"detector.train_seconds.{name}"] = summary["train_seconds"]
+        metrics[f"detector.cached.{name}"] = float(cached)
+    gcd = GCD(classifier, list(detectors.values()))
+    metrics.update(validate_ensemble(gcd, *detection_pairs(clean, adv_train, val_rows), cfg.adversarial.batch_size))
+    return detectors, folder, metrics
+
+
+@torch.no_grad()
+def validate_ensemble(gcd: GCD, x: torch.Tensor, label: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """The defense's detection (eq. 10-11 for GCD) on the validation pairs: AUC, flagged share of attacks and of clean images.
+
+    These are the figures to choose detector settings by; the test pairs are for reporting only.
+    """
+    device = next(gcd.parameters()).device
+
+    def detect(_: int, rows: slice) -> dict[str, torch.Tensor]:
+        result = gcd.detect(x[rows].to(device))
+        return {"p_adv": result.p[:, ADVERSARIAL].cpu(), "flagged": result.flagged.cpu()}
+
+    answers = distributed.map_batches(detect, len(x), batch_size)
+    flagged = answers["flagged"]
+    return {
+        "detector.val_auc.gcd": binary_auroc(answers["p_adv"], label).item(),
+        "detector.val_tpr.gcd": flagged[label == 1].float().mean().item(),
+        "detector.val_fpr.gcd": flagged[label == 0].float().mean().item(),
+    }

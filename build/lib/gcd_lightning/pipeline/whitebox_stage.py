@@ -1,0 +1,383 @@
+"""Stage ``whitebox`` (``threat=whitebox``): adaptive attacks on f, each detector and the whole GCD (Tables 3-4).
+
+The first ``threat.n_test`` images of the grey-box test set are attacked against five targets:
+
+* ``nodet``: ``f`` alone (NoDET of Table 3), the configured attack and ``AdaptivePGD`` on ``f``'s
+  hinge, so that NoDET faces attacks as strong as the detected targets do;
+* ``det_<name>`` for each detector of the defense (GCD: ``det_org``, ``det_is``): ``f`` guarded by
+  that detector alone; ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
+* ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
+
+Each detector target is attacked by several attacks ("variants"), and each image counts the
+strongest result (``strongest``), judged by the real decision rule:
+
+* ``l1_*``: the configured attack on the L+1-class view (C&W 2017a): targeted at the target,
+  untargeted on eq. 14 and / or the merged loss (``threat.untargeted_loss``). These were the
+  stage's only attacks before the adaptive evaluation, and are reported apart as "previous";
+* ``hinge_b<β>``: the configured attack on ``HingeEvasion`` (hinges on ``f``'s margin and on
+  every detector's logit gap, confidence κ), once per β of ``threat.adaptive.betas``;
+* ``orthogonal`` / ``selective`` / ``joint``: ``AdaptivePGD`` (Bryniarski et al. 2022) at the
+  attack's norm and budget (L2 attacks: ``threat.adaptive.l2_eps``), best iterate, restarts;
+* ``surrogate``: orthogonal PGD with ``DET_IS``'s backward pass through a softplus copy of ``f``
+  (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
+
+Around them: fixed-budget robustness of GCD (success and robust accuracy at each L∞ and L2 ε of
+``threat.robustness``, Tramèr's check), indicators of attack failure (Pintor et al. 2022), GCD
+end to end over ``threat.judge_draws`` mask draws with seeds disjoint from the attacks', and a
+Wilson 95% interval on every success rate. Each attack's output is cached like the grey-box sets
+(``cache/whitebox``), keyed by what it depends on, so a sweep recomputes only what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, robust_accuracy, stack, strongest
+from gcd_lightning.attacks import Attack, Norm, run_attack
+from gcd_lightning.attacks.objective import PLAIN, Objective
+from gcd_lightning.defense.detector import DetectorInput, SubDetector
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.intervals import mean_interval, rate_interval
+from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.components import run_gcd
+from gcd_lightning.utils.hashing import spec_hash
+from gcd_lightning.whitebox import indicators
+from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
+from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
+from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, run_adaptive
+from gcd_lightning.whitebox.surrogate import SurrogateGradient
+
+log = logging.getLogger(__name__)
+
+# the code's part of the cache key: raise it when a change to this stage changes what an attack computes
+# (2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags)
+SPEC_VERSION = 3
+# end-to-end judging: draw d of GCD's masks seeds batch i with JUDGE_SEED + d·JUDGE_STRIDE + i, never
+# a seed an attack uses (seed + i for a few thousand batches at most)
+JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
+UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
+
+Judge = Callable[[torch.Tensor], torch.Tensor]
+"""Adversarial images -> (N,) bool success."""
+
+
+def check_threat(threat: DictConfig) -> None:
+    """Refuse unknown or out-of-range white-box settings (``run`` calls it first, before any training)."""
+    if threat.untargeted_loss not in (*UNTARGETED_LOSSES, "both"):
+        raise ValueError(f"threat.untargeted_loss={threat.untargeted_loss!r} is unknown; choose one of {(*UNTARGETED_LOSSES, 'both')}")
+    adaptive = threat.adaptive
+    if adaptive.detector_term not in DETECTOR_TERMS:
+        raise ValueError(f"threat.adaptive.detector_term={adaptive.detector_term!r} is unknown; choose one of {DETECTOR_TERMS}")
+    unknown = [mode for mode in adaptive.modes if mode not in MODES]
+    if unknown or threat.robustness.mode not in MODES:
+        raise ValueError(f"threat.adaptive.modes / threat.robustness.mode: unknown {unknown or threat.robustness.mode}; choose from {MODES}")
+    for key in ("steps", "restarts", "n_test", "judge_draws"):
+        value = adaptive[key] if key in adaptive else threat[key]
+        if int(value) < 1:
+            raise ValueError(f"threat.{'adaptive.' if key in adaptive else ''}{key}={value} must be at least 1")
+    budgets = [adaptive.l2_eps, *threat.robustness.linf_eps, *threat.robustness.l2_eps]
+    if any(not float(b) > 0 for b in budgets) or any(float(b) > 1 for b in threat.robustness.linf_eps):
+        raise ValueError(f"threat budgets must be > 0 (L∞ ones at most 1): adaptive.l2_eps, robustness.linf_eps, robustness.l2_eps = {budgets}")
+    if adaptive.kappa < 0 or any(b < 0 for b in adaptive.betas) or (adaptive.surrogate_beta is not None and adaptive.surrogate_beta <= 0):
+        raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
+
+
+def reads_sensitivity(detector: nn.Module) -> bool:
+    """Whether ``detector`` is a ``DET_IS``, whose backward pass ``SurrogateGradient`` can smooth."""
+    return isinstance(detector, SubDetector) and detector.kind is DetectorInput.SENSITIVITY
+
+
+@dataclasses.dataclass
+class Variant:
+    """One attack on one target: how to build it, what its cached result depends on, who judges it."""
+
+    name: str
+    make: Callable[[], Attack]
+    spec: dict
+    judge: str
+    previous: bool = False  # one of the stage's attacks before the adaptive evaluation
+
+
+def run_whitebox_stage(
+    ctx: RunContext,
+    gcd: GCD,
+    classifier_id: str,
+    rectifier_id: str,
+    detectors_id: str,
+    adv_test: AdversarialSet,
+) -> dict[str, float]:
+    """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics."""
+    cfg, threat = ctx.cfg, ctx.cfg.threat  # checked by run() before any training (check_threat)
+    adaptive = threat.adaptive
+    num_classes, targeted, bs, seed = cfg.dataset.num_classes, bool(cfg.attack.targeted), threat.batch_size, cfg.seed
+    n = min(int(threat.n_test), len(adv_test))
+    index = adv_test.index[:n]
+    x, y = stack(ctx.datamodule.dataset("test"), index)
+    target = adv_test.target[:n] if targeted else None
+    labels = target if targeted else y
+    norm = Norm(cfg.attack.norm)
+    eps = float(cfg.attack.eps) if norm is Norm.LINF else float(adaptive.l2_eps)
+
+    classifier = gcd.classifier
+    parts = {f"det_{d.name}": [d] for d in gcd.detectors} | {"gcd": list(gcd.detectors)}
+    guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}
+    judge_objective = HingeEvasion(num_classes, 0.0, 1.0, targeted)
+
+    def fooled(pred: torch.Tensor) -> torch.Tensor:
+        return pred == labels if targeted else pred != labels
+
+    def evades(model: nn.Module) -> Judge:
+        return lambda x_adv: judge_objective.success(outputs(model, x_adv, bs), labels, targeted)
+
+    def end_to_end(x_adv: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """(draws, N) bool: GCD's final answer is fooled, under ``draws`` draws of its masks (judging seeds)."""
+        return torch.stack([fooled(run_gcd(gcd, x_adv, bs, JUDGE_SEED + d * JUDGE_STRIDE)["label"]) for d in range(draws)])
+
+    judges: dict[str, Judge] = {"nodet": lambda x_adv: fooled(predict(classifier, x_adv, bs)),
+                                **{name: evades(model) for name, model in guarded.items()},
+                                "end_to_end": lambda x_adv: end_to_end(x_adv)[0]}
+    base_spec = {
+        "version": SPEC_VERSION,
+        "adversarial": spec_hash({"index": index.tolist(), "labels": labels.tolist()}),
+        "classifier": classifier_id,
+        "seed": seed,
+        "batch_size": bs,
+        "detectors": detectors_id,
+    }
+
+    def configured(model: nn.Module, objective: Objective) -> Callable[[], Attack]:
+        return lambda: make_attack(ctx, model, objective)
+
+    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float) -> Callable[[], Attack]:
+        objective = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, adaptive.detector_term)
+        return lambda: AdaptivePGD(model, objective, attack_norm.value, budget, adaptive.steps, adaptive.step_size,
+                                   adaptive.restarts, mode, targeted)
+
+    pgd_spec = {key: adaptive[key] for key in ("kappa", "detector_term", "steps", "step_size", "restarts")}
+    losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
+
+    def detector_variants(name: str) -> list[Variant]:
+        model = guarded[name]
+        found = [
+            Variant(f"l1_{loss or 'target'}", configured(DetectedClassifier(classifier, parts[name]),
+                                                          DetectorEvasion(num_classes, threat.beta, targeted, loss or "eq14")),
+                    {"attack": cfg.attack, "objective": None if loss is None else [loss, threat.beta if loss == "eq14" else None]},
+                    name, previous=True)
+            for loss in losses
+        ]
+        found += [
+            Variant(f"hinge_b{beta:g}", configured(model, HingeEvasion(num_classes, adaptive.kappa, beta, targeted, adaptive.detector_term)),
+                    {"attack": cfg.attack, "hinge": [adaptive.kappa, beta, adaptive.detector_term]}, name)
+            for beta in adaptive.betas
+        ]
+        found += [
+            Variant(mode, adaptive_pgd(model, mode, norm, eps), {"pgd": [mode, norm.value, eps, pgd_spec]}, name)
+            for mode in adaptive.modes
+        ]
+        if adaptive.surrogate_beta is not None and any(map(reads_sensitivity, parts[name])):
+            smooth = [SurrogateGradient(d, adaptive.surrogate_beta) if reads_sensitivity(d) else d for d in parts[name]]
+            found.append(Variant("surrogate", adaptive_pgd(GuardedClassifier(classifier, smooth), "orthogonal", norm, eps),
+                                 {"pgd": ["orthogonal", norm.value, eps, pgd_spec], "surrogate": adaptive.surrogate_beta}, name))
+        return found
+
+    variants: dict[str, list[Variant]] = {
+        "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
+                  Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps),
+                          {"pgd": ["joint", norm.value, eps, pgd_spec]}, "nodet")],
+        **{name: detector_variants(name) for name in parts},
+        "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
+                             {"attack": cfg.attack, "rectifier": rectifier_id, "eot": threat.eot_samples,
+                              "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]}, "end_to_end", previous=True)],
+    }
+
+    def run_variant(target_name: str, variant: Variant) -> AdversarialSet:
+        spec = {**base_spec, **variant.spec, "target": target_name, "variant": variant.name, "cw": cw_budget(ctx)}
+        path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{target_name}_{variant.name}_{spec_hash(spec)}.pt"
+        return cached(path, spec, lambda: build(variant, f"{target_name} {variant.name}"))[0]
+
+    def build(variant: Variant, desc: str) -> AdversarialSet:
+        attack = variant.make()
+        start = time.perf_counter()
+        extras: dict[str, torch.Tensor] = {}
+        if isinstance(attack, AdaptivePGD):
+            result = run_adaptive(attack, x, y, target, bs, seed, cfg.progress, f"white-box {desc}")
+            x_adv, extras = result.pop("x_adv"), result
+        else:
+            x_adv = run_attack(attack, x, y, target, batch_size=bs, progress=cfg.progress, desc=f"white-box {desc}", seed=seed)
+        seconds = time.perf_counter() - start
+        l2, linf = perturbation_norms(x, x_adv)
+        return AdversarialSet(index=index, x_adv=x_adv, y=y, target=adv_test.target[:n], success=judges[variant.judge](x_adv),
+                              l2=l2, linf=linf, n_examined=n, seconds=seconds, extras=extras)
+
+    metrics: dict[str, float] = {
+        "whitebox.n": float(n),
+        "whitebox.beta": float(threat.beta),
+        **{f"whitebox.objective.{loss}": float(loss in losses) for loss in UNTARGETED_LOSSES},
+        "whitebox.eot_samples": float(threat.eot_samples),
+        "whitebox.adaptive.eps": eps,
+        "whitebox.adaptive.kappa": float(adaptive.kappa),
+        "whitebox.adaptive.steps": float(adaptive.steps),
+        "whitebox.adaptive.restarts": float(adaptive.restarts),
+        "whitebox.judge_draws": float(threat.judge_draws),
+    }
+    by_variant = {name: {v.name: run_variant(name, v) for v in found} for name, found in variants.items()}
+    results = {name: strongest(list(sets.values())) for name, sets in by_variant.items()}
+    for name, sets in by_variant.items():
+        found = {v.name: v for v in variants[name]}
+        for variant_name, adv in sets.items():
+            metrics[f"whitebox.variant.{name}.{variant_name}"] = adv.success.float().mean().item()
+            metrics[f"whitebox.variant_seconds.{name}.{variant_name}"] = adv.seconds / n
+        for group, keep in (("previous", True), ("new", False)):
+            chosen = [adv for variant_name, adv in sets.items() if found[variant_name].previous is keep]
+            if chosen and len(chosen) < len(sets):
+                metrics[f"whitebox.success_{group}.{name}"] = strongest(chosen).success.float().mean().item()
+    for name, adv in results.items():
+        won = adv.success
+        rate, low, high = rate_interval(won)
+        metrics[f"whitebox.success.{name}"] = rate
+        metrics[f"whitebox.success_ci.{name}.low"], metrics[f"whitebox.success_ci.{name}.high"] = low, high
+        metrics[f"whitebox.l2_median.{name}"] = adv.l2[won].median().item() if won.any() else float("nan")
+        metrics[f"whitebox.linf_max.{name}"] = adv.linf.max().item()
+        metrics[f"whitebox.seconds_per_image.{name}"] = adv.seconds / n
+
+    # GCD end to end, randomised: every image over judge_draws mask draws (seeds disjoint from the attacks')
+    for name in ("gcd", "bpda_eot"):
+        per_image = end_to_end(results[name].x_adv, int(threat.judge_draws)).double()  # (draws, N)
+        mean, low, high = mean_interval(per_image.mean(dim=0))
+        key = "whitebox.success.gcd_end_to_end" if name == "gcd" else "whitebox.success.bpda_eot_end_to_end"
+        metrics[key], metrics[f"{key}_ci.low"], metrics[f"{key}_ci.high"] = mean, low, high
+        metrics[f"{key}_draws.min"], metrics[f"{key}_draws.max"] = per_image.mean(1).min().item(), per_image.mean(1).max().item()
+    metrics["whitebox.success.bpda_eot_evades"] = judges["gcd"](results["bpda_eot"].x_adv).float().mean().item()
+
+    grey = adv_test.x_adv[:n]
+    metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
+    metrics["whitebox.greybox.success.end_to_end"] = end_to_end(grey, int(threat.judge_draws)).double().mean().item()
+    gcd_outputs = outputs(guarded["gcd"], x, bs)  # the clean images through f and both detectors, once
+    hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, adaptive.detector_term)
+    for point, out in (("clean", gcd_outputs), ("adv", outputs(guarded["gcd"], results["gcd"].x_adv, bs))):
+        metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(out, labels).mean().item()
+
+    flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
+    metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
+    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,
+                                           by_variant["gcd"], flagged_clean, adv_test))
+    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, guarded["gcd"], gcd, x, grey,
+                                      gcd_outputs, num_classes, bs,
+                                      run_variant, adaptive_pgd, pgd_spec))
+
+    if norm is Norm.L2:
+        gcd_adv = results["gcd"]
+        for budget in threat.l2_budgets:
+            within = gcd_adv.success & (gcd_adv.l2 <= budget)
+            metrics[f"whitebox.budget_l2.gcd.{float(budget):.4f}"] = within.float().mean().item()
+    return metrics
+
+
+def fixed_budget_robustness(ctx, model, norm, eps, adaptive_pgd, pgd_spec, run_variant, gcd_sets, flagged_clean,
+                            adv_test: AdversarialSet) -> dict[str, float]:
+    """GCD's success and robust accuracy at each fixed L∞ / L2 budget of ``threat.robustness``, and Tramèr's check.
+
+    Each budget runs ``AdaptivePGD`` (``threat.robustness.mode``); at the attack's own norm and
+    budget the stage's other variants on GCD join in (the strongest result per image counts).
+    Robust accuracy: clean image not flagged and attack failed (``indicators.robust_accuracy``),
+    over the attacked images and over all test images looked at to find ``adv_test`` (``robust_accuracy``).
+    """
+    threat = ctx.cfg.threat
+    mode = threat.robustness.mode
+    metrics: dict[str, float] = {}
+    references = ROBUST_CLASSIFIERS.get(ctx.cfg.dataset.name, {})
+    for budget_norm, budgets in ((Norm.LINF, threat.robustness.linf_eps), (Norm.L2, threat.robustness.l2_eps)):
+        for budget in sorted(float(b) for b in budgets):
+            if budget_norm is norm and abs(budget - eps) < 1e-12:  # the stage's own budget: every variant on GCD counts
+                sets = list(gcd_sets.values())
+            else:
+                sets = [run_variant("gcd", Variant(f"robust_{mode}", adaptive_pgd(model, mode, budget_norm, budget),
+                                                   {"pgd": [mode, budget_norm.value, budget, pgd_spec]}, "gcd"))]
+            won = torch.stack([s.success & within(s, budget_norm, budget) for s in sets]).any(dim=0)
+            key = f"whitebox.robust_{budget_norm.value}.{budget:.4f}"
+            rate, low, high = rate_interval(won)
+            robust = indicators.robust_accuracy(flagged_clean, won)
+            robust_all = robust_accuracy(robust, len(adv_test), adv_test.n_examined)
+            metrics[f"{key}.success"], metrics[f"{key}.success_ci.low"], metrics[f"{key}.success_ci.high"] = rate, low, high
+            metrics[f"{key}.robust_acc"], metrics[f"{key}.robust_acc_all"] = robust, robust_all
+            check = indicators.tramer_check(robust_all, budget, references.get(budget_norm.value, []))
+            metrics[f"{key}.tramer.radius"], metrics[f"{key}.tramer.reference"] = check["radius"], check["reference"]
+            metrics[f"{key}.tramer.plausible"] = check["plausible"]
+    return metrics
+
+
+def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
+    """(N,) bool: the perturbation is inside the ``norm`` ball of radius ``budget`` (a float32 tolerance)."""
+    size = adv.linf if norm is Norm.LINF else adv.l2
+    return size <= budget * (1 + 1e-5) + 1e-6
+
+
+def failure_indicators(gcd_sets, won, modes, model, gcd, x, grey, clean_outputs, num_classes, bs, run_variant, adaptive_pgd,
+                       pgd_spec) -> dict[str, float]:
+    """Pintor et al. (2022)'s indicators on the attacks against GCD: ``whitebox.indicator.<name>`` and ``.failed``.
+
+    * ``silent``: images whose first gradient was zero or not finite (``AdaptivePGD``'s first mode);
+    * ``incomplete``: ``AdaptivePGD``'s loss still falling over its last steps on the images that
+      every attack on GCD lost (``won``: the strongest result per image);
+    * ``unbounded``: success at L∞ ε = 1, which must reach ~100% (every image is reachable);
+    * ``noise``: clean images whose decision (label, flag) changes under uniform noise of ±1e-3;
+    * ``random``: the detected classifier gives different outputs on the same inputs (AutoAttack's
+      check); GCD end to end is random by design (``random_end_to_end``, information only: it is
+      attacked with EOT and judged over several draws).
+    """
+    first = gcd_sets[modes[0]] if modes and modes[0] in gcd_sets else None
+    values: dict[str, tuple[float, bool]] = {}
+    if first is not None:
+        silent = indicators.silent_share(first.extras["silent"])
+        values["silent"] = (silent, silent > indicators.SILENT_MAX)
+        incomplete = indicators.incomplete_optimisation(first.extras["loss"], won)
+        values["incomplete"] = (incomplete, incomplete > indicators.INCOMPLETE_MAX)
+    unbounded = run_variant("gcd", Variant("unbounded", adaptive_pgd(model, "orthogonal", Norm.LINF, UNBOUNDED_LINF),
+                                           {"pgd": ["orthogonal", "linf", UNBOUNDED_LINF, pgd_spec]}, "gcd"))
+    rate = unbounded.success.float().mean().item()
+    values["unbounded"] = (rate, rate < indicators.UNBOUNDED_MIN)
+    decision = indicators.defended_decision(clean_outputs, num_classes, ensemble_flags(clean_outputs[:, num_classes:]))
+    generator = torch.Generator().manual_seed(JUDGE_SEED - 1)
+    noisy = (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * 1e-3).clamp(0, 1)
+    noisy_outputs = outputs(model, noisy, bs)
+    changed = indicators.decision_changes(decision, indicators.defended_decision(noisy_outputs, num_classes,
+                                                                                 ensemble_flags(noisy_outputs[:, num_classes:])))
+    values["noise"] = (changed, changed > indicators.NOISE_MAX)
+    again = outputs(model, x, bs)
+    values["random"] = (float(not torch.equal(again, clean_outputs)), not torch.equal(again, clean_outputs))
+    metrics = {}
+    for name, (value, failed) in values.items():
+        metrics[f"whitebox.indicator.{name}"] = value
+        metrics[f"whitebox.indicator.{name}.failed"] = float(failed)
+    device = next(gcd.parameters()).device
+    suspect = grey[: min(len(grey), bs)]  # grey-box adversarial images: most are flagged and go through the masks
+
+    def gcd_logits(draw: int) -> torch.Tensor:
+        return distributed.map_batches(lambda _, rows: gcd(suspect[rows].to(device)).detach().cpu(), len(suspect), bs,
+                                       JUDGE_SEED + draw * JUDGE_STRIDE)
+
+    metrics["whitebox.indicator.random_end_to_end"] = float(not torch.equal(gcd_logits(0), gcd_logits(1)))
+    return metrics
+
+
+def cw_budget(ctx: RunContext) -> dict | None:
+    """The white-box CW budget (``threat.cw``) when the configured attack is CW, else None."""
+    if not str(ctx.cfg.attack.attack._target_).endswith(".CW"):
+        return None
+    return OmegaConf.to_container(ctx.cfg.threat.cw, resolve=True)
+
+
+def make_attack(ctx: RunContext, model: nn.Module, objective: Objective) -> Attack:
+    """The configured attack on ``model`` with ``objective``; CW with the white-box budget of ``threat.cw``."""
+    overrides: dict = {"model": model.eval(), "objective": objective, **(cw_budget(ctx) or {})}
+    return hydra.utils.instantiate(ctx.cfg.attack.attack)(**overrides)

@@ -1,0 +1,87 @@
+"""The paper's published numbers, printed beside ours in reports (Li, Wang & Wu, Tables 2-5)."""
+
+from __future__ import annotations
+
+# Table 2 (grey-box): F = base accuracy under attack, then detection AUC of DET_org, DET_IS, GCD.
+TABLE2 = {
+    "mnist": {
+        "fgsm_untargeted": (0.65, 1.00, 0.99, 1.00),
+        "pgd_untargeted": (0.00, 1.00, 0.89, 1.00),
+        "pgd_targeted": (0.00, 1.00, 0.72, 1.00),
+        "deepfool_untargeted": (0.00, 1.00, 1.00, 1.00),
+        "cw_untargeted": (0.00, 0.99, 1.00, 1.00),
+        "cw_targeted": (0.00, 1.00, 1.00, 1.00),
+        "ddn_untargeted": (0.00, 1.00, 1.00, 1.00),
+        "ddn_targeted": (0.00, 1.00, 1.00, 1.00),
+    },
+}
+
+# Table 5: accuracy of GCD ("Our") and of the base model F, on clean images and under each attack.
+TABLE5 = {
+    "mnist": {
+        "clean": (0.91, 0.92),
+        "fgsm_untargeted": (0.85, 0.56),
+        "pgd_untargeted": (0.84, 0.27),
+        "pgd_targeted": (0.89, 0.66),
+        "deepfool_untargeted": (0.90, 0.00),
+        "cw_untargeted": (0.90, 0.00),
+        "cw_targeted": (0.89, 0.00),
+        "ddn_untargeted": (0.90, 0.00),
+        "ddn_targeted": (0.90, 0.00),
+    },
+}
+
+# Table 3 (white-box): attack success rate against f alone (NoDET), f + DET_IS, and GCD ("Our").
+TABLE3 = {
+    "mnist": {
+        "fgsm_untargeted": (0.271, 0.012, 0.000),
+        "pgd_untargeted": (1.000, 0.871, 0.263),
+        "pgd_targeted": (1.000, 1.000, 0.437),
+        "deepfool_untargeted": (1.000, 0.828, 0.286),
+        "cw_untargeted": (1.000, 0.000, 0.008),
+        "cw_targeted": (1.000, 0.180, 0.471),
+        "ddn_untargeted": (1.000, 0.004, 0.941),
+        "ddn_targeted": (1.000, 0.808, 0.392),
+    },
+    "cifar10": {
+        "fgsm_untargeted": (0.315, 0.009, 0.000),
+        "pgd_untargeted": (0.945, 0.805, 0.143),
+        "pgd_targeted": (0.957, 0.734, 0.463),
+        "deepfool_untargeted": (1.000, 0.738, 0.394),
+        "cw_untargeted": (1.000, 0.009, 0.023),
+        "cw_targeted": (1.000, 0.556, 0.321),
+        "ddn_untargeted": (1.000, 0.019, 0.014),
+        "ddn_targeted": (1.000, 1.000, 1.000),
+    },
+    "imagenet_subset": {
+        "fgsm_untargeted": (0.608, 0.566, 0.180),
+        "pgd_untargeted": (1.000, 0.359, 0.425),
+        "pgd_targeted": (1.000, 0.456, 0.485),
+        "deepfool_untargeted": (0.995, 0.087, 0.087),
+        "cw_untargeted": (1.000, 0.009, 0.023),
+        "cw_targeted": (0.995, 0.056, 0.015),
+        "ddn_untargeted": (1.000, 0.159, 0.092),
+        "ddn_targeted": (1.000, 0.338, 0.326),
+    },
+}
+
+# Table 4: median L2 of the "failed" defenses' white-box attacks, without and with GCD. The paper
+# gives one column per attack without naming the data set (its text: DDN-U on MNIST, DDN-T on CIFAR-10).
+TABLE4 = {
+    "ddn_untargeted": (0.787, 10.252),
+    "ddn_targeted": (0.45, 0.618),
+}
+
+# Published robust MNIST classifiers, (name, L∞ radius, robust accuracy), for Tramèr's (2022) check:
+# a detector robust at ε implies a classifier robust at ε/2. Madry et al. 2018, Table 1 (PGD, 100 steps,
+# 20 restarts); Zhang et al. 2019 (TRADES, 1/λ = 6), Table 5. A classifier robust at 0.3 is robust at
+# every smaller radius, so these bound from below what is known to be reachable at 0.15.
+ROBUST_CLASSIFIERS = {
+    "mnist": {
+        "linf": [
+            ("PGD adversarial training (Madry et al. 2018)", 0.3, 0.893),
+            ("TRADES (Zhang et al. 2019)", 0.3, 0.9607),
+        ],
+        "l2": [],
+    },
+}

@@ -1,0 +1,225 @@
+"""A run's results for people: ``metrics.json`` (flat dotted keys) and ``report.md`` (tables).
+
+Tables 2, 3 and 5 and the robustness table are ``tables``' layout of a list of one run; around
+them stands what only one run's report says: what each number is counted over, the classifier and
+the attack on it, each white-box attack's success, Table 1 and Table 4, and the warnings of failed
+indicators and checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gcd_lightning.reporting.paper import TABLE4
+from gcd_lightning.reporting.tables import INDICATORS, Run, fmt, markdown, robustness, table2, table3, table5
+from gcd_lightning.utils.files import save_json, save_text
+
+
+def defense_tables(run: Run) -> list[str]:
+    """Table 2 (detection AUC) and Table 5 (accuracy), ours beside the paper's, and what each is counted over."""
+    m, attack = run.metrics, run.attack
+    return [
+        "## Detection (Table 2, grey-box AUC)",
+        "",
+        f"AUC on {fmt(m['eval.n_successful'], 0)} successful attacks of {fmt(m['eval.n_pairs'], 0)} correctly classified "
+        "test images and their clean originals (on all pairs, unsuccessful attacks included: "
+        f"GCD {fmt(m['detector.auc_all.gcd'])}). F is f's accuracy under attack, over all pairs.",
+        "",
+        markdown(*table2([run])),
+        f"Clean test images flagged (false-positive rate): {fmt(m['detector.fpr.clean'])} of "
+        f"{fmt(m['eval.n_clean'], 0)}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; "
+        f"decided by DET_org: {fmt(m['detector.org_share.adv'])}.",
+        "",
+        "## Accuracy (Table 5)",
+        "",
+        markdown(*table5([run])),
+        f"The {attack} row is over the {fmt(m['eval.n_pairs'], 0)} attacked test images, all classified correctly by f "
+        f"(the paper's setting); the \"all examined\" columns are the robust accuracy over the {fmt(m['eval.n_examined'], 0)} test "
+        f"images examined to find them, the {fmt(m['eval.n_examined'] - m['eval.n_pairs'], 0)} clean images f "
+        "misclassifies (not attacked) counted as errors, of GCD's too.",
+        "",
+        f"GCD on {attack}: the mean over {fmt(m['eval.mask_draws'], 0)} draws of its random masks (std "
+        f"{fmt(m['gcd.acc.adv_std'])}, from {fmt(m['gcd.acc.adv_min'])} to {fmt(m['gcd.acc.adv_max'])}). "
+        f"Rectifier α = {m['rectifier.alpha']}, validation accuracy on masked adversarial examples "
+        f"{fmt(m['rectifier.val_acc'])}.",
+        "",
+        "## Figures",
+        "",
+        "ROC curves of the detectors, and the input sensitivity ‖G‖₂ (computed in float64) of clean and adversarial "
+        "test images (the paper's Fig. 3 for L2 attacks, Fig. 4 for L∞ ones):",
+        "",
+        "![ROC curves](roc.png) ![input sensitivity](sensitivity.png)",
+        "",
+        "## Saliency check (Table 1)",
+        "",
+        f"Success of the {fmt(m['table1.n'], 0)} successful test attacks on f after zeroing the pixels of highest "
+        "detector saliency |∂L_DET/∂x|, and, as a control, as many random pixels (before: 1.0000).",
+        "",
+        "| pixels zeroed | top saliency | random |",
+        "|---|---:|---:|",
+        *(f"| {p}% | {fmt(m[f'table1.success.top{p}'])} | {fmt(m[f'table1.success.random{p}'])} |" for p in (5, 10)),
+        "",
+    ]
+
+
+def whitebox_tables(run: Run) -> list[str]:
+    """Table 3 (white-box success, 95% intervals), each attack's share, fixed-budget robustness, failure indicators, Table 4."""
+    m = run.metrics
+    paper4 = TABLE4.get(run.attack)
+    targets = ("nodet", "det_is", "gcd", "det_org")
+    attacked = (*targets, "bpda_eot")
+    variants = sorted({k.split(".")[3] for k in m if k.startswith("whitebox.variant.")})
+    names = {"nodet": "NoDET", "det_is": "DET_IS", "gcd": "GCD", "det_org": "DET_org", "bpda_eot": "BPDA+EOT"}
+
+    def variant_cell(target: str, variant: str) -> str:
+        key = f"whitebox.variant.{target}.{variant}"
+        return fmt(m[key]) if key in m else ""
+
+    previous = [f"{names[t]} {fmt(m.get(f'whitebox.success_previous.{t}', m[f'whitebox.success.{t}']))}" for t in targets]
+    lines = [
+        "## White-box attacks (Table 3: success rate, smaller is better)",
+        "",
+        f"{fmt(m['whitebox.n'], 0)} test images. A success fools f and is not flagged by the detector(s), judged by the "
+        "real decision rule (eq. 10-11 for GCD); every image counts the strongest of the attacks below. "
+        "[low, high]: Wilson 95% interval; BPDA+EOT: the attack on the whole randomised GCD, judged under one draw of its "
+        "masks; end to end: GCD's final answer (f_rec on random masks for flagged inputs), "
+        f"the mean over {fmt(m['whitebox.judge_draws'], 0)} mask draws with seeds disjoint from the attacks', "
+        "with a 95% interval over the images.",
+        "",
+        markdown(*table3([run], cells=True)),
+        "\"Earlier attacks\": the configured attack on the L+1-class view (eq. 14 / merged loss, or the target), "
+        f"the stage's only attacks before the adaptive evaluation; their success: {', '.join(previous)}.",
+        "",
+        "### Success of each attack",
+        "",
+        f"L+1 (`l1_*`): the configured attack on the L+1 view; `hinge_b<β>`: the configured attack on the hinge loss "
+        f"(κ = {m['whitebox.adaptive.kappa']}); orthogonal / selective / joint: PGD of Bryniarski et al. (2022), "
+        f"ε = {fmt(m['whitebox.adaptive.eps'], 3)}, {fmt(m['whitebox.adaptive.steps'], 0)} steps, "
+        f"{fmt(m['whitebox.adaptive.restarts'], 0)} restarts; surrogate: orthogonal PGD with DET_IS differentiated through "
+        "a softplus copy of f (BPDA), beside the exact double backprop.",
+        "",
+        "| attack | " + " | ".join(names[t] for t in attacked) + " |",
+        "|---|" + "---:|" * len(attacked),
+        *(f"| {v} | " + " | ".join(variant_cell(t, v) for t in attacked) + " |" for v in variants),
+        "",
+    ]
+    lines += robustness_lines(run) + indicator_lines(m)
+    lines += [
+        "## Cost and perturbation (Table 4)",
+        "",
+        "| target | median L2 of successes | max L∞ | seconds per image (all its attacks) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {names[name]} | {fmt(m[f'whitebox.l2_median.{name}'])} | {fmt(m[f'whitebox.linf_max.{name}'])} | "
+            f"{fmt(m[f'whitebox.seconds_per_image.{name}'], 3)} |"
+            for name in ("nodet", "det_is", "det_org", "gcd", "bpda_eot")
+        ),
+        "",
+        "Paper, Table 4 (median L2 without / with GCD): "
+        + (f"{paper4[0]} / {paper4[1]}." if paper4 else "not reported for this attack."),
+        "",
+        "## Sanity checks (Athalye et al. 2018; Tramèr et al. 2020)",
+        "",
+        f"- Hinge loss on GCD at the clean images {fmt(m['whitebox.loss.gcd.clean'])}, at the attacked ones "
+        f"{fmt(m['whitebox.loss.gcd.adv'])} (should fall).",
+        f"- White-box vs grey-box success on the same images: GCD {fmt(m['whitebox.success.gcd'])} vs "
+        f"{fmt(m['whitebox.greybox.success.gcd'])}; end to end {fmt(m['whitebox.success.gcd_end_to_end'])} vs "
+        f"{fmt(m['whitebox.greybox.success.end_to_end'])}.",
+        f"- BPDA+EOT ({fmt(m['whitebox.eot_samples'], 0)} masks per gradient): its images evade the detector in "
+        f"{fmt(m['whitebox.success.bpda_eot_evades'])} of cases.",
+    ]
+    curve = sorted((float(k.removeprefix("whitebox.budget_l2.gcd.")), v) for k, v in m.items() if k.startswith("whitebox.budget_l2.gcd."))
+    if curve:
+        lines.append("- Share of images attacked successfully on GCD within each L2 norm: "
+                     + ", ".join(f"{fmt(b, 3)}: {fmt(v)}" for b, v in curve) + ".")
+    return [*lines, ""]
+
+
+def robustness_lines(run: Run) -> list[str]:
+    """Fixed-budget robustness of GCD and Tramèr's (2022) check, one row per norm and budget; a failed check is a warning."""
+    columns, rows = robustness([run], cells=True)
+    if not rows:
+        return []
+    lines = [
+        "## Fixed-budget robustness of GCD",
+        "",
+        "Orthogonal PGD at each budget (at the attack's own budget, every attack above). Robust accuracy: the clean image "
+        f"is not flagged (flagged: {fmt(run.metrics['whitebox.flagged_clean.gcd'])} of the attacked images) and the attack "
+        "fails; over the attacked images, and over all test images looked at (f's errors count as errors). Tramèr (2022): "
+        "a detector robust at ε implies a classifier robust at ε/2 (the Tramèr radius) with the same accuracy (over all "
+        "examined); the last columns compare it with the best published robust classifier at a radius ≥ ε/2 "
+        "(`paper.ROBUST_CLASSIFIERS`).",
+        "",
+        markdown(columns, rows),
+    ]
+    failed = [row for row in (dict(zip(columns, values)) for values in rows) if row["plausible"] == "no"]
+    warnings = [f"**WARNING** Tramèr's check fails at {row['norm']} ε = {row['eps']}: the implied classifier's accuracy "
+                f"{fmt(row['robust acc all examined'])} exceeds the published classifiers' {fmt(row['best published'])}."
+                for row in failed]
+    return [*lines, *warnings, ""] if warnings else lines
+
+
+def indicator_lines(m: dict[str, float]) -> list[str]:
+    """Pintor et al.'s (2022) indicators of attack failure; a failed one is a warning."""
+    found = [name for name in INDICATORS if f"whitebox.indicator.{name}" in m]
+    if not found:
+        return []
+    lines = ["## Indicators of attack failure (Pintor et al. 2022)", ""]
+    for name in found:
+        value, failed = m[f"whitebox.indicator.{name}"], m[f"whitebox.indicator.{name}.failed"]
+        prefix = "**WARNING** " if failed else "ok: "
+        lines.append(f"- {prefix}{name}: {fmt(value)} ({INDICATORS[name]})")
+    if m.get("whitebox.indicator.random_end_to_end"):
+        lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
+    if any(m[f"whitebox.indicator.{name}.failed"] for name in found):
+        lines += ["", "**Some indicators failed: the attacks above may understate the attacker; read Table 3 as an upper bound "
+                  "on robustness.**"]
+    return [*lines, ""]
+
+
+def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str = "") -> str:
+    """Markdown: the classifier line, one row per adversarial split, then the defense tables.
+
+    The tables read the run as ``tables.Run``: its threat model is the one its metrics show, white-box
+    runs reporting ``whitebox.*``.
+    """
+    lines = [f"# {title}", ""]
+    if "classifier.test_acc" in metrics:
+        cached = " (cached)" if metrics.get("classifier.cached") else ""
+        lines += [
+            "## Classifier f",
+            "",
+            f"Test accuracy {fmt(metrics['classifier.test_acc'])}, trained in "
+            f"{fmt(metrics['classifier.train_seconds'], 1)} s{cached}.",
+            "",
+        ]
+    splits = [s for s in ("train", "test") if f"attack.{s}.n" in metrics]
+    if splits:
+        lines += [
+            "## Attack on f (grey-box)",
+            "",
+            "Correctly classified images only; misclassified ones are skipped and counted. "
+            "Median L2 over successful examples.",
+            "",
+            "| split | n | skipped | success rate | median L2 | max L∞ | seconds | cached |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for s in splits:
+            m = {k.removeprefix(f"attack.{s}."): v for k, v in metrics.items() if k.startswith(f"attack.{s}.")}
+            lines.append(
+                f"| {s} | {fmt(m['n'], 0)} | {fmt(m['n_skipped_misclassified'], 0)} | {fmt(m['success_rate'])} | "
+                f"{fmt(m['l2_median'])} | {fmt(m['linf_max'])} | {fmt(m['seconds'], 1)} | {'yes' if m['cached'] else 'no'} |"
+            )
+        lines.append("")
+    run = Run(dataset, attack, "whitebox" if "whitebox.success.gcd" in metrics else "greybox", metrics)
+    if "detector.auc.gcd" in metrics:
+        lines += defense_tables(run)
+    if "whitebox.success.gcd" in metrics:
+        lines += whitebox_tables(run)
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict[str, float], output_dir: Path, title: str, dataset: str, attack: str) -> None:
+    """Write ``metrics.json`` and ``report.md`` into the run's folder, atomically."""
+    save_json(metrics, output_dir / "metrics.json")
+    save_text(render(metrics, title, dataset, attack), output_dir / "report.md")

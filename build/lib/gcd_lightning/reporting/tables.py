@@ -1,0 +1,268 @@
+"""The paper's Tables 2, 3 and 5 and GCD's fixed-budget robustness, laid out once from a list of runs.
+
+Each table is ``(columns, rows)``: one row per run (Table 5: per attack, after a ``clean`` row
+per data set), the paper's number beside ours (``None``, ``n/a`` in Markdown, where it has
+none). The aggregate passes the latest run per data set, attack and threat model
+(``aggregate.latest``); a run's ``report.md`` and its W&B tables pass a list of one. A rate with
+a 95% interval is three columns, ``<column>``, ``<column>_low`` and ``<column>_high`` (the CSV
+and W&B), or one Markdown cell ``rate [low, high]`` (``cells=True``). ``markdown`` and
+``to_csv`` write a table as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gcd_lightning.intervals import wilson_interval
+from gcd_lightning.reporting.paper import TABLE2, TABLE3, TABLE5
+
+Table = tuple[list[str], list[list]]
+"""A table's columns and its rows."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run as the tables read it: data set, attack, threat model (``run_key``) and metrics."""
+
+    dataset: str
+    attack: str
+    threat: str
+    metrics: dict[str, float]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(data set, attack, threat model): a run of the same key replaces it in the aggregate."""
+        return self.dataset, self.attack, self.threat
+
+
+def run_key(config: Mapping) -> tuple[str, str, str]:
+    """(data set, attack, threat model) of a run's resolved config.
+
+    White-box runs of an untargeted attack with one objective alone (eq. 14 or merged, instead of
+    the stronger of both) are a threat model of their own (``whitebox (eq14)``), so Table 3 shows each.
+    """
+    threat, attack = config["threat"], config["attack"]
+    objective = threat.get("untargeted_loss", "eq14")  # runs from before the choice used eq. 14
+    if threat["name"] == "whitebox" and not attack.get("targeted", False) and objective != "both":
+        return config["dataset"]["name"], attack["name"], f"whitebox ({objective})"
+    return config["dataset"]["name"], attack["name"], threat["name"]
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    """A rate or norm with ``digits`` decimals; whole-number counts pass ``digits=0``."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def with_interval(m: dict[str, float], key: str, interval: str) -> str:
+    """``rate [low, high]``: a rate and its 95% interval (``<interval>.low`` / ``.high``) when reported."""
+    if f"{interval}.low" not in m:
+        return fmt(m[key])
+    return f"{fmt(m[key])} [{fmt(m[f'{interval}.low'], 3)}, {fmt(m[f'{interval}.high'], 3)}]"
+
+
+def cell(value: float | str | None) -> str:
+    """A Markdown cell: text as it is, a number with four decimals, ``n/a`` for none or NaN."""
+    if value is None:
+        return "n/a"
+    return value if isinstance(value, str) else fmt(value)
+
+
+def markdown(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The table in Markdown, ending with a newline."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The table as CSV text, a header line first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
+    """The paper's number in ``table`` (``paper.TABLE*``); None where it has none."""
+    values = table.get(dataset, {}).get(row)
+    return None if values is None else values[column]
+
+
+def table2(runs: Sequence[Run]) -> Table:
+    """Grey-box detection AUC and f's accuracy under attack, ours and the paper's; a row per data set and attack."""
+    columns = ["dataset", "attack", "F", "F paper", "DET_org", "DET_org paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper"]
+    rows = []
+    for run in runs:
+        dataset, attack, m = run.dataset, run.attack, run.metrics
+        if "detector.auc.gcd" not in m or any(r[:2] == [dataset, attack] for r in rows):
+            continue
+        ours = (m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"])
+        rows.append([dataset, attack, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))])
+    return columns, rows
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One success rate of Table 3: its column, metric key and 95% interval (``<interval>.low`` / ``.high``)."""
+
+    column: str
+    key: str
+    interval: str
+    paper: int | None = None  # its column in paper.TABLE3, printed beside it
+    wilson: bool = True  # a share of the ``whitebox.n`` images (Wilson interval); False: a mean over mask draws
+
+
+TABLE3_RATES = (
+    Rate("NoDET", "whitebox.success.nodet", "whitebox.success_ci.nodet", paper=0),
+    Rate("DET_IS", "whitebox.success.det_is", "whitebox.success_ci.det_is", paper=1),
+    Rate("GCD", "whitebox.success.gcd", "whitebox.success_ci.gcd", paper=2),
+    Rate("DET_org", "whitebox.success.det_org", "whitebox.success_ci.det_org"),
+    Rate("GCD earlier attacks", "whitebox.success_previous.gcd", "whitebox.success_previous_ci.gcd"),
+    Rate("GCD end to end", "whitebox.success.gcd_end_to_end", "whitebox.success.gcd_end_to_end_ci", wilson=False),
+    Rate("BPDA+EOT", "whitebox.success.bpda_eot", "whitebox.success_ci.bpda_eot"),
+    Rate("BPDA+EOT end to end", "whitebox.success.bpda_eot_end_to_end", "whitebox.success.bpda_eot_end_to_end_ci", wilson=False),
+)
+
+
+def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus the Wilson 95% interval of each share of ``whitebox.n`` images in Table 3 that lacks one.
+
+    Older runs reported none, and the stage reports none for GCD's earlier attacks; a rate over
+    ``n`` images is ``k / n``, so ``k = round(rate · n)`` and the interval is the stage's own.
+    """
+    filled = dict(metrics)
+    n = metrics["whitebox.n"]
+    for rate in TABLE3_RATES:
+        value = metrics.get(rate.key)
+        if rate.wilson and value is not None and not math.isnan(value) and f"{rate.interval}.low" not in metrics:
+            filled[f"{rate.interval}.low"], filled[f"{rate.interval}.high"] = wilson_interval(round(value * n), n)
+    return filled
+
+
+INDICATORS = {
+    "silent": "images whose first gradient was zero or not finite (gradient masking)",
+    "incomplete": "relative fall of the loss over the last 10% of the steps, on the images the attack lost",
+    "unbounded": "success of orthogonal PGD at L∞ ε = 1 (must reach ~1: every image is reachable)",
+    "noise": "clean images whose decision (label, flag) changes under ±1e-3 uniform noise",
+    "random": "the detected classifier answers the same input differently (AutoAttack's check)",
+}
+"""Pintor et al.'s (2022) indicators of attack failure (``whitebox.indicator.<name>``) and what each measures."""
+
+
+def failed_indicators(metrics: dict[str, float]) -> str | None:
+    """The indicators of attack failure (Pintor et al. 2022) that failed, e.g. ``unbounded, incomplete``; ``none``.
+
+    None (``n/a``) for runs from before the indicators.
+    """
+    found = [name for name in INDICATORS if f"whitebox.indicator.{name}.failed" in metrics]
+    if not found:
+        return None
+    return ", ".join(name for name in found if metrics[f"whitebox.indicator.{name}.failed"]) or "none"
+
+
+def table3(runs: Sequence[Run], cells: bool = False) -> Table:
+    """White-box success rates against f, f + DET_IS, GCD and f + DET_org, ours and the paper's; ours end to end too.
+
+    Each image counts the strongest of the stage's attacks; ``GCD earlier attacks`` is GCD's success
+    under the stage's attacks before the adaptive evaluation alone. ``BPDA+EOT`` attacks the whole
+    randomised GCD, judged end to end under one draw of its masks; the ``end to end`` columns are
+    the means over ``threat.judge_draws`` draws. Every rate comes with its 95% interval (``rate_interval``
+    / ``mean_interval`` of the stage, Wilson's from the rate where a run did not report one:
+    ``with_wilson``): with ``cells=False`` (the CSV, W&B) as ``<column>_low`` / ``<column>_high`` columns
+    after the rate, with ``cells=True`` (Markdown) in the rate's cell, ``rate [low, high]``
+    (``with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
+    (runs from before them) give ``n/a``.
+    """
+    columns = ["dataset", "attack", "threat", "n"]
+    for rate in TABLE3_RATES:
+        columns.append(rate.column)
+        columns += [] if cells else [f"{rate.column}_low", f"{rate.column}_high"]
+        columns += [] if rate.paper is None else [f"{rate.column} paper"]
+    columns += ["L2 NoDET", "L2 GCD", "failed indicators"]
+    rows = []
+    for run in runs:
+        if "whitebox.success.gcd" not in run.metrics:
+            continue
+        m = with_wilson(run.metrics)
+        row = [run.dataset, run.attack, run.threat, str(int(m["whitebox.n"]))]
+        for rate in TABLE3_RATES:
+            if cells:
+                row.append(with_interval(m, rate.key, rate.interval) if rate.key in m else None)
+            else:
+                row += [m.get(rate.key), m.get(f"{rate.interval}.low"), m.get(f"{rate.interval}.high")]
+            row += [] if rate.paper is None else [paper(TABLE3, run.dataset, run.attack, rate.paper)]
+        rows.append([*row, m.get("whitebox.l2_median.nodet"), m.get("whitebox.l2_median.gcd"), failed_indicators(m)])
+    return columns, rows
+
+
+def table5(runs: Sequence[Run]) -> Table:
+    """GCD's and f's accuracy on clean and on adversarial test images, ours and the paper's.
+
+    Each attack trains its own detectors and ``f_rec``, so GCD's clean accuracy differs by attack:
+    every attack row carries its own (``GCD clean``), and a data set's ``clean`` row gives the
+    lowest of them, with the number of runs it is taken over. ``GCD`` and ``F`` are over the
+    attacked images (all classified correctly by f, the paper's setting); ``GCD all examined`` and
+    ``F all examined`` (``*.robust_acc.all``) over every test image examined to find them, the
+    misclassified ones counted as errors (``n/a`` for runs from before these metrics).
+    """
+    columns = ["dataset", "images", "GCD", "GCD paper", "F", "F paper", "GCD clean", "GCD all examined", "F all examined"]
+    attack_rows: dict[str, list[list]] = {}
+    f_clean: dict[tuple[str, str], float] = {}
+    for run in runs:
+        dataset, attack, m = run.dataset, run.attack, run.metrics
+        rows = attack_rows.setdefault(dataset, [])
+        if "gcd.acc.adv" not in m or any(row[1] == attack for row in rows):
+            continue
+        rows.append([dataset, attack, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0),
+                     m["base.acc.adv"], paper(TABLE5, dataset, attack, 1), m["gcd.acc.clean"],
+                     m.get("gcd.robust_acc.all"), m.get("base.robust_acc.all")])
+        f_clean[dataset, attack] = m["base.acc.clean"]
+    table = []
+    for dataset, rows in attack_rows.items():
+        if not rows:
+            continue
+        table.append([dataset, f"clean (lowest of {len(rows)})", min(row[6] for row in rows), paper(TABLE5, dataset, "clean", 0),
+                      min(f_clean[dataset, row[1]] for row in rows), paper(TABLE5, dataset, "clean", 1), None, None, None])
+        table += rows
+    return columns, table
+
+
+def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
+    """GCD's fixed-budget robustness in white-box runs: one row per run, norm and budget (``whitebox.robust_*``).
+
+    Attack success with its Wilson 95% interval (as Table 3 shows it), robust accuracy over the
+    attacked images and over every examined test image, and Tramèr's (2022) check: the accuracy a
+    classifier robust at ε/2 (``Tramèr radius``) would have (``robust acc all examined``), the best
+    published one (``paper.ROBUST_CLASSIFIERS``), and whether it stays at or below it (``plausible``).
+    """
+    columns = ["dataset", "attack", "threat", "norm", "eps", "success", *([] if cells else ["success_low", "success_high"]),
+               "robust acc", "robust acc all examined", "Tramèr radius", "best published", "plausible"]
+    rows = []
+    for run in runs:
+        m = run.metrics
+        keys = sorted({".".join(k.split(".")[:4]) for k in m if k.startswith("whitebox.robust_")})
+        for key in keys:
+            norm, eps = key.split(".")[1].removeprefix("robust_"), float(".".join(key.split(".")[2:4]))
+            success = ([with_interval(m, f"{key}.success", f"{key}.success_ci")] if cells
+                       else [m[f"{key}.success"], m[f"{key}.success_ci.low"], m[f"{key}.success_ci.high"]])
+            plausible = m[f"{key}.tramer.plausible"]
+            rows.append([run.dataset, run.attack, run.threat, norm, f"{eps:g}", *success, m[f"{key}.robust_acc"],
+                         m[f"{key}.robust_acc_all"], f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
+                         None if math.isnan(plausible) else ("yes" if plausible else "no")])
+    return columns, rows
+
+
+def laid_out(runs: Sequence[Run], cells: bool = False) -> dict[str, Table]:
+    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``).
+
+    ``cells=False``: one number a cell (the CSV, W&B); ``cells=True``: a rate and its interval in one cell (Markdown).
+    """
+    tables = {"table2": table2(runs), "table3": table3(runs, cells), "table5": table5(runs), "robustness": robustness(runs, cells)}
+    return {name: table for name, table in tables.items() if table[1]}

@@ -1,0 +1,1 @@
+"""Small helpers shared by the pipeline: atomic files and content hashes."""

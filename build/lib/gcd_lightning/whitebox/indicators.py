@@ -1,0 +1,80 @@
+"""Indicators of attack failure (Pintor et al. 2022) and the figures that read a white-box result.
+
+Each indicator is a number and a verdict: ``failed`` means the evaluation, not the defense, is in
+doubt, and the report prints it as a warning. Thresholds are module constants, named here once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SILENT_MAX = 0.01
+"""Share of images whose first gradient may be zero or not finite (gradient masking) before we warn."""
+INCOMPLETE_MAX = 0.01
+"""Relative fall of the mean loss over the last ``TAIL`` of the steps, on the images the attack lost, before we warn."""
+TAIL = 0.1
+UNBOUNDED_MIN = 0.99
+"""An attack with an unbounded budget (L∞ ε = 1 reaches every image) must win at least this share."""
+NOISE_MAX = 0.01
+"""Share of clean images whose defended decision may change under tiny noise before we warn."""
+
+
+def silent_share(silent: torch.Tensor) -> float:
+    """Share of images whose first gradient was zero or not finite while the loss was positive."""
+    return silent.float().mean().item() if silent.numel() else 0.0
+
+
+def incomplete_optimisation(loss: torch.Tensor, success: torch.Tensor) -> float:
+    """How much the loss still fell at the end, on the images not won (``success`` False).
+
+    ``loss`` (N, T+1) is the attack's loss at every iterate (``AdaptivePGD.run``); the result is
+    ``(L̄(t₀) − L̄(T)) / |L̄(t₀)|`` with ``L̄`` the mean over the lost images and ``t₀`` the step
+    ``TAIL`` of the way before the end: a loss still falling means more steps would win more.
+    0 when every image was won.
+    """
+    lost = loss[~success]
+    if len(lost) == 0:
+        return 0.0
+    steps = loss.shape[1] - 1
+    start = lost[:, max(0, steps - max(1, round(TAIL * steps)))].mean()
+    end = lost[:, -1].mean()
+    return ((start - end) / start.abs().clamp_min(1e-12)).item()
+
+
+def decision_changes(decision: torch.Tensor, noisy_decision: torch.Tensor) -> float:
+    """Share of images whose decision (label and flag, one integer each) differs between two passes."""
+    return (decision != noisy_decision).float().mean().item()
+
+
+def defended_decision(outputs: torch.Tensor, num_classes: int, flagged: torch.Tensor) -> torch.Tensor:
+    """One integer per image: ``f``'s label, or ``num_classes`` where the detector flags it."""
+    return torch.where(flagged, num_classes, outputs[:, :num_classes].argmax(dim=1))
+
+
+def robust_accuracy(flagged_clean: torch.Tensor, success: torch.Tensor) -> float:
+    """Robust accuracy of a detector-defended classifier at a fixed budget (Tramèr 2022; Bryniarski et al. 2022).
+
+    Over the N attacked images (all classified correctly by ``f``), an image counts as right when
+    its clean version is not flagged and the attack did not succeed (``f`` fooled, not flagged).
+    ``evaluate_stage.robust_accuracy`` carries it over to all test images looked at.
+    """
+    if len(success) == 0:
+        return float("nan")
+    return (~flagged_clean & ~success).double().mean().item()
+
+
+def tramer_check(robust: float, eps: float, references: list[tuple[str, float, float]]) -> dict[str, float | str]:
+    """Tramèr (2022): a detector robust at ε with accuracy R implies an (inefficient) classifier robust at ε/2 with accuracy R.
+
+    ``references`` lists published robust classifiers as ``(name, radius, accuracy)``; one robust
+    at a radius ≥ ε/2 is robust at ε/2, so the best of those bounds what is known to be reachable
+    there. Returns the implied radius, the best reference at or above it, and ``plausible``: 1 when
+    R does not exceed that reference (the claim asks for no classifier better than published ones),
+    0 when it does (a claim to attack harder), nan when no reference covers ε/2.
+    """
+    half = eps / 2
+    covering = [(accuracy, name) for name, radius, accuracy in references if radius >= half - 1e-12]
+    if not covering:
+        return {"radius": half, "reference": float("nan"), "reference_name": "", "plausible": float("nan")}
+    best, name = max(covering)
+    return {"radius": half, "reference": best, "reference_name": name, "plausible": float(robust <= best)}

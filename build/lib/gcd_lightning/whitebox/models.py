@@ -1,0 +1,101 @@
+"""GCD and its parts as differentiable modules for adaptive attacks (section 4.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.defense.guided_masking import GuidedMasking
+from gcd_lightning.whitebox.objectives import detector_as_class_logits, detector_log_probabilities
+
+
+class DetectedClassifier(nn.Module):
+    """``f`` guarded by ``DET_IS`` alone or by both sub-detectors (GCD's ensemble), as L+1 logits.
+
+    The outputs are those of ``detector_as_class_logits``: argmax is "adversarial" (index L)
+    exactly when the detector flags the input, otherwise ``f``'s label. ``DET_IS`` sees the
+    sensitivity ``G(x)`` of ``f``; when ``x`` requires grad, ``G`` stays in the graph, so the
+    attack's gradient reaches ``x`` through ``∂G/∂x`` (double backprop).
+
+    Args:
+        classifier: ``f``, pixels -> L logits.
+        detectors: ``[DET_IS]`` or ``[DET_org, DET_IS]`` (that order: eq. 11 breaks ties for DET_IS).
+    """
+
+    def __init__(self, classifier: nn.Module, detectors: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.detectors = nn.ModuleList(detectors)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_p = detector_log_probabilities([detector(x) for detector in self.detectors])
+        return detector_as_class_logits(self.classifier(x), log_p)
+
+
+class GuardedClassifier(nn.Module):
+    """``f`` and any detectors side by side, for the hinge attacks: outputs (N, L + 2K).
+
+    ``f``'s L logits, then the two logits ``(benign, adversarial)`` of each detector, in order.
+    A detector is any ``nn.Module`` from images in [0, 1] to (N, 2) logits that stays
+    differentiable (``DET_org``, ``DET_IS``, a baseline, or ``SurrogateGradient`` around one);
+    one detector decides alone, two are GCD's entropy ensemble ``[DET_org, DET_IS]`` (eq. 10-11,
+    ``objectives.ensemble_flags``); none leaves ``f`` alone (NoDET), attacked by the same PGD.
+    """
+
+    def __init__(self, classifier: nn.Module, detectors: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(detectors) > 2:
+            raise ValueError(f"GuardedClassifier: none, one detector or GCD's two, got {len(detectors)}")
+        self.classifier = classifier
+        self.detectors = nn.ModuleList(detectors)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier(x), *(detector(x) for detector in self.detectors)], dim=1)
+
+
+class RandomizedGCD(nn.Module):
+    """The whole GCD, rectifier path included, as log-probabilities over the L classes for BPDA + EOT.
+
+    GCD answers ``f(x)`` when the ensemble calls ``x`` benign and ``f_rec(mask(x))`` when it
+    flags it; the mask is random and not differentiable. The smooth surrogate attacked here is
+    the expected answer
+
+        P(i | x) = p⁺(x)·softmax(f(x))_i + p⁻(x)·(1/K)·Σ_k softmax(f_rec(m_k(x)))_i
+
+    with the ensemble's probabilities (eq. 10-11), ``K`` random masks ``m_k`` (EOT: the mean
+    over draws of the randomisation) and each mask passed with BPDA, ``∂m_k(x)/∂x := I``
+    (Athalye et al. 2018): ``x + (m_k(x) − x).detach()``. Its log is returned, so that the
+    attacks' cross entropy and margins apply unchanged. Success is judged on the real GCD
+    (hard decision, one random mask), not on this surrogate.
+
+    Args:
+        gcd: the trained GCD (eval mode) with its ``GuidedMasking`` rectifier.
+        eot_samples: ``K``, random masks averaged per forward pass.
+    """
+
+    def __init__(self, gcd: GCD, eot_samples: int) -> None:
+        super().__init__()
+        if eot_samples < 1:
+            raise ValueError(f"RandomizedGCD: eot_samples must be at least 1, got {eot_samples}")
+        if not isinstance(gcd.rectifier, GuidedMasking):
+            raise TypeError(f"RandomizedGCD: BPDA through GCD's guided masking; got rectifier {type(gcd.rectifier).__name__}")
+        self.gcd = gcd
+        self.eot_samples = int(eot_samples)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.gcd.detect(x)
+        rectifier = self.gcd.rectifier
+        masked = rectifier.mask(x, self.gcd.saliency(x.detach(), result.decided), self.eot_samples)
+        x_rep = x.repeat(self.eot_samples, 1, 1, 1)
+        bpda = x_rep + (masked - x_rep).detach()
+        rec = torch.softmax(rectifier.network(bpda), dim=1).view(self.eot_samples, len(x), -1).mean(dim=0)
+        clean = torch.softmax(self.gcd.classifier(x), dim=1)
+        expected = result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec
+        return expected.clamp_min(torch.finfo(expected.dtype).tiny).log()

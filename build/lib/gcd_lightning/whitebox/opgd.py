@@ -1,0 +1,210 @@
+"""Orthogonal and selective PGD (Bryniarski et al. 2022) on a classifier guarded by detectors, L∞ and L2.
+
+The loss of a guarded classifier has two parts, ``f``'s and the detectors' (``HingeEvasion``).
+Their gradients often point against each other, and a step on their sum then undoes itself.
+Orthogonal PGD steps on one part at a time with the other part's gradient projected out:
+
+* while ``f`` is not fooled: ``g = ∇L_f − proj_{∇L_det} ∇L_f``, which fools ``f`` without
+  changing the detectors' loss to first order;
+* once ``f`` is fooled (its hinge satisfied): ``g = ∇L_det − proj_{∇L_f} ∇L_det``, which evades
+  the detectors without undoing the misclassification.
+
+Selective PGD takes the same two steps without the projections; ``joint`` is plain PGD on the sum.
+Projections are per example: ``proj_v u = (⟨u, v⟩ / ‖v‖²) v``.
+
+Every iterate is judged by the real decision (the objective's ``success``) and each image keeps
+its best iterate: a success if any step had one (the one of lowest loss), else the lowest loss.
+Restarts from random points of the ball rerun the images not yet won.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gcd_lightning import distributed
+from gcd_lightning.attacks.base import Attack, Norm, check_attack_inputs, input_gradients_only
+from gcd_lightning.whitebox.objectives import HingeEvasion
+
+MODES = ("joint", "orthogonal", "selective")
+
+
+def project_out(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``u − proj_v u`` per example (rows of the batch): the part of ``u`` orthogonal to ``v``.
+
+    Where ``v`` is zero, ``u`` is returned unchanged.
+    """
+    flat_u, flat_v = u.flatten(1), v.flatten(1)
+    squared = (flat_v * flat_v).sum(dim=1, keepdim=True)
+    coefficient = torch.where(squared > 0, (flat_u * flat_v).sum(dim=1, keepdim=True) / squared.clamp_min(1e-30), 0.0)
+    return (flat_u - coefficient * flat_v).view_as(u)
+
+
+def ball_projection(delta: torch.Tensor, x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """``delta`` projected onto the ``norm`` ball of radius ``eps``, then into the box: ``x + delta ∈ [0, 1]``.
+
+    L∞ clamps element-wise; L2 rescales each example to norm ``eps`` at most (the true projection
+    onto the ball; clamping element-wise, as some reference code does, leaves a cube of radius
+    ``eps·√d``). The box clamp only shrinks coordinates, so the result stays in the ball.
+    """
+    if norm is Norm.LINF:
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def ascent_direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The steepest unit step for a gradient ``g``: ``sign(g)`` (L∞) or ``g/‖g‖₂`` (L2, zero stays zero)."""
+    if norm is Norm.LINF:
+        return g.sign()
+    norms = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.dim() - 1)))
+    return g / norms.clamp_min(1e-12)
+
+
+def random_start(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """A uniform point of the L∞ ball, or a point of the L2 ball (uniform direction, radius ``eps·U``), in the box."""
+    if norm is Norm.LINF:
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+    else:
+        direction = ascent_direction(torch.randn_like(x), Norm.L2)
+        delta = direction * eps * torch.rand(len(x), *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+    return ball_projection(delta, x, norm, eps)
+
+
+class AdaptivePGD(Attack):
+    """PGD on ``HingeEvasion`` in L∞ or L2, ``joint``, ``orthogonal`` or ``selective`` (module docstring).
+
+    Args:
+        model: a ``GuardedClassifier`` (outputs ``f``'s logits, then each detector's two).
+        objective: the ``HingeEvasion`` of those outputs (κ, β, targeted, detector term).
+        norm: ``"linf"`` or ``"l2"``.
+        eps: the budget, > 0.
+        steps: iterations per restart, ≥ 1.
+        step_size: the step as a fraction of ``eps``; it halves after 50% and 75% of the steps.
+        restarts: runs per image, ≥ 1; the first starts at ``x``, the others at random points.
+        mode: one of ``MODES``.
+        targeted: reach ``target`` (must match the objective).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: HingeEvasion,
+        norm: str,
+        eps: float,
+        steps: int = 100,
+        step_size: float = 0.1,
+        restarts: int = 1,
+        mode: str = "orthogonal",
+        targeted: bool = False,
+    ) -> None:
+        super().__init__(model, targeted, objective)
+        if not isinstance(objective, HingeEvasion):
+            raise ValueError("AdaptivePGD: the objective must be a HingeEvasion (it splits f's and the detectors' losses)")
+        if objective.targeted != bool(targeted):
+            raise ValueError(f"AdaptivePGD: targeted={targeted} but the objective has targeted={objective.targeted}")
+        if mode not in MODES:
+            raise ValueError(f"AdaptivePGD: unknown mode {mode!r}; choose one of {MODES}")
+        if not eps > 0 or not steps >= 1 or not step_size > 0 or not restarts >= 1:
+            raise ValueError(
+                f"AdaptivePGD: need eps > 0, steps >= 1, step_size > 0, restarts >= 1; "
+                f"got eps={eps}, steps={steps}, step_size={step_size}, restarts={restarts}"
+            )
+        self.norm = Norm(norm)
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.step_size = float(step_size)
+        self.restarts = int(restarts)
+        self.mode = mode
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        return self._run(x, target if self.targeted else y)["x_adv"]
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``perturb`` with what the failure indicators need, each per image (N rows).
+
+        Returns ``x_adv``; ``success`` (bool, the real decision at ``x_adv``); ``loss`` (N,
+        steps + 1), the hinge loss at every iterate of the first run (the last value repeated
+        once every image of the batch has succeeded); ``silent`` (bool): the first gradient was
+        zero or not finite although the loss was positive.
+        """
+        check_attack_inputs(x, y, target, self.targeted)
+        if self.model.training:
+            raise RuntimeError("attack: the model is in train mode; call model.eval() before attacking")
+        with torch.enable_grad(), input_gradients_only(self.model):
+            result = self._run(x, target if self.targeted else y)
+        result["x_adv"] = result["x_adv"].detach().clamp_(0.0, 1.0)
+        return result
+
+    def _run(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(x)
+        best_x, best_loss = x.clone(), torch.full((n,), torch.inf, device=x.device)
+        best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        trace = torch.zeros(n, self.steps + 1, device=x.device)
+        silent = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for restart in range(self.restarts):
+            rows = (~best_success).nonzero().flatten()
+            if len(rows) == 0:
+                break
+            xs, ls = x[rows], labels[rows]
+            delta = torch.zeros_like(xs) if restart == 0 else random_start(xs, self.norm, self.eps)
+            for step in range(self.steps + 1):
+                delta.requires_grad_(True)
+                outputs = self.model(xs + delta)
+                class_loss = self.objective.class_loss(outputs, ls)
+                detector_loss = self.objective.detector_loss(outputs)
+                total = class_loss + detector_loss
+                success = self.objective.success(outputs.detach(), ls, self.targeted)
+                better = (success & ~best_success[rows]) | ((success == best_success[rows]) & (total.detach() < best_loss[rows]))
+                best_x[rows[better]] = (xs + delta).detach()[better]
+                best_loss[rows[better]] = total.detach()[better]
+                best_success[rows[better]] = success[better]
+                if restart == 0:
+                    trace[rows, step:] = total.detach()[:, None]
+                if step == self.steps or bool(best_success[rows].all()):
+                    break
+                g = self._gradient(delta, class_loss, detector_loss)
+                if restart == 0 and step == 0:
+                    flat = g.flatten(1)
+                    silent[rows] = ((flat == 0).all(dim=1) | ~flat.isfinite().all(dim=1)) & (total.detach() > 0)
+                with torch.no_grad():
+                    size = self.eps * self.step_size * 0.5 ** ((step >= self.steps // 2) + (step >= 3 * self.steps // 4))
+                    delta = ball_projection(delta - size * ascent_direction(g.nan_to_num(0.0), self.norm), xs, self.norm, self.eps)
+        return {"x_adv": best_x, "success": best_success, "loss": trace, "silent": silent}
+
+    def _gradient(self, delta: torch.Tensor, class_loss: torch.Tensor, detector_loss: torch.Tensor) -> torch.Tensor:
+        """The direction to descend: the joint gradient, or one part's, with the other's projected out."""
+        if self.mode == "joint":
+            (g,) = torch.autograd.grad((class_loss + detector_loss).sum(), delta)
+            return g
+        g_class, g_detector = (
+            torch.autograd.grad(part.sum(), delta, retain_graph=True, allow_unused=True)[0] for part in (class_loss, detector_loss)
+        )
+        g_class = torch.zeros_like(delta) if g_class is None else g_class
+        g_detector = torch.zeros_like(delta) if g_detector is None else g_detector
+        fooled = (class_loss.detach() <= 0).view(-1, *([1] * (delta.dim() - 1)))
+        if self.mode == "orthogonal":
+            return torch.where(fooled, project_out(g_detector, g_class), project_out(g_class, g_detector))
+        return torch.where(fooled, g_detector, g_class)
+
+
+def run_adaptive(
+    attack: AdaptivePGD,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+    desc: str = "adaptive PGD",
+) -> dict[str, torch.Tensor]:
+    """``attack.run`` over mini-batches (batch ``i`` after ``torch.manual_seed(seed + i)``), shared by DDP ranks; on the CPU."""
+    device = attack.device
+
+    def batch(_: int, rows: slice) -> dict[str, torch.Tensor]:
+        result = attack.run(x[rows].to(device), y[rows].to(device), None if target is None else target[rows].to(device))
+        return {key: value.cpu() for key, value in result.items()}
+
+    return distributed.map_batches(batch, len(x), batch_size, seed, progress, desc)
