@@ -31,7 +31,7 @@ def check_inputs(x: torch.Tensor, input_shape: Sequence[int] | None = None) -> N
     finite = torch.isfinite(x).flatten(1).all(dim=1)
     if not finite.all():
         bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} contain NaN or infinite values; a defense cannot score them")
+        raise ValueError(f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} contain NaN or infinite values, which can be neither attacked nor scored")
     if len(x) and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"expected pixel values in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}] "
