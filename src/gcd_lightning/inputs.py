@@ -28,12 +28,15 @@ def check_inputs(x: torch.Tensor, input_shape: Sequence[int] | None = None) -> N
         )
     if not x.is_floating_point():
         raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype} (for 8-bit images use x.float() / 255)")
-    finite = torch.isfinite(x).flatten(1).all(dim=1)
-    if not finite.all():
-        bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} contain NaN or infinite values, which can be neither attacked nor scored")
-    if len(x) and (x.min() < 0 or x.max() > 1):
+    if not len(x):
+        return
+    low, high = torch.aminmax(x)  # one pass; NaN propagates into both
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        bad = (~torch.isfinite(x).flatten(1).all(dim=1)).nonzero().flatten().tolist()
         raise ValueError(
-            f"expected pixel values in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}] "
-            "(for 0-255 images divide by 255)"
+            f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} contain NaN or infinite values, which can be neither attacked nor scored"
+        )
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"expected pixel values in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}] (for 0-255 images divide by 255)"
         )

@@ -156,14 +156,15 @@ class GCD(nn.Module):
                 for detector, reads in zip(self.detectors, readers)
             ]
             detection = self.combine(detector_logits)
-        logits = logits_f.clone()
         rectified_label = torch.full_like(f_label, -1)
         flagged = detection.flagged
-        if flagged.any():
-            suspect = x[flagged]
-            saliency = self.saliency(suspect, detection.decided[flagged]) if self.rectifier.guided else None
-            with torch.no_grad():
-                logits_rec = self.rectifier(suspect, saliency)
-            logits[flagged] = logits_rec.to(logits.dtype)
-            rectified_label[flagged] = logits_rec.argmax(dim=1)
+        if not flagged.any():
+            return Prediction(f_label, logits_f, detection, f_label, rectified_label)
+        logits = logits_f.clone()
+        suspect = x[flagged]
+        saliency = self.saliency(suspect, detection.decided[flagged]) if self.rectifier.guided else None
+        with torch.no_grad():
+            logits_rec = self.rectifier(suspect, saliency)
+        logits[flagged] = logits_rec.to(logits.dtype)
+        rectified_label[flagged] = logits_rec.argmax(dim=1)
         return Prediction(logits.argmax(dim=1), logits, detection, f_label, rectified_label)
