@@ -167,3 +167,4 @@ def test_trainer_settings_that_change_the_model_key_its_cache_and_the_others_do_
     for changes_the_model in ("+trainer.limit_train_batches=20", "+trainer.precision=bf16-mixed", "+trainer.max_steps=5"):
         assert folder(changes_the_model) != normal, changes_the_model
     assert folder("trainer.devices=2", "trainer.log_every_n_steps=7", "progress=false") == normal
+    assert folder("trainer=ddp_cpu") == normal  # strategy, devices and precision 32-true (the default) are no part

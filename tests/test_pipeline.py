@@ -305,7 +305,7 @@ def test_exported_defense_gives_the_runs_decisions_in_a_fresh_process(first_run)
     assert sorted(p.name for p in folder.iterdir()) == [
         "classifier.pt", "defense.yaml", "detector_is.pt", "detector_org.pt", "rectifier.pt"
     ]
-    (adv_test,) = [p for p in cached_sets(cfg) if "_test_" in p.name]
+    adv_test = first_test_set(cfg)
     args = [str(folder), str(adv_test), str(cfg.seed), str(cfg.evaluate.mask_draws), str(cfg.adversarial.batch_size)]
     done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, *args], capture_output=True, text=True, check=True)
     fresh = json.loads(done.stdout.strip().splitlines()[-1])
@@ -337,7 +337,7 @@ def test_loaded_defense_refuses_another_classifier_unless_told(first_run):
 def test_predict_cli_answers_a_folder_of_pngs_and_reports_a_corrupt_one(first_run, tmp_path):
     tmp, cfg, _ = first_run
     folder = tmp / "out" / "defense"
-    (adv_test,) = [p for p in cached_sets(cfg) if "_test_" in p.name]
+    adv_test = first_test_set(cfg)
     images = AdversarialSet.load(adv_test).x_adv[:5]
     inputs = tmp_path / "images"
     inputs.mkdir()
@@ -355,6 +355,11 @@ def test_predict_cli_answers_a_folder_of_pngs_and_reports_a_corrupt_one(first_ru
     assert [int(row["label"]) for row in rows[:5]] == expected.label.tolist()
     assert [row["flagged"] == "True" for row in rows[:5]] == expected.flagged.tolist()
     assert all(row["decided_by"] in ("org", "is") and not row["error"] for row in rows[:5])
+
+
+def first_test_set(cfg) -> Path:
+    """The first run's adversarial test set (later tests of this module add sets of changed configs)."""
+    return min((p for p in cached_sets(cfg) if "_test_" in p.name), key=lambda p: p.stat().st_mtime_ns)
 
 
 def predict_image(path: Path) -> torch.Tensor:

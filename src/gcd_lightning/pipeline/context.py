@@ -29,6 +29,8 @@ TRAINING_KEYS = (
     "max_time", "precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
     "overfit_batches", "fast_dev_run", "val_check_interval", "check_val_every_n_epoch",
 )
+# values of those settings that are Lightning's defaults spelled out (trainer=gpu sets precision 32-true)
+TRAINING_DEFAULTS = {"precision": ("32", "32-true")}
 # data splits the detectors' and the rectifier's training pairs may come from (adversarial.train_split)
 TRAIN_SOURCES = ("val", "train")
 
@@ -61,9 +63,17 @@ class RunContext:
         )
 
     def training_identity(self) -> dict[str, Any]:
-        """The trainer settings of ``TRAINING_KEYS`` that this run sets (``+trainer.limit_train_batches=20`` ...)."""
+        """The trainer settings of ``TRAINING_KEYS`` that this run sets (``+trainer.limit_train_batches=20`` ...).
+
+        A setting at Lightning's default (``TRAINING_DEFAULTS``) counts as unset, so that ``trainer=ddp``
+        and the CPU default share their models.
+        """
         trainer = OmegaConf.to_container(self.cfg.trainer, resolve=True)
-        return {key: trainer[key] for key in TRAINING_KEYS if trainer.get(key) is not None}
+        return {
+            key: trainer[key]
+            for key in TRAINING_KEYS
+            if trainer.get(key) is not None and str(trainer[key]) not in TRAINING_DEFAULTS.get(key, ())
+        }
 
     def dataset_identity(self) -> dict[str, Any]:
         """What the data is, not where its files are: the dataset config's identity and the data's fingerprint.
