@@ -1,1 +1,0 @@
-"""Small helpers shared by the pipeline: atomic files and content hashes."""
