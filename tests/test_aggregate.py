@@ -11,6 +11,7 @@ import yaml
 
 from conftest import REPO
 from gcd_lightning.intervals import wilson_interval
+from gcd_lightning.reporting.report import render
 from gcd_lightning.reporting.aggregate import find_runs, latest
 from gcd_lightning.reporting.tables import INDICATORS, Run, failed_indicators, laid_out, robustness, table2, table3, table5
 
@@ -189,3 +190,10 @@ def test_robustness_table_has_a_row_per_budget_with_its_interval_and_tramers_ver
     assert dict(zip(columns, rows[0]))["plausible"] is None  # no published L2 reference
     _, cells = robustness(runs, cells=True)
     assert cells[1][5] == "0.0000 [0.000, 0.088]"
+
+
+def test_report_warns_when_f_is_near_chance():
+    base = {"classifier.test_acc": 0.9939, "classifier.num_classes": 10.0, "classifier.train_seconds": 1.0, "classifier.cached": 1.0}
+    assert "WARNING" not in render(base, "ok")
+    text = render(base | {"classifier.test_acc": 0.11}, "untrained")
+    assert "**WARNING** f's test accuracy 0.1100 is below 2× chance (1/10)" in text

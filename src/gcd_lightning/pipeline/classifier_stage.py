@@ -129,7 +129,12 @@ def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float
         log.info("classifier: model=external, testing %s into %s", ctx.cfg.model.weights_path, folder)
         evaluate_external(ctx, model, classifier_id, folder)
     summary = load_json(folder / SUMMARY, "cached external classifier summary")
-    metrics = {"classifier.test_acc": summary["test_acc"], "classifier.train_seconds": 0.0, "classifier.cached": float(cached)}
+    metrics = {
+        "classifier.test_acc": summary["test_acc"],
+        "classifier.num_classes": float(ctx.cfg.dataset.num_classes),
+        "classifier.train_seconds": 0.0,
+        "classifier.cached": float(cached),
+    }
     return model.eval().to(ctx.device), classifier_id, metrics
 
 
@@ -147,6 +152,7 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, flo
     summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda: train(ctx, model), "classifier")
     metrics = {
         "classifier.test_acc": summary["test_acc"],
+        "classifier.num_classes": float(ctx.cfg.dataset.num_classes),
         "classifier.train_seconds": summary["train_seconds"],
         "classifier.cached": float(cached),
     }

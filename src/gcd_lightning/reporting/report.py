@@ -177,6 +177,23 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
     return [*lines, ""]
 
 
+CHANCE_FACTOR = 2.0
+"""A classifier below this many times chance accuracy (1 / classes) is flagged: it learnt next to nothing."""
+
+
+def chance_warning(metrics: dict[str, float]) -> list[str]:
+    """A WARNING line when ``f``'s test accuracy is near chance (an untrained or broken classifier, cached or not)."""
+    classes = metrics.get("classifier.num_classes")
+    if not classes or metrics["classifier.test_acc"] >= CHANCE_FACTOR / classes:
+        return []
+    return [
+        f"**WARNING** f's test accuracy {fmt(metrics['classifier.test_acc'])} is below {CHANCE_FACTOR:g}× chance "
+        f"(1/{fmt(classes, 0)}): every later figure is about a classifier that learnt next to nothing. Check the "
+        "classifier settings and data, and delete its cache entry to retrain.",
+        "",
+    ]
+
+
 def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str = "") -> str:
     """Markdown: the classifier line, one row per adversarial split, then the defense tables.
 
@@ -193,6 +210,7 @@ def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str
             f"{fmt(metrics['classifier.train_seconds'], 1)} s{cached}.",
             "",
         ]
+        lines += chance_warning(metrics)
     splits = [s for s in ("train", "test") if f"attack.{s}.n" in metrics]
     if splits:
         lines += [
