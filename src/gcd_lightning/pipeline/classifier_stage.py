@@ -117,6 +117,16 @@ def evaluate_external(ctx: RunContext, model: nn.Module, classifier_id: str, fol
     distributed.write_on_rank_zero(save_json, summary, folder / SUMMARY)
 
 
+def stage_metrics(ctx: RunContext, summary: dict, cached: bool) -> dict[str, float]:
+    """The stage's metrics from its cached summary (a trained ``f``'s or the user's, whose ``train_seconds`` is 0)."""
+    return {
+        "classifier.test_acc": summary["test_acc"],
+        "classifier.num_classes": float(ctx.cfg.dataset.num_classes),
+        "classifier.train_seconds": summary["train_seconds"],
+        "classifier.cached": float(cached),
+    }
+
+
 def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
     """``run_classifier_stage`` under ``model=external``: load the user's ``f``, test it once per weights and data."""
     model = build_model(ctx)  # loads model.weights_path, with its clear errors
@@ -129,13 +139,7 @@ def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float
         log.info("classifier: model=external, testing %s into %s", ctx.cfg.model.weights_path, folder)
         evaluate_external(ctx, model, classifier_id, folder)
     summary = load_json(folder / SUMMARY, "cached external classifier summary")
-    metrics = {
-        "classifier.test_acc": summary["test_acc"],
-        "classifier.num_classes": float(ctx.cfg.dataset.num_classes),
-        "classifier.train_seconds": 0.0,
-        "classifier.cached": float(cached),
-    }
-    return model.eval().to(ctx.device), classifier_id, metrics
+    return model.eval().to(ctx.device), classifier_id, stage_metrics(ctx, summary, cached)
 
 
 def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
@@ -150,10 +154,4 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, flo
     weights = folder / WEIGHTS
     model = build_model(ctx)
     summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda: train(ctx, model), "classifier")
-    metrics = {
-        "classifier.test_acc": summary["test_acc"],
-        "classifier.num_classes": float(ctx.cfg.dataset.num_classes),
-        "classifier.train_seconds": summary["train_seconds"],
-        "classifier.cached": float(cached),
-    }
-    return model.eval().to(ctx.device), file_hash(weights), metrics
+    return model.eval().to(ctx.device), file_hash(weights), stage_metrics(ctx, summary, cached)
