@@ -78,9 +78,10 @@ def check_threat(threat: DictConfig) -> None:
     adaptive = threat.adaptive
     if adaptive.detector_term not in DETECTOR_TERMS:
         raise ValueError(f"threat.adaptive.detector_term={adaptive.detector_term!r} is unknown; choose one of {DETECTOR_TERMS}")
-    unknown = [mode for mode in adaptive.modes if mode not in MODES]
-    if unknown or threat.robustness.mode not in MODES:
-        raise ValueError(f"threat.adaptive.modes / threat.robustness.mode: unknown {unknown or threat.robustness.mode}; choose from {MODES}")
+    for key, modes in (("adaptive.modes", adaptive.modes), ("robustness.modes", threat.robustness.modes)):
+        unknown = [mode for mode in modes if mode not in MODES]
+        if unknown:
+            raise ValueError(f"threat.{key}: unknown {unknown}; choose from {MODES}")
     for key in ("steps", "restarts", "n_test", "judge_draws"):
         value = adaptive[key] if key in adaptive else threat[key]
         if int(value) < 1:
@@ -95,6 +96,14 @@ def check_threat(threat: DictConfig) -> None:
 def reads_sensitivity(detector: nn.Module) -> bool:
     """Whether ``detector`` is a ``DET_IS``, whose backward pass ``SurrogateGradient`` can smooth."""
     return isinstance(detector, SubDetector) and detector.kind is DetectorInput.SENSITIVITY
+
+
+def smoothed(classifier: nn.Module, detectors: list[nn.Module], beta: float | None) -> GuardedClassifier | None:
+    """``classifier`` guarded by ``detectors`` with each ``DET_IS`` differentiated through a softplus copy of it
+    (``SurrogateGradient``, BPDA); None when ``beta`` is None or no detector reads the sensitivity."""
+    if beta is None or not any(map(reads_sensitivity, detectors)):
+        return None
+    return GuardedClassifier(classifier, [SurrogateGradient(d, beta) if reads_sensitivity(d) else d for d in detectors])
 
 
 @dataclasses.dataclass
@@ -166,6 +175,8 @@ def run_whitebox_stage(
     pgd_spec = {key: adaptive[key] for key in ("kappa", "detector_term", "steps", "step_size", "restarts")}
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
+    surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
+
     def detector_variants(name: str) -> list[Variant]:
         model = guarded[name]
         found = [
@@ -184,9 +195,8 @@ def run_whitebox_stage(
             Variant(mode, adaptive_pgd(model, mode, norm, eps), {"pgd": [mode, norm.value, eps, pgd_spec]}, name)
             for mode in adaptive.modes
         ]
-        if adaptive.surrogate_beta is not None and any(map(reads_sensitivity, parts[name])):
-            smooth = [SurrogateGradient(d, adaptive.surrogate_beta) if reads_sensitivity(d) else d for d in parts[name]]
-            found.append(Variant("surrogate", adaptive_pgd(GuardedClassifier(classifier, smooth), "orthogonal", norm, eps),
+        if surrogates[name] is not None:
+            found.append(Variant("surrogate", adaptive_pgd(surrogates[name], "orthogonal", norm, eps),
                                  {"pgd": ["orthogonal", norm.value, eps, pgd_spec], "surrogate": adaptive.surrogate_beta}, name))
         return found
 
@@ -269,7 +279,7 @@ def run_whitebox_stage(
 
     flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
-    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,
+    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,
                                            by_variant["gcd"], flagged_clean, adv_test))
     metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, guarded["gcd"], gcd, x, grey,
                                       gcd_outputs, num_classes, bs,
@@ -283,36 +293,46 @@ def run_whitebox_stage(
     return metrics
 
 
-def fixed_budget_robustness(ctx, model, norm, eps, adaptive_pgd, pgd_spec, run_variant, gcd_sets, flagged_clean,
-                            adv_test: AdversarialSet) -> dict[str, float]:
+def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, adaptive_pgd, pgd_spec, run_variant, gcd_sets,
+                            flagged_clean, adv_test: AdversarialSet) -> dict[str, float]:
     """GCD's success and robust accuracy at each fixed L∞ / L2 budget of ``threat.robustness``, and Tramèr's check.
 
-    Each budget runs ``AdaptivePGD`` (``threat.robustness.mode``); at the attack's own norm and
-    budget the stage's other variants on GCD join in (the strongest result per image counts).
-    Robust accuracy: clean image not flagged and attack failed (``indicators.robust_accuracy``),
-    over the attacked images and over all test images looked at to find ``adv_test`` (``robust_accuracy``).
+    Each budget other than the attack's own runs ``AdaptivePGD`` in every mode of
+    ``threat.robustness.modes``, and orthogonal PGD through ``surrogate_model`` (``DET_IS`` smoothed)
+    when there is one. An image counts as won at a budget when *any* attack of the stage on GCD, at
+    any budget or norm, succeeded with a perturbation inside that ball: the stage's own variants, the
+    smaller budgets' results at the larger ones, an L2 result whose L∞ norm fits. So robust accuracy
+    never rises with ε. Robust accuracy: clean image not flagged and attack failed
+    (``indicators.robust_accuracy``), over the attacked images and over all test images looked at to
+    find ``adv_test`` (``robust_accuracy``).
     """
     threat = ctx.cfg.threat
-    mode = threat.robustness.mode
-    metrics: dict[str, float] = {}
     references = ROBUST_CLASSIFIERS.get(ctx.cfg.dataset.name, {})
-    for budget_norm, budgets in ((Norm.LINF, threat.robustness.linf_eps), (Norm.L2, threat.robustness.l2_eps)):
-        for budget in sorted(float(b) for b in budgets):
-            if budget_norm is norm and abs(budget - eps) < 1e-12:  # the stage's own budget: every variant on GCD counts
-                sets = list(gcd_sets.values())
-            else:
-                sets = [run_variant("gcd", Variant(f"robust_{mode}", adaptive_pgd(model, mode, budget_norm, budget),
-                                                   {"pgd": [mode, budget_norm.value, budget, pgd_spec]}, "gcd"))]
-            won = torch.stack([s.success & within(s, budget_norm, budget) for s in sets]).any(dim=0)
-            key = f"whitebox.robust_{budget_norm.value}.{budget:.4f}"
-            rate, low, high = rate_interval(won)
-            robust = indicators.robust_accuracy(flagged_clean, won)
-            robust_all = robust_accuracy(robust, len(adv_test), adv_test.n_examined)
-            metrics[f"{key}.success"], metrics[f"{key}.success_ci.low"], metrics[f"{key}.success_ci.high"] = rate, low, high
-            metrics[f"{key}.robust_acc"], metrics[f"{key}.robust_acc_all"] = robust, robust_all
-            check = indicators.tramer_check(robust_all, budget, references.get(budget_norm.value, []))
-            metrics[f"{key}.tramer.radius"], metrics[f"{key}.tramer.reference"] = check["radius"], check["reference"]
-            metrics[f"{key}.tramer.plausible"] = check["plausible"]
+    budgets = [(budget_norm, float(b)) for budget_norm, bs in ((Norm.LINF, threat.robustness.linf_eps),
+                                                               (Norm.L2, threat.robustness.l2_eps)) for b in sorted(bs)]
+    candidates = list(gcd_sets.values())
+    for budget_norm, budget in budgets:
+        if budget_norm is norm and abs(budget - eps) < 1e-12:  # the stage's own budget: its variants on GCD are there
+            continue
+        for mode in threat.robustness.modes:
+            candidates.append(run_variant("gcd", Variant(f"robust_{mode}", adaptive_pgd(model, mode, budget_norm, budget),
+                                                         {"pgd": [mode, budget_norm.value, budget, pgd_spec]}, "gcd")))
+        if surrogate_model is not None:
+            candidates.append(run_variant("gcd", Variant("robust_surrogate", adaptive_pgd(surrogate_model, "orthogonal", budget_norm, budget),
+                                                         {"pgd": ["orthogonal", budget_norm.value, budget, pgd_spec],
+                                                          "surrogate": threat.adaptive.surrogate_beta}, "gcd")))
+    metrics: dict[str, float] = {}
+    for budget_norm, budget in budgets:
+        won = torch.stack([s.success & within(s, budget_norm, budget) for s in candidates]).any(dim=0)
+        key = f"whitebox.robust_{budget_norm.value}.{budget:.4f}"
+        rate, low, high = rate_interval(won)
+        robust = indicators.robust_accuracy(flagged_clean, won)
+        robust_all = robust_accuracy(robust, len(adv_test), adv_test.n_examined)
+        metrics[f"{key}.success"], metrics[f"{key}.success_ci.low"], metrics[f"{key}.success_ci.high"] = rate, low, high
+        metrics[f"{key}.robust_acc"], metrics[f"{key}.robust_acc_all"] = robust, robust_all
+        check = indicators.tramer_check(robust_all, budget, references.get(budget_norm.value, []))
+        metrics[f"{key}.tramer.radius"], metrics[f"{key}.tramer.reference"] = check["radius"], check["reference"]
+        metrics[f"{key}.tramer.plausible"] = check["plausible"]
     return metrics
 
 
