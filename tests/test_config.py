@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import hydra
 import pytest
 import torch
@@ -11,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, compose_config
 from gcd_lightning.attacks import Attack
 from gcd_lightning.models import SmallCNN, normalized
+from gcd_lightning.pipeline.checks import check_config, check_keys
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.run import parse_stage, run
 
@@ -41,6 +45,7 @@ def test_experiment_composes_and_builds(experiment, tmp_path):
     dataset, model_name, detector = GRID[prefix]
     names = tuple(resolved[group]["name"] for group in ("dataset", "model", "detector", "attack"))
     assert names == (dataset, model_name, detector, attack)
+    check_keys(cfg)  # every key of every instantiated node is a parameter of its target
     assert resolved["experiment_name"] == f"{dataset}_{attack}"
     assert resolved["attack"]["targeted"] == attack.endswith("_targeted")
     model = normalized(SmallCNN(cfg.dataset.in_channels, cfg.dataset.num_classes), cfg.dataset.mean, cfg.dataset.std)
@@ -130,3 +135,34 @@ def test_bad_values_fail_before_any_work_naming_key_value_and_range(override, me
     with pytest.raises(ValueError, match=message):
         run(cfg)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing written, nothing cached
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+rectifier.alhpa=0.3", r"\+rectifier\.alhpa: no config defines 'rectifier\.alhpa' .*did you mean rectifier\.alpha\?"),
+        ("+seeed=3", r"\+seeed: no config defines 'seeed' .*did you mean seed\?"),
+        ("+trainer.max_epoch=3", r"trainer\.max_epoch: pytorch_lightning\.Trainer takes no argument 'max_epoch'; did you mean trainer\.max_epochs\?"),
+        ("+model.net.widht=8", r"model\.net\.widht: gcd_lightning\.models\.SmallCNN takes no argument 'widht'; did you mean model\.net\.width\?"),
+        ("+attack.attack.stepsize=0.1", r"attack\.attack\.stepsize: gcd_lightning\.attacks\.PGD takes no argument 'stepsize'"),
+    ],
+)
+def test_a_misspelled_added_key_is_refused_with_the_key_it_meant(override, message, tmp_path):
+    overrides = ["+experiment=mnist_pgd_untargeted", override]
+    cfg = compose_config(overrides, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, overrides)
+
+
+def test_added_parameters_of_instantiated_nodes_and_groups_are_accepted(tmp_path):
+    overrides = ["+experiment=mnist_pgd_untargeted", "+trainer.limit_train_batches=20", "++rectifier.alpha=0.3"]
+    check_config(compose_config(overrides, tmp_path), overrides)
+
+
+def test_the_command_line_refuses_a_misspelled_key_before_any_work(tmp_path):
+    command = [sys.executable, "-m", "gcd_lightning", "+experiment=mnist_pgd_untargeted", "+rectifier.alhpa=0.3",
+               f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "+rectifier.alhpa: no config defines 'rectifier.alhpa'" in done.stderr + done.stdout
+    assert not (tmp_path / "cache").exists()

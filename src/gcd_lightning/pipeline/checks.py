@@ -1,16 +1,23 @@
 """The config checked before any work: every bad value fails in the first second, naming the key, the value and the range.
 
 ``check_config`` runs first in ``run``: the settings below with their types and ranges, the
-attack built once on a stand-in model (so each attack's own constructor checks its budget and
-steps), and the white-box settings (``whitebox_stage.check_threat``).
+keys of every instantiated node (``check_keys``: each must be a parameter of its ``_target_``),
+the keys the command line added (``check_additions``: a ``+key=value`` that no config file defines
+and nothing reads is refused), the attack built once on a stand-in model (so each attack's own
+constructor checks its budget and steps), and the white-box settings (``whitebox_stage.check_threat``).
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -18,6 +25,8 @@ from gcd_lightning.pipeline.context import TRAIN_SOURCES
 from gcd_lightning.pipeline.whitebox_stage import check_threat
 
 Check = Callable[[object], bool]
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (a link to conf/ in a checkout)
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 def integer(low: int) -> tuple[Check, str]:
@@ -63,8 +72,69 @@ RULES: dict[str, tuple[Check, str]] = {
 }
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise a ``ValueError`` naming the first bad setting: key, value, what it must be."""
+def accepted(target: str) -> set[str] | None:
+    """The keyword names ``target`` (a class or function path) takes; None when it takes any (``**kwargs``)."""
+    obj = hydra.utils.get_object(target)
+    parameters = inspect.signature(obj).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def check_keys(node: object, path: str = "") -> None:
+    """Every key of a node with a ``_target_`` is a parameter of that target, all the way down.
+
+    ``+trainer.max_epoch=3`` or ``model.net.widht=8`` would otherwise fail deep inside a stage or,
+    for a target that takes ``**kwargs``, be silently ignored.
+    """
+    if not isinstance(node, DictConfig):
+        return
+    target = node.get("_target_") if "_target_" in node else None
+    names = accepted(target) if isinstance(target, str) else None
+    for key in node:
+        where = f"{path}.{key}" if path else str(key)
+        if names is not None and key not in HYDRA_KEYS and key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"did you mean {path}.{close[0]}?" if close else f"it accepts {sorted(names)}"
+            raise ValueError(f"{where}: {target} takes no argument {key!r}; {hint}")
+        if OmegaConf.is_dict(node._get_node(key)):
+            check_keys(node[key], where)
+
+
+def check_additions(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse a ``+key=value`` that adds a key no config defines and no ``_target_`` reads.
+
+    Adding a parameter of an instantiated node (``+trainer.limit_train_batches=20``) is allowed
+    (``check_keys`` checks its name); adding anywhere else is a typo of an existing key. Hydra's
+    ``++key=value`` (add or change, on purpose) is not checked.
+    """
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if not override.is_add() or (CONF_DIR / key.replace(".", "/")).is_dir():
+            continue  # a change of an existing key, ++, or a config group (+experiment=...)
+        parent_path, _, name = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+        if isinstance(parent, DictConfig) and "_target_" in parent:
+            continue
+        siblings = [str(k) for k in parent if k != name] if isinstance(parent, DictConfig) else []
+        close = difflib.get_close_matches(name, siblings, n=1)
+        hint = f"did you mean {parent_path + '.' if parent_path else ''}{close[0]}? " if close else ""
+        raise ValueError(f"+{key}: no config defines {key!r} and nothing reads it; {hint}"
+                         f"drop the '+' to change an existing key")
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides of the running ``@hydra.main`` application (none when composed by a test or a script)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def check_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
+    """Raise a ``ValueError`` naming the first bad setting: key, value, what it must be.
+
+    ``overrides``: the command line's (default: the running Hydra application's), for ``check_additions``.
+    """
+    check_additions(cfg, command_line_overrides() if overrides is None else overrides)
+    check_keys(cfg)
     for key, (ok, text) in RULES.items():
         value = OmegaConf.select(cfg, key)
         if not ok(value):
