@@ -13,8 +13,9 @@ from data_fixtures import random_mnist, write_cifar10, write_image_folder, write
 from gcd_lightning.data import CIFAR10DataModule, ImageFolderDataModule, MNISTDataModule
 from gcd_lightning.data.base import ImageDataModule
 from gcd_lightning.data.fingerprint import data_fingerprint
+from gcd_lightning.pipeline.attack_stage import adversarial_spec
 from gcd_lightning.pipeline.classifier_stage import classifier_dir
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
 from gcd_lightning.utils import hashing
 
 
@@ -168,3 +169,16 @@ def test_trainer_settings_that_change_the_model_key_its_cache_and_the_others_do_
         assert folder(changes_the_model) != normal, changes_the_model
     assert folder("trainer.devices=2", "trainer.log_every_n_steps=7", "progress=false") == normal
     assert folder("trainer=ddp_cpu") == normal  # strategy, devices and precision 32-true (the default) are no part
+
+
+def test_raising_a_stages_code_version_keys_new_caches(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+    cfg = compose_config([f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2"],
+                         tmp_path)
+    ctx = RunContext.build(cfg)
+    before = classifier_dir(ctx), adversarial_spec(ctx, "test", "f")
+    monkeypatch.setitem(CODE_VERSIONS, "classifier", 2)
+    assert classifier_dir(ctx) != before[0] and adversarial_spec(ctx, "test", "f") == before[1]
+    monkeypatch.setitem(CODE_VERSIONS, "adversarial", 2)
+    assert adversarial_spec(ctx, "test", "f") != before[1]

@@ -385,3 +385,39 @@ def test_a_failed_or_interrupted_run_says_so_in_its_run_dir(tmp_path, monkeypatc
         run(cfg)
     out = Path(cfg.paths.output_dir)
     assert f"this run {word}" in (out / "FAILED").read_text() and not (out / "metrics.json").exists()
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(first_run, tmp_path, monkeypatch, caplog):
+    tmp, first_cfg, _ = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "interrupted")
+    with open_dict(cfg):
+        cfg.stage, cfg.detector.max_epochs = "detectors", 6  # a new detectors key: f and the attack sets from the cache
+    training = importlib.import_module("gcd_lightning.pipeline.training")
+    original = training.KeepBest.on_validation_epoch_end
+    seen: list[tuple[int, float]] = []  # (epoch, validation AUC) of every epoch trained, over both runs
+
+    def interrupt_at_epoch_2(self, trainer, module):
+        original(self, trainer, module)
+        seen.append((trainer.current_epoch, float(trainer.callback_metrics["val/auc"])))
+        if trainer.current_epoch == 2 and len(seen) == 3:
+            raise RuntimeError("simulated interruption")  # before epoch 2's checkpoint: the last one is epoch 1's
+
+    monkeypatch.setattr(training.KeepBest, "on_validation_epoch_end", interrupt_at_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run(cfg)
+    assert "this run failed" in (tmp_path / "interrupted" / "FAILED").read_text()
+    (resume,) = (Path(cfg.paths.cache_dir) / "detectors").glob("*/org_*.resume")
+    assert (resume / "last.ckpt").is_file() and not resume.with_suffix(".pt").exists()
+    first_best = max(auc for _, auc in seen)
+
+    seen.clear()
+    with caplog.at_level("INFO"):
+        metrics = run(rerun_config(cfg, tmp_path / "resumed"))
+    assert "detector org: resuming an interrupted training after epoch 2" in caplog.text
+    org_epochs = [epoch for epoch, _ in seen][:4]
+    assert org_epochs == [2, 3, 4, 5]  # the rest of the interrupted detector's epochs, then DET_IS from the start
+    assert [epoch for epoch, _ in seen][4:] == list(range(6))
+    # the best epoch so far came back with the checkpoint: the kept weights are at least as good as before
+    assert metrics["detector.val_auc.org"] >= first_best
+    assert resume.with_suffix(".pt").is_file() and not resume.exists()  # cached; the resume point is gone
+    assert metrics["detector.cached.org"] == 0.0

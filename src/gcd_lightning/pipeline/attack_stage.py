@@ -14,7 +14,7 @@ import hydra
 from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, cached, generate
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.utils.hashing import spec_hash
 
 SPLITS = ("train", "test")
@@ -32,6 +32,7 @@ def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
         "classifier": classifier_id,
         "attack": cfg.attack,
         "seed": cfg.seed,
+        **code_version("adversarial"),
     }
 
 

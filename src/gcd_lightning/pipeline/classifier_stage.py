@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,8 @@ from gcd_lightning.classifier import BaseClassifier
 from gcd_lightning.models.external import first_line, weights_file
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_model, classifier_recipe
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import RunContext, code_version
+from gcd_lightning.pipeline.training import fit
 from gcd_lightning.utils.files import load_json, save_json
 from gcd_lightning.utils.hashing import file_hash, spec_hash
 
@@ -35,6 +35,7 @@ def classifier_spec(ctx: RunContext) -> dict:
         "classifier": cfg.classifier,
         "trainer": ctx.training_identity(),
         "seed": cfg.seed,
+        **code_version("classifier"),
     }
 
 
@@ -63,8 +64,8 @@ def classifier_dir(ctx: RunContext) -> Path:
     return cache_folder(ctx, classifier_spec(ctx))
 
 
-def train(ctx: RunContext, model: nn.Module) -> dict:
-    """Fit and test ``f`` (``model``, trained in place) with Lightning; returns the summary to cache."""
+def train(ctx: RunContext, model: nn.Module, resume: Path) -> dict:
+    """Fit (resumable from ``resume``) and test ``f`` (``model``, trained in place) with Lightning; returns the summary to cache."""
     cfg = ctx.cfg
     module = BaseClassifier(
         model=model,
@@ -72,12 +73,7 @@ def train(ctx: RunContext, model: nn.Module) -> dict:
         optimizer=hydra.utils.instantiate(cfg.model.optimizer),
         scheduler=hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
     )
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, max_epochs=cfg.classifier.max_epochs, logger=ctx.loggers or False, enable_checkpointing=False
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=ctx.datamodule)
-    seconds = time.perf_counter() - start
+    trainer, seconds = fit(ctx, module, resume, "classifier", cfg.classifier.max_epochs, datamodule=ctx.datamodule)
     (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
     return {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds}
 
@@ -153,5 +149,5 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, flo
     folder = classifier_dir(ctx)
     weights = folder / WEIGHTS
     model = build_model(ctx)
-    summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda: train(ctx, model), "classifier")
+    summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda resume: train(ctx, model, resume), "classifier")
     return model.eval().to(ctx.device), file_hash(weights), stage_metrics(ctx, summary, cached)

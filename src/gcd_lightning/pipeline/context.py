@@ -33,6 +33,17 @@ TRAINING_KEYS = (
 TRAINING_DEFAULTS = {"precision": ("32", "32-true")}
 # data splits the detectors' and the rectifier's training pairs may come from (adversarial.train_split)
 TRAIN_SOURCES = ("val", "train")
+# the code's part of every cache key, per stage: raise a stage's number when a change to its code changes what
+# it computes (a refactor that computes the same keeps it), so that no cache serves what older code built.
+# whitebox 2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags
+CODE_VERSIONS = {"classifier": 1, "adversarial": 1, "detectors": 1, "rectifier": 1, "whitebox": 3}
+
+
+def code_version(stage: str) -> dict[str, int]:
+    """``stage``'s entry of a cache key's spec: ``{"code": n}``, nothing for version 1 (so the first
+    version's caches keep the keys they had before keys carried a version)."""
+    version = CODE_VERSIONS[stage]
+    return {} if version == 1 else {"code": version}
 
 
 @dataclasses.dataclass

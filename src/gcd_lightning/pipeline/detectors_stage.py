@@ -15,7 +15,7 @@ from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_detector
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import fit_best, seed_stage
 from gcd_lightning.utils.hashing import spec_hash
 
@@ -39,6 +39,7 @@ def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> 
         "detector": ctx.cfg.detector,
         "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
+        **code_version("detectors"),
     }
     return ctx.cache_dir / "detectors" / f"{adv_train_path.stem}_{spec_hash(spec)}"
 
@@ -63,7 +64,7 @@ def run_detectors_stage(
         detector = detectors[name] = build_detector(ctx, name, classifier)
         weights = detector_file(folder, name, cfg.defense.detectors[name])
 
-        def train(detector: Detector = detector) -> dict[str, float]:  # bound now: the loop moves on
+        def train(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
             best, seconds = fit_best(
                 ctx,
                 detector,
@@ -72,6 +73,8 @@ def run_detectors_stage(
                 max_epochs=cfg.detector.max_epochs,
                 batch_size=cfg.detector.batch_size,
                 monitor="val/auc",
+                resume=resume,
+                what=f"detector {name}",
             )
             return {"val_auc": best, "train_seconds": seconds}
 

@@ -15,7 +15,7 @@ from gcd_lightning.defense.rectifier import masked_duplicates
 from gcd_lightning.defense.rectifier_module import RectifierFineTune
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_model, ensemble_saliency
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import fit_best, seed_stage
 from gcd_lightning.utils.hashing import spec_hash
 
@@ -27,6 +27,7 @@ def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) 
         "rectifier": ctx.cfg.rectifier,
         "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
+        **code_version("rectifier"),
     }
     return ctx.cache_dir / "rectifier" / f"{detectors_folder.name}_rec_{spec_hash(spec)}.pt"
 
@@ -55,7 +56,7 @@ def run_rectifier_stage(
         optimizer=hydra.utils.instantiate(cfg.rectifier.optimizer),
     )
 
-    def train() -> dict[str, float]:
+    def train(resume: Path) -> dict[str, float]:
         train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         saliency = ensemble_saliency(GCD(classifier, list(detectors.values())), adv_train.x_adv, cfg.adversarial.batch_size)
@@ -73,6 +74,8 @@ def run_rectifier_stage(
             max_epochs=cfg.rectifier.max_epochs,
             batch_size=cfg.rectifier.batch_size,
             monitor="val/acc",
+            resume=resume,
+            what="rectifier",
         )
         return {"val_acc": best, "train_seconds": seconds}
 

@@ -48,7 +48,7 @@ from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.intervals import mean_interval, rate_interval
 from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
 from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.utils.hashing import spec_hash
 from gcd_lightning.whitebox import indicators
@@ -59,9 +59,6 @@ from gcd_lightning.whitebox.surrogate import SurrogateGradient
 
 log = logging.getLogger(__name__)
 
-# the code's part of the cache key: raise it when a change to this stage changes what an attack computes
-# (2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags)
-SPEC_VERSION = 3
 # end-to-end judging: draw d of GCD's masks seeds batch i with JUDGE_SEED + d·JUDGE_STRIDE + i, never
 # a seed an attack uses (seed + i for a few thousand batches at most)
 JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
@@ -156,7 +153,7 @@ def run_whitebox_stage(
                                 **{name: evades(model) for name, model in guarded.items()},
                                 "end_to_end": lambda x_adv: end_to_end(x_adv)[0]}
     base_spec = {
-        "version": SPEC_VERSION,
+        "version": CODE_VERSIONS["whitebox"],
         "adversarial": spec_hash({"index": index.tolist(), "labels": labels.tolist()}),
         "classifier": classifier_id,
         "seed": seed,
