@@ -60,7 +60,15 @@ RULES: dict[str, tuple[Check, str]] = {
     "adversarial.batch_size": integer(1),
     "evaluate.n_clean": optional(integer(1)),
     "evaluate.mask_draws": integer(1),
+    "dataset.num_classes": integer(2),
+    "dataset.in_channels": integer(1),
+    "dataset.image_size": integer(1),
     "dataset.linf_eps": number(0, 1, low_open=True),
+    "dataset.pgd_step": number(0, 1, low_open=True),
+    "dataset.pgd_steps": integer(1),
+    "dataset.datamodule.batch_size": integer(1),
+    "dataset.datamodule.val_size": integer(1),
+    "dataset.datamodule.num_workers": integer(0),
     "detector.max_epochs": integer(1),
     "detector.batch_size": integer(1),
     "detector.val_fraction": number(0, 1, low_open=True, high_open=True),
@@ -139,6 +147,12 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Non
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ValueError(f"{key}={value!r} is not allowed: it must be {text}")
+    for key in ("mean", "std"):
+        values = cfg.dataset[key]
+        ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == cfg.dataset.in_channels
+        if not ok or not all(number(0, 1, low_open=key == "std")[0](v) for v in values):
+            raise ValueError(f"dataset.{key}={values!r} is not allowed: it must be dataset.in_channels="
+                             f"{cfg.dataset.in_channels} number(s) in {'(0' if key == 'std' else '[0'}, 1]")
     if not cfg.model.get("external", False):
         ok, text = integer(1)
         if not ok(cfg.classifier.max_epochs):
