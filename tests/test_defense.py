@@ -493,6 +493,23 @@ def test_gcd_predict_refuses_inputs_it_cannot_score():
     assert gcd.predict(x.double()).label.tolist() == [0, 1, 1, 0]  # float64 is cast, not refused
 
 
+def test_gcd_predict_can_flag_nonfinite_inputs_instead_of_refusing_them():
+    gcd = make_gcd(ConstantClassifier(1))
+    x = routing_batch()  # benign, flagged, flagged, benign
+    x[0, 0, 1, 1], x[3, 0, 2, 2] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"images \[0, 3\] contain NaN"):
+        gcd.predict(x)
+    prediction = gcd.predict(x, nonfinite="flag")
+    assert prediction.nonfinite.tolist() == [True, False, False, True]
+    assert prediction.flagged.tolist() == [True, True, True, True]  # NaN/inf is never clean
+    assert prediction.label.tolist() == [-1, 1, 1, -1] and prediction.f_label.tolist() == [-1, 0, 0, -1]
+    assert prediction.logits[[0, 3]].isnan().all() and not prediction.logits[[1, 2]].isnan().any()
+    assert all(score[[0, 3]].eq(1).all() for score in prediction.adversarial_scores.values())
+    assert torch.equal(prediction.label[1:3], gcd.predict(x[1:3]).label)  # the others answered as usual
+    with pytest.raises(ValueError, match="nonfinite='ignore'"):
+        gcd.predict(x, nonfinite="ignore")
+
+
 class PixelClassifier(nn.Module):
     """Class 1 when pixel (0, 0) is above 0.5, else class 0 (of 3)."""
 

@@ -364,6 +364,23 @@ def test_predict_cli_answers_a_folder_of_pngs_and_reports_a_corrupt_one(first_ru
         assert row["label"] == (row["rectified_label"] if was_flagged else row["f_label"])
 
 
+@pytest.mark.parametrize("nonfinite", ["refuse", "flag"])
+def test_predict_cli_refuses_or_flags_an_array_with_nan(first_run, tmp_path, nonfinite):
+    tmp, cfg, _ = first_run
+    images = AdversarialSet.load(first_test_set(cfg)).x_adv[:3].clone()
+    images[1, 0, 5, 5] = float("nan")
+    torch.save(images, tmp_path / "images.pt")
+    out = tmp_path / "answers.csv"
+    predict_main([f"defense={tmp / 'out' / 'defense'}", f"inputs={tmp_path / 'images.pt'}", f"out={out}",
+                  "progress=false", f"nonfinite={nonfinite}"])
+    rows = list(csv.DictReader(out.open()))
+    if nonfinite == "refuse":
+        assert "NaN" in rows[1]["error"] and rows[1]["label"] == rows[1]["flagged"] == ""
+    else:
+        assert not rows[1]["error"] and rows[1]["flagged"] == "True" and rows[1]["label"] == "" and rows[1]["p_adv_gcd"] == "1"
+    assert all(not rows[i]["error"] and rows[i]["label"] != "" for i in (0, 2))  # the others are answered
+
+
 def first_test_set(cfg) -> Path:
     """The first run's adversarial test set (later tests of this module add sets of changed configs)."""
     return min((p for p in cached_sets(cfg) if "_test_" in p.name), key=lambda p: p.stat().st_mtime_ns)

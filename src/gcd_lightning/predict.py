@@ -5,7 +5,9 @@
 ``p⁻`` of each detector and of the ensemble, the deciding detector, and the labels of ``f`` and of
 the rectifier (empty where ``f`` answered). An image that cannot be read or does not fit the
 defense (size, channels, range, NaN/inf) gets its reason in the ``error`` column and the others
-are still answered. Options: ``batch_size=256``, ``device=auto|cpu|cuda``, ``progress=true``.
+are still answered; with ``nonfinite=flag`` an image with NaN/inf values is flagged instead,
+with no label. Options: ``batch_size=256``, ``device=auto|cpu|cuda``, ``progress=true``,
+``nonfinite=refuse|flag``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from gcd_lightning.utils.files import load_torch, save_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".pt", ".npy")
-OPTIONS = {"defense": None, "inputs": None, "out": None, "batch_size": "256", "device": "auto", "progress": "true"}
+OPTIONS = {"defense": None, "inputs": None, "out": None, "batch_size": "256", "device": "auto", "progress": "true",
+           "nonfinite": "refuse"}
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
@@ -91,22 +94,23 @@ def read_inputs(source: Path, input_shape: Sequence[int]) -> Iterator[tuple[str,
         yield f"{source.name}[{i}]", image, ""
 
 
-def answer(defense: GCD, names: list[str], images: list[torch.Tensor], device: torch.device) -> list[dict[str, object]]:
-    """One CSV row per image of a batch that passed the input guard."""
-    prediction = defense.predict(torch.stack(images).to(device))
+def answer(defense: GCD, names: list[str], images: list[torch.Tensor], device: torch.device,
+           nonfinite: str = "refuse") -> list[dict[str, object]]:
+    """One CSV row per image of a batch that passed the input guard; labels of -1 (non-finite inputs) are empty."""
+    prediction = defense.predict(torch.stack(images).to(device), nonfinite=nonfinite)
     scores = {name: score.cpu() for name, score in prediction.adversarial_scores.items()}
     detector_names = defense.detector_names
     rows = []
     for i, name in enumerate(names):
-        rectified = int(prediction.rectified_label[i])
+        rectified, label, f_label = (int(t[i]) for t in (prediction.rectified_label, prediction.label, prediction.f_label))
         rows.append(
             {
                 "file": name,
-                "label": int(prediction.label[i]),
+                "label": "" if label < 0 else label,
                 "flagged": bool(prediction.flagged[i]),
                 **{f"p_adv_{key}": f"{float(value[i]):.6g}" for key, value in scores.items()},
                 "decided_by": detector_names[int(prediction.detection.decided[i])],
-                "f_label": int(prediction.f_label[i]),
+                "f_label": "" if f_label < 0 else f_label,
                 "rectified_label": "" if rectified < 0 else rectified,
                 "error": "",
             }
@@ -114,20 +118,23 @@ def answer(defense: GCD, names: list[str], images: list[torch.Tensor], device: t
     return rows
 
 
-def predict_folder(defense: GCD, source: Path, batch_size: int, device: torch.device, progress: bool) -> list[dict[str, object]]:
-    """Every input of ``source`` through ``defense``, in batches; rows in input order."""
+def predict_folder(defense: GCD, source: Path, batch_size: int, device: torch.device, progress: bool,
+                   nonfinite: str = "refuse") -> list[dict[str, object]]:
+    """Every input of ``source`` through ``defense``, in batches; rows in input order (``nonfinite``: see ``GCD.predict``)."""
     rows: list[dict[str, object]] = []
     pending: list[tuple[int, str, torch.Tensor]] = []
 
     def flush() -> None:
-        for (slot, _, _), row in zip(pending, answer(defense, [n for _, n, _ in pending], [x for _, _, x in pending], device)):
+        for (slot, _, _), row in zip(pending, answer(defense, [n for _, n, _ in pending], [x for _, _, x in pending], device, nonfinite)):
             rows[slot] = row
         pending.clear()
 
     for name, image, error in tqdm(read_inputs(source, defense.input_shape), desc="predict", unit="image", disable=not progress):
         if image is not None:
             try:
-                check_inputs(image[None], defense.input_shape)
+                # flagged later rather than refused: the guard checks the rest of the image
+                guarded = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0) if nonfinite == "flag" else image
+                check_inputs(guarded[None], defense.input_shape)
             except ValueError as err:
                 image, error = None, str(err)
         rows.append({"file": name, "error": error})
@@ -163,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if choice == "cuda" and not torch.cuda.is_available():
         raise SystemExit("predict: device=cuda but no GPU is available; use device=cpu")
     device = torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+    if args["nonfinite"] not in ("refuse", "flag"):
+        raise SystemExit(f"predict: nonfinite={args['nonfinite']} is unknown; choose refuse or flag")
     defense = load_defense(args["defense"], device=device)
-    rows = predict_folder(defense, Path(args["inputs"]), batch_size, device, args["progress"].lower() == "true")
+    rows = predict_folder(defense, Path(args["inputs"]), batch_size, device, args["progress"].lower() == "true", args["nonfinite"])
     out = save_text(to_csv(rows, defense.detector_names), args["out"])
     failed = sum(1 for row in rows if row["error"])
     print(f"predict: {len(rows) - failed} of {len(rows)} inputs answered ({failed} with errors) -> {out}")

@@ -43,6 +43,8 @@ class Prediction:
         detection: the ``DetectResult``.
         f_label: (N,) ``f``'s own prediction.
         rectified_label: (N,) the rectifier's prediction where flagged, -1 elsewhere (never computed there).
+        nonfinite: (N,) bool, inputs with NaN or infinite values (``predict(nonfinite="flag")``): flagged,
+            ``p⁻`` 1, label -1 and NaN logits, as nothing was scored.
     """
 
     label: torch.Tensor
@@ -50,17 +52,20 @@ class Prediction:
     detection: DetectResult
     f_label: torch.Tensor
     rectified_label: torch.Tensor
+    nonfinite: torch.Tensor | None = None
 
     @property
     def flagged(self) -> torch.Tensor:
-        """(N,) bool: flagged, so the rectifier answered (``f`` answered the others)."""
-        return self.detection.flagged
+        """(N,) bool: flagged, so the rectifier answered (``f`` answered the others); non-finite inputs are flagged."""
+        return self.detection.flagged if self.nonfinite is None else self.detection.flagged | self.nonfinite
 
     @property
     def adversarial_scores(self) -> dict[str, torch.Tensor]:
-        """``p⁻`` (N,) of every detector by name, and of the ensemble as ``"gcd"``."""
-        scores = {name: p[:, ADVERSARIAL] for name, p in self.detection.p_each.items()}
-        return scores | {"gcd": self.detection.p[:, ADVERSARIAL]}
+        """``p⁻`` (N,) of every detector by name, and of the ensemble as ``"gcd"`` (1 for non-finite inputs)."""
+        scores = {name: p[:, ADVERSARIAL] for name, p in self.detection.p_each.items()} | {"gcd": self.detection.p[:, ADVERSARIAL]}
+        if self.nonfinite is None:
+            return scores
+        return {name: score.masked_fill(self.nonfinite, 1.0) for name, score in scores.items()}
 
 
 class GCD(nn.Module):
@@ -127,14 +132,33 @@ class GCD(nn.Module):
         """Class logits (N, L): ``f(x)`` for inputs detected benign, the rectifier's for flagged ones."""
         return self.predict(x).logits
 
-    def predict(self, x: torch.Tensor) -> Prediction:
+    def predict(self, x: torch.Tensor, nonfinite: str = "refuse") -> Prediction:
         """The defended prediction of a batch with everything that led to it.
 
         One pass of ``f`` with its input gradient gives both ``f``'s prediction and ``G(x, ŷ)``,
         which detectors that read only ``G`` (``DET_IS``) take from there; the rectifier (and the
         saliency that guides it) runs on the flagged inputs only. Inputs pass ``check_inputs``
         first (float images in [0, 1], finite, of ``input_shape``) and are cast to ``f``'s dtype.
+
+        ``nonfinite``: ``"refuse"`` (an input with NaN or infinite values raises), or ``"flag"``:
+        such inputs are flagged as adversarial and get no label (``Prediction.nonfinite``), the
+        others are answered as usual. Never are they scored as clean.
         """
+        if nonfinite not in ("refuse", "flag"):
+            raise ValueError(f"GCD.predict: nonfinite={nonfinite!r}; choose 'refuse' or 'flag'")
+        bad = None
+        if nonfinite == "flag" and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4:
+            bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+            x = torch.where(bad[:, None, None, None], torch.zeros_like(x), x)  # a placeholder, never reported
+        prediction = self._predict(x)
+        if bad is None:
+            return prediction
+        bad = bad.to(prediction.label.device)
+        no_label = lambda labels: labels.masked_fill(bad, -1)  # noqa: E731
+        return Prediction(no_label(prediction.label), prediction.logits.masked_fill(bad[:, None], float("nan")),
+                          prediction.detection, no_label(prediction.f_label), no_label(prediction.rectified_label), bad)
+
+    def _predict(self, x: torch.Tensor) -> Prediction:
         check_inputs(x, self.input_shape)
         self._check_eval()
         if self.rectifier is None:
