@@ -197,3 +197,14 @@ def test_report_warns_when_f_is_near_chance():
     assert "WARNING" not in render(base, "ok")
     text = render(base | {"classifier.test_acc": 0.11}, "untrained")
     assert "**WARNING** f's test accuracy 0.1100 is below 2× chance (1/10)" in text
+
+
+def test_table2_gets_a_column_pair_per_baseline_with_the_papers_number():
+    with_baselines = {**GREY, "detector.auc.mds": 0.7, "detector.auc.gnorm": 0.99}
+    columns, rows = table2([Run("mnist", "pgd_untargeted", "greybox", with_baselines),
+                            Run("mnist", "cw_targeted", "greybox", GREY)])
+    assert columns[-4:] == ["DET_MDS", "DET_MDS paper", "‖G‖₂", "‖G‖₂ paper"]  # the paper's baselines first
+    first, second = (dict(zip(columns, row)) for row in rows)
+    assert (first["DET_MDS"], first["DET_MDS paper"], first["‖G‖₂"], first["‖G‖₂ paper"]) == (0.7, 0.89, 0.99, None)
+    assert (second["DET_MDS"], second["DET_MDS paper"]) == (None, 0.93)  # a run without it: n/a beside the paper
+    assert table2([Run("mnist", "pgd_untargeted", "greybox", GREY)])[0][-1] == "GCD paper"

@@ -24,7 +24,6 @@ import copy
 
 import torch
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc
 
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
@@ -34,6 +33,7 @@ from gcd_lightning.defense.sensitivity import input_sensitivity
 from gcd_lightning.pipeline.components import ensemble_saliency, gcd_batch, run_gcd
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.reporting import figures
+from gcd_lightning.scoring import auc
 from gcd_lightning.utils.files import save_torch
 
 TABLE1_FRACTIONS = (0.05, 0.10)
@@ -92,13 +92,6 @@ def saliency_ablation(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> di
             success = pred == labels if targeted else pred != labels
             metrics[f"table1.success.{name}{round(fraction * 100)}"] = success.float().mean().item()
     return metrics
-
-
-def auc(score_clean: torch.Tensor, score_adv: torch.Tensor) -> float:
-    """AUROC of telling adversarial (positive) from clean inputs by a score."""
-    scores = torch.cat([score_clean, score_adv])
-    labels = torch.cat([torch.zeros(len(score_clean)), torch.ones(len(score_adv))]).long()
-    return binary_auroc(scores, labels).item()
 
 
 def mask_draws(gcd: GCD, adv_test: AdversarialSet, first: torch.Tensor, batch_size: int, seed: int, draws: int) -> dict[str, float]:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gcd_lightning import distributed
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
+from gcd_lightning.pipeline.baselines_stage import run_baselines_stage
 from gcd_lightning.pipeline.checks import check_config
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.components import build_gcd, export_run_defense
@@ -136,6 +137,8 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     if not stage.includes(Stage.EVALUATE):
         return metrics
     metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
+    _, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
+    metrics.update(baseline_metrics)
     if ctx.cfg.threat.name == "whitebox":
         metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test))
     return metrics

@@ -16,6 +16,22 @@ TABLE2 = {
     },
 }
 
+# Table 2's baseline detectors (AUC, grey-box) by our name: DET_sal, DET_PD, DET_TWS, DET_MDS.
+TABLE2_BASELINES = {
+    "mnist": {
+        "fgsm_untargeted": {"sal": 1.00, "pd": 1.00, "tws": 0.73, "mds": 0.81},
+        "pgd_untargeted": {"sal": 1.00, "pd": 1.00, "tws": 0.75, "mds": 0.89},
+        "pgd_targeted": {"sal": 1.00, "pd": 1.00, "tws": 0.93, "mds": 0.90},
+        "deepfool_untargeted": {"sal": 1.00, "pd": 0.98, "tws": 0.99, "mds": 0.87},
+        "cw_untargeted": {"sal": 1.00, "pd": 0.93, "tws": 0.95, "mds": 0.89},
+        "cw_targeted": {"sal": 1.00, "pd": 0.98, "tws": 0.99, "mds": 0.93},
+        "ddn_untargeted": {"sal": 1.00, "pd": 0.98, "tws": 0.80, "mds": 0.89},
+        "ddn_targeted": {"sal": 1.00, "pd": 1.00, "tws": 1.00, "mds": 0.95},
+    },
+}
+# the paper's column name of each baseline (ours without a published column keep their own name)
+BASELINE_COLUMNS = {"sal": "DET_sal", "pd": "DET_PD", "tws": "DET_TWS", "mds": "DET_MDS", "gnorm": "‖G‖₂", "squeeze": "Squeeze"}
+
 # Table 5: accuracy of GCD ("Our") and of the base model F, on clean images and under each attack.
 TABLE5 = {
     "mnist": {

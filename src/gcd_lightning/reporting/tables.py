@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.reporting.paper import TABLE2, TABLE3, TABLE5
+from gcd_lightning.reporting.paper import BASELINE_COLUMNS, TABLE2, TABLE2_BASELINES, TABLE3, TABLE5
 
 Table = tuple[list[str], list[list]]
 """A table's columns and its rows."""
@@ -95,16 +95,33 @@ def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
     return None if values is None else values[column]
 
 
+def baseline_names(runs: Sequence[Run]) -> list[str]:
+    """The baseline detectors scored in any of ``runs`` (``detector.auc.<name>`` beside GCD's), the paper's first."""
+    own = {"org", "is", "gcd"}
+    found = {key.split(".")[2] for run in runs for key in run.metrics if key.startswith("detector.auc.")} - own
+    return sorted(found, key=lambda name: (list(BASELINE_COLUMNS).index(name) if name in BASELINE_COLUMNS else len(BASELINE_COLUMNS), name))
+
+
 def table2(runs: Sequence[Run]) -> Table:
-    """Grey-box detection AUC and f's accuracy under attack, ours and the paper's; a row per data set and attack."""
+    """Grey-box detection AUC and f's accuracy under attack, ours and the paper's; a row per data set and attack.
+
+    After GCD's columns, one pair per baseline detector scored in any run (``baseline=[...]``).
+    """
+    names = baseline_names(runs)
     columns = ["dataset", "attack", "F", "F paper", "DET_org", "DET_org paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper"]
+    for name in names:
+        column = BASELINE_COLUMNS.get(name, name)
+        columns += [column, f"{column} paper"]
     rows = []
     for run in runs:
         dataset, attack, m = run.dataset, run.attack, run.metrics
         if "detector.auc.gcd" not in m or any(r[:2] == [dataset, attack] for r in rows):
             continue
         ours = (m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"])
-        rows.append([dataset, attack, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))])
+        row = [dataset, attack, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))]
+        for name in names:
+            row += [m.get(f"detector.auc.{name}"), TABLE2_BASELINES.get(dataset, {}).get(attack, {}).get(name)]
+        rows.append(row)
     return columns, rows
 
 
