@@ -208,3 +208,11 @@ def test_table2_gets_a_column_pair_per_baseline_with_the_papers_number():
     assert (first["DET_MDS"], first["DET_MDS paper"], first["‖G‖₂"], first["‖G‖₂ paper"]) == (0.7, 0.89, 0.99, None)
     assert (second["DET_MDS"], second["DET_MDS paper"]) == (None, 0.93)  # a run without it: n/a beside the paper
     assert table2([Run("mnist", "pgd_untargeted", "greybox", GREY)])[0][-1] == "GCD paper"
+
+
+def test_table3_gets_a_rate_per_attacked_baseline():
+    white = {**WHITE, "whitebox.success.det_mds": 0.5, "whitebox.success_ci.det_mds.low": 0.4, "whitebox.success_ci.det_mds.high": 0.6}
+    columns, (row,) = table3([Run("mnist", "pgd_untargeted", "whitebox", white)])
+    row = dict(zip(columns, row))
+    assert (row["DET_MDS"], row["DET_MDS_low"], row["DET_MDS_high"]) == (0.5, 0.4, 0.6)
+    assert "DET_MDS" not in table3([Run("mnist", "pgd_untargeted", "whitebox", WHITE)])[0]

@@ -455,3 +455,20 @@ def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_
     again = run(rerun_config(cfg, tmp_path / "baselines_again"))
     assert all(again[f"baseline.cached.{name}"] == 1.0 for name in ("gnorm", "squeeze", "mds"))
     assert {k: v for k, v in again.items() if k.startswith("detector.")} == {k: v for k, v in metrics.items() if k.startswith("detector.")}
+
+
+def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path):
+    tmp, first_cfg, _ = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "whitebox_baseline")
+    with open_dict(cfg):
+        cfg.threat = compose_config(["threat=whitebox"], tmp).threat
+        cfg.baseline = compose_config(["baseline=[squeeze]"], tmp).baseline
+    metrics = run(shrink_whitebox(cfg))
+    variants = [v for k, v in metrics.items() if k.startswith("whitebox.variant.det_squeeze.")]
+    assert len(variants) >= 4 and metrics["whitebox.success.det_squeeze"] >= max(variants) - 1e-6  # float32 means
+    assert metrics["whitebox.linf_max.det_squeeze"] <= cfg.dataset.linf_eps + 1e-6
+    low, high = metrics["whitebox.success_ci.det_squeeze.low"], metrics["whitebox.success_ci.det_squeeze.high"]
+    assert low <= metrics["whitebox.success.det_squeeze"] <= high
+    report = (tmp_path / "whitebox_baseline" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
+    assert "| Squeeze |" in header

@@ -137,10 +137,10 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     if not stage.includes(Stage.EVALUATE):
         return metrics
     metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
-    _, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
+    baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
     if ctx.cfg.threat.name == "whitebox":
-        metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test))
+        metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))
     return metrics
 
 

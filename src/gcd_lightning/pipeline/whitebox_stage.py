@@ -44,13 +44,14 @@ from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, robust_accuracy, stack, strongest
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
+from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.intervals import mean_interval, rate_interval
 from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
 from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
 from gcd_lightning.pipeline.components import run_gcd
-from gcd_lightning.utils.hashing import spec_hash
+from gcd_lightning.utils.hashing import spec_hash, state_dict_hash
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
@@ -121,8 +122,13 @@ def run_whitebox_stage(
     rectifier_id: str,
     detectors_id: str,
     adv_test: AdversarialSet,
+    baselines: dict[str, Detector] | None = None,
 ) -> dict[str, float]:
-    """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics."""
+    """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics.
+
+    ``baselines`` (``baseline=[...]``): more detectors, each a target ``det_<name>`` of its own
+    attacked like ``DET_org`` and ``DET_IS`` (keyed in the cache by its fitted state).
+    """
     cfg, threat = ctx.cfg, ctx.cfg.threat  # checked by run() before any training (check_threat)
     adaptive = threat.adaptive
     num_classes, targeted, bs, seed = cfg.dataset.num_classes, bool(cfg.attack.targeted), threat.batch_size, cfg.seed
@@ -135,7 +141,10 @@ def run_whitebox_stage(
     eps = float(cfg.attack.eps) if norm is Norm.LINF else float(adaptive.l2_eps)
 
     classifier = gcd.classifier
-    parts = {f"det_{d.name}": [d] for d in gcd.detectors} | {"gcd": list(gcd.detectors)}
+    baselines = baselines or {}
+    parts = ({f"det_{d.name}": [d] for d in gcd.detectors} | {f"det_{name}": [d] for name, d in baselines.items()}
+             | {"gcd": list(gcd.detectors)})
+    part_ids = {f"det_{name}": {"baseline": [state_dict_hash(d), cfg.baseline[name]]} for name, d in baselines.items()}
     guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}
     judge_objective = HingeEvasion(num_classes, 0.0, 1.0, targeted)
 
@@ -208,7 +217,8 @@ def run_whitebox_stage(
     }
 
     def run_variant(target_name: str, variant: Variant) -> AdversarialSet:
-        spec = {**base_spec, **variant.spec, "target": target_name, "variant": variant.name, "cw": cw_budget(ctx)}
+        spec = {**base_spec, **variant.spec, "target": target_name, "variant": variant.name, "cw": cw_budget(ctx),
+                **part_ids.get(target_name, {})}
         path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{target_name}_{variant.name}_{spec_hash(spec)}.pt"
         return cached(path, spec, lambda: build(variant, f"{target_name} {variant.name}"))[0]
 

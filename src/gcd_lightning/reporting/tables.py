@@ -95,11 +95,12 @@ def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
     return None if values is None else values[column]
 
 
-def baseline_names(runs: Sequence[Run]) -> list[str]:
-    """The baseline detectors scored in any of ``runs`` (``detector.auc.<name>`` beside GCD's), the paper's first."""
-    own = {"org", "is", "gcd"}
-    found = {key.split(".")[2] for run in runs for key in run.metrics if key.startswith("detector.auc.")} - own
-    return sorted(found, key=lambda name: (list(BASELINE_COLUMNS).index(name) if name in BASELINE_COLUMNS else len(BASELINE_COLUMNS), name))
+def baseline_names(runs: Sequence[Run], prefix: str) -> list[str]:
+    """The baseline detectors in any of ``runs``: the ``<name>`` of metric keys ``<prefix><name>`` other than
+    GCD's own (``org``, ``is``, ``gcd``), the paper's baselines first."""
+    found = {key[len(prefix):] for run in runs for key in run.metrics if key.startswith(prefix)} - {"org", "is", "gcd"}
+    order = list(BASELINE_COLUMNS)
+    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def table2(runs: Sequence[Run]) -> Table:
@@ -107,7 +108,7 @@ def table2(runs: Sequence[Run]) -> Table:
 
     After GCD's columns, one pair per baseline detector scored in any run (``baseline=[...]``).
     """
-    names = baseline_names(runs)
+    names = baseline_names(runs, "detector.auc.")
     columns = ["dataset", "attack", "F", "F paper", "DET_org", "DET_org paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper"]
     for name in names:
         column = BASELINE_COLUMNS.get(name, name)
@@ -195,10 +196,13 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     ``with_wilson``): with ``cells=False`` (the CSV, W&B) as ``<column>_low`` / ``<column>_high`` columns
     after the rate, with ``cells=True`` (Markdown) in the rate's cell, ``rate [low, high]``
     (``with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
-    (runs from before them) give ``n/a``.
+    (runs from before them) give ``n/a``. A baseline detector attacked in any run (``det_<name>``)
+    adds its rate after GCD's.
     """
+    rates = [*TABLE3_RATES, *(Rate(BASELINE_COLUMNS.get(name, name), f"whitebox.success.det_{name}",
+                                   f"whitebox.success_ci.det_{name}") for name in baseline_names(runs, "whitebox.success.det_"))]
     columns = ["dataset", "attack", "threat", "n"]
-    for rate in TABLE3_RATES:
+    for rate in rates:
         columns.append(rate.column)
         columns += [] if cells else [f"{rate.column}_low", f"{rate.column}_high"]
         columns += [] if rate.paper is None else [f"{rate.column} paper"]
@@ -209,7 +213,7 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
             continue
         m = with_wilson(run.metrics)
         row = [run.dataset, run.attack, run.threat, str(int(m["whitebox.n"]))]
-        for rate in TABLE3_RATES:
+        for rate in rates:
             if cells:
                 row.append(with_interval(m, rate.key, rate.interval) if rate.key in m else None)
             else:
