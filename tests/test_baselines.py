@@ -11,6 +11,9 @@ from torchmetrics.functional.classification import binary_auroc
 from gcd_lightning.defense.baselines import FeatureSqueezing, FitData, Mahalanobis, SensitivityNorm
 from gcd_lightning.defense.baselines.mahalanobis import class_gaussians, default_layers, mahalanobis_confidence
 from gcd_lightning.defense.baselines.squeezing import median_filter, reduce_bit_depth
+from gcd_lightning.defense.detector import SubDetector
+from gcd_lightning.defense.sensitivity import logit_saliency
+from gcd_lightning.whitebox.surrogate import SurrogateGradient
 from gcd_lightning.models import SmallCNN, normalized
 from gcd_lightning.scoring import threshold_at_fpr, tpr_at_fpr
 from torch.utils.data import TensorDataset
@@ -160,3 +163,30 @@ def test_threshold_at_fpr_leaves_that_share_of_clean_scores_above():
     with pytest.raises(ValueError, match="fpr must lie in"):
         threshold_at_fpr(scores, 0.0)
     assert tpr_at_fpr(scores, torch.tensor([940.0, 960.0, 990.0, 10.0]), 0.05) == 0.5
+
+
+def test_det_sal_reads_the_saliency_map_and_an_attack_reaches_through_it():
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(5, 1, 4, 4)
+    top = linear(x).argmax(1)
+    assert torch.allclose(logit_saliency(linear, x), linear[1].weight[top].view(5, 1, 4, 4))  # ∂z_ŷ/∂x = W[ŷ]
+    smooth_f = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    body = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    detector = SubDetector(body, "sal", classifier=smooth_f).eval()
+    assert detector.name == "sal"
+    probe = x.clone().requires_grad_(True)
+    detector(probe)[:, 1].sum().backward()
+    assert probe.grad.abs().sum() > 0  # double backprop through a smooth f
+    relu_f = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    exact = SubDetector(body, "sal", classifier=relu_f).eval()
+    probe = x.clone().requires_grad_(True)
+    exact(probe)[:, 1].sum().backward()
+    assert probe.grad.abs().sum() == 0  # a ReLU f's saliency is piecewise constant: the exact gradient is zero
+    smoothed = SurrogateGradient(exact, beta=10.0)
+    probe = x.clone().requires_grad_(True)
+    assert torch.allclose(smoothed(probe), exact(x))  # the surrogate's forward value is exact
+    smoothed(probe)[:, 1].sum().backward()
+    assert probe.grad.abs().sum() > 0  # ... and its backward pass sees through the kinks
+    with pytest.raises(ValueError, match="kind=sal"):
+        SubDetector(body, "sal")

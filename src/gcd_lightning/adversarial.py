@@ -162,6 +162,18 @@ def pair_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, to
     return order[n_val:], order[:n_val]
 
 
+def detection_pairs(clean: torch.Tensor, adv: AdversarialSet, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set of eq. 7: clean images (label 0) and the successful attacks on them (label 1).
+
+    Unsuccessful attacks are left out: a minimal-norm attack that fails returns the clean image,
+    which would then carry both labels.
+    """
+    won = rows[adv.success[rows]]
+    x = torch.cat([clean[rows], adv.x_adv[won]])
+    label = torch.cat([torch.zeros(len(rows)), torch.ones(len(won))]).long()
+    return x, label
+
+
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example L2 and L∞ norms of ``x_adv - x``."""
     delta = (x_adv - x).flatten(1)

@@ -12,7 +12,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
-from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
+from gcd_lightning.defense.sensitivity import input_sensitivity, logit_saliency, sensitivity_features
 from gcd_lightning.optim import OptimizerFactory, SchedulerFactory, configure_optimizers
 
 
@@ -21,6 +21,7 @@ class DetectorInput(str, enum.Enum):
 
     PIXELS = "org"  # DET_org: the image itself (eq. 9)
     SENSITIVITY = "is"  # DET_IS: the scaled input sensitivity G(x, ŷ) of the classifier (eq. 8)
+    SALIENCY = "sal"  # DET_sal (Zhang et al. 2018, a Table 2 baseline): the saliency map ∂z_ŷ/∂x of the classifier
 
 
 class SubDetector(pl.LightningModule, Detector):
@@ -60,8 +61,8 @@ class SubDetector(pl.LightningModule, Detector):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["body", "classifier"])
         self.kind = DetectorInput(kind)
-        if self.kind is DetectorInput.SENSITIVITY and classifier is None:
-            raise ValueError("SubDetector: a sensitivity detector (DET_IS) needs the protected classifier f")
+        if self.kind is not DetectorInput.PIXELS and classifier is None:
+            raise ValueError(f"SubDetector: a {self.kind.name.lower()} detector (kind={self.kind.value}) needs the protected classifier f")
         if self.kind is DetectorInput.PIXELS:
             classifier = None
         if classifier is not None:
@@ -95,7 +96,20 @@ class SubDetector(pl.LightningModule, Detector):
         if self.kind is DetectorInput.PIXELS:
             return x
         create_graph = x.requires_grad and torch.is_grad_enabled()
-        return sensitivity_features(input_sensitivity(self.classifier, x, create_graph=create_graph))
+        return self.representation(self.gradient_map(self.classifier, x, create_graph=create_graph))
+
+    def gradient_map(self, model: nn.Module, x: torch.Tensor, y_hat: torch.Tensor | None = None,
+                     create_graph: bool = False) -> torch.Tensor:
+        """The input gradient of ``model`` this detector reads: ``G`` (``DET_IS``) or the saliency map (``DET_sal``)."""
+        if self.kind is DetectorInput.SALIENCY:
+            return logit_saliency(model, x, y_hat, create_graph=create_graph)
+        if self.kind is DetectorInput.SENSITIVITY:
+            return input_sensitivity(model, x, y_hat, create_graph=create_graph)
+        raise ValueError("gradient_map: DET_org reads the pixels, no gradient of the classifier")
+
+    def representation(self, gradient: torch.Tensor) -> torch.Tensor:
+        """What the body reads of the gradient map: ``sensitivity_features(G)`` (eq. 8), the saliency map as it is."""
+        return sensitivity_features(gradient) if self.kind is DetectorInput.SENSITIVITY else gradient
 
     @property
     def name(self) -> str:

@@ -72,6 +72,23 @@ def input_sensitivity(
     return grad if create_graph else grad.detach()
 
 
+def logit_saliency(
+    model: nn.Module, x: torch.Tensor, y_hat: torch.Tensor | None = None, create_graph: bool = False
+) -> torch.Tensor:
+    """The saliency map ``∂z_ŷ(x)/∂x`` of ``f``'s logit for its own prediction ``ŷ`` (Simonyan et al. 2014),
+    the input of ``DET_sal`` (Zhang, Yang & Ye 2018). Unlike ``G`` (eq. 8) it does not vanish where ``f``
+    is confident. ``y_hat`` and ``create_graph`` as in ``input_sensitivity``."""
+    if model.training:
+        raise RuntimeError("logit_saliency: the model is in train mode (batch statistics mix examples); call eval()")
+    with input_gradients_enabled():
+        inputs = x if create_graph and x.requires_grad else x.detach().clone().requires_grad_(True)
+        logits = model(inputs)
+        labels = logits.argmax(dim=1) if y_hat is None else y_hat
+        top = logits.gather(1, labels[:, None]).sum()
+        (grad,) = torch.autograd.grad(top, inputs, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
+
+
 def sensitivity_features(g: torch.Tensor, tau: float = SENSITIVITY_SCALE) -> torch.Tensor:
     """The input of ``DET_IS`` (eq. 8): the signed log scaling ``asinh(G / τ)``, elementwise.
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, detection_pairs
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.export import export_defense
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.models import normalized
 from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.training import fit_best
 from gcd_lightning.utils.hashing import to_plain
 
 
@@ -49,18 +52,33 @@ def build_model(ctx: RunContext, net: DictConfig | None = None) -> nn.Module:
     return normalized(hydra.utils.instantiate(net), ctx.cfg.dataset.mean, ctx.cfg.dataset.std)
 
 
-def build_detector(ctx: RunContext, name: str, classifier: nn.Module) -> Detector:
-    """The untrained detector ``defense.detectors.<name>``, with the ``detector`` group's body and optimizer."""
+def build_detector(ctx: RunContext, spec: DictConfig, classifier: nn.Module) -> Detector:
+    """The untrained detector of ``spec`` (an entry of ``defense.detectors`` or ``baseline``) on ``f``;
+    a trained one (a LightningModule such as ``SubDetector``) gets the ``detector`` group's body and optimizer."""
     cfg = ctx.cfg
-    detector = hydra.utils.instantiate(
-        cfg.defense.detectors[name],
-        body=hydra.utils.instantiate(cfg.detector.body),
-        optimizer=hydra.utils.instantiate(cfg.detector.optimizer),
-        classifier=classifier,
+    trained = issubclass(hydra.utils.get_class(spec._target_), pl.LightningModule)
+    parts = {"body": hydra.utils.instantiate(cfg.detector.body), "optimizer": hydra.utils.instantiate(cfg.detector.optimizer)}
+    return hydra.utils.instantiate(spec, classifier=classifier, **(parts if trained else {}))
+
+
+def train_detector(ctx: RunContext, detector: Detector, clean: torch.Tensor, adv_train: AdversarialSet,
+                   rows: tuple[torch.Tensor, torch.Tensor], resume: Path, what: str) -> dict[str, float]:
+    """Train a detector LightningModule on the pairs of eq. 7 (``rows``: training and validation rows of
+    ``adv_train``), keeping the epoch of best validation AUC; returns its summary."""
+    cfg = ctx.cfg
+    train_rows, val_rows = rows
+    best, seconds = fit_best(
+        ctx,
+        detector,
+        detection_pairs(clean, adv_train, train_rows),
+        detection_pairs(clean, adv_train, val_rows),
+        max_epochs=cfg.detector.max_epochs,
+        batch_size=cfg.detector.batch_size,
+        monitor="val/auc",
+        resume=resume,
+        what=what,
     )
-    if detector.name != name:
-        raise ValueError(f"defense.detectors.{name} builds a detector named {detector.name!r}; name the entry {detector.name!r}")
-    return detector
+    return {"val_auc": best, "train_seconds": seconds}
 
 
 def build_gcd(ctx: RunContext, classifier: nn.Module, detectors: dict[str, Detector], rectifier_network: nn.Module) -> GCD:

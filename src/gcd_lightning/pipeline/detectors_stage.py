@@ -9,27 +9,15 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
+from gcd_lightning.adversarial import AdversarialSet, detection_pairs, pair_split, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.pipeline.cache import load_or_train
-from gcd_lightning.pipeline.components import build_detector
+from gcd_lightning.pipeline.components import build_detector, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
-from gcd_lightning.pipeline.training import fit_best, seed_stage
+from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.utils.hashing import spec_hash
-
-
-def detection_pairs(clean: torch.Tensor, adv: AdversarialSet, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The data set of eq. 7: clean images (label 0) and the successful attacks on them (label 1).
-
-    Unsuccessful attacks are left out: a minimal-norm attack that fails returns the clean image,
-    which would then carry both labels.
-    """
-    won = rows[adv.success[rows]]
-    x = torch.cat([clean[rows], adv.x_adv[won]])
-    label = torch.cat([torch.zeros(len(rows)), torch.ones(len(won))]).long()
-    return x, label
 
 
 def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> Path:
@@ -61,22 +49,13 @@ def run_detectors_stage(
     metrics: dict[str, float] = {}
     for name in cfg.defense.detectors:
         seed_stage(cfg.seed, f"detector {name}")  # before the detector's random initialisation
-        detector = detectors[name] = build_detector(ctx, name, classifier)
+        detector = detectors[name] = build_detector(ctx, cfg.defense.detectors[name], classifier)
+        if detector.name != name:
+            raise ValueError(f"defense.detectors.{name} builds a detector named {detector.name!r}; name the entry {detector.name!r}")
         weights = detector_file(folder, name, cfg.defense.detectors[name])
 
         def train(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
-            best, seconds = fit_best(
-                ctx,
-                detector,
-                detection_pairs(clean, adv_train, train_rows),
-                detection_pairs(clean, adv_train, val_rows),
-                max_epochs=cfg.detector.max_epochs,
-                batch_size=cfg.detector.batch_size,
-                monitor="val/auc",
-                resume=resume,
-                what=f"detector {name}",
-            )
-            return {"val_auc": best, "train_seconds": seconds}
+            return train_detector(ctx, detector, clean, adv_train, (train_rows, val_rows), resume, f"detector {name}")
 
         summary, cached = load_or_train(detector, weights, weights.with_suffix(".json"), train, f"detector {name}")
         detector.eval().to(ctx.device)

@@ -18,7 +18,7 @@ strongest result (``strongest``), judged by the real decision rule:
   every detector's logit gap, confidence κ), once per β of ``threat.adaptive.betas``;
 * ``orthogonal`` / ``selective`` / ``joint``: ``AdaptivePGD`` (Bryniarski et al. 2022) at the
   attack's norm and budget (L2 attacks: ``threat.adaptive.l2_eps``), best iterate, restarts;
-* ``surrogate``: orthogonal PGD with ``DET_IS``'s backward pass through a softplus copy of ``f``
+* ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
   (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
 
 Around them: fixed-budget robustness of GCD (success and robust accuracy at each L∞ and L2 ε of
@@ -92,8 +92,9 @@ def check_threat(threat: DictConfig) -> None:
 
 
 def reads_sensitivity(detector: nn.Module) -> bool:
-    """Whether ``detector`` is a ``DET_IS``, whose backward pass ``SurrogateGradient`` can smooth."""
-    return isinstance(detector, SubDetector) and detector.kind is DetectorInput.SENSITIVITY
+    """Whether ``detector`` reads an input gradient of ``f`` (``DET_IS``, ``DET_sal``), whose backward pass
+    ``SurrogateGradient`` can smooth."""
+    return isinstance(detector, SubDetector) and detector.kind is not DetectorInput.PIXELS
 
 
 def smoothed(classifier: nn.Module, detectors: list[nn.Module], beta: float | None) -> GuardedClassifier | None:

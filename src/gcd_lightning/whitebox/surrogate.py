@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
-from gcd_lightning.defense.sensitivity import input_sensitivity, sensitivity_features
 
 
 def softplus_copy(model: nn.Module, beta: float) -> nn.Module:
@@ -37,21 +36,22 @@ def softplus_copy(model: nn.Module, beta: float) -> nn.Module:
 
 
 class SurrogateGradient(nn.Module):
-    """``DET_IS`` with its exact outputs and the input gradient of a smooth surrogate of ``f``.
+    """A detector that reads an input gradient of ``f`` (``DET_IS``, ``DET_sal``) with its exact outputs
+    and the input gradient of a smooth surrogate of ``f``.
 
-    The features are ``asinh(G/τ)`` of ``G_s + (G − G_s).detach()``: the forward value is the
-    exact ``G`` of ``f``, the gradient that of ``G_s``, the sensitivity of ``softplus_copy(f)``,
-    both at ``f``'s own prediction ``ŷ``.
+    The body reads the representation (``asinh(G/τ)`` for ``DET_IS``) of ``G_s + (G − G_s).detach()``:
+    the forward value is the exact gradient map ``G`` of ``f``, the gradient that of ``G_s``, the map
+    of ``softplus_copy(f)``, both at ``f``'s own prediction ``ŷ``.
 
     Args:
-        detector: a trained ``DET_IS`` (``SubDetector`` of kind ``"is"``).
+        detector: a trained ``SubDetector`` of kind ``"is"`` or ``"sal"``.
         beta: the softplus sharpness; larger is closer to ReLU.
     """
 
     def __init__(self, detector: SubDetector, beta: float) -> None:
         super().__init__()
-        if detector.kind is not DetectorInput.SENSITIVITY:
-            raise ValueError("SurrogateGradient: only DET_IS (kind 'is') reads the classifier's gradient")
+        if detector.kind is DetectorInput.PIXELS:
+            raise ValueError("SurrogateGradient: DET_org reads the pixels, not the classifier's gradient")
         self.detector = detector
         self.smooth = softplus_copy(detector.classifier, beta)
         self.eval()
@@ -62,6 +62,6 @@ class SurrogateGradient(nn.Module):
         classifier = self.detector.classifier
         with torch.no_grad():
             y_hat = classifier(x).argmax(dim=1)  # both sensitivities at f's own prediction
-        exact = input_sensitivity(classifier, x, y_hat)
-        smooth = input_sensitivity(self.smooth, x, y_hat, create_graph=True)
-        return self.detector.body(sensitivity_features(smooth + (exact - smooth).detach()))
+        exact = self.detector.gradient_map(classifier, x, y_hat)
+        smooth = self.detector.gradient_map(self.smooth, x, y_hat, create_graph=True)
+        return self.detector.body(self.detector.representation(smooth + (exact - smooth).detach()))
