@@ -472,3 +472,21 @@ def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path
     report = (tmp_path / "whitebox_baseline" / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
     assert "| Squeeze |" in header
+
+
+def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_path):
+    tmp, first_cfg, first_metrics = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "transfer")
+    with open_dict(cfg):
+        cfg.evaluate.transfer_attacks = ["pgd_targeted", "fgsm_untargeted"]
+        cfg.baseline = compose_config(["baseline=[gnorm]"], tmp).baseline
+    metrics = run(cfg)
+    # on its own attack's test pairs the transfer row is the run's own Table 2 figure
+    for name in ("org", "is", "gcd", "gnorm"):
+        assert metrics[f"transfer.auc.{name}.pgd_targeted"] == pytest.approx(metrics[f"detector.auc.{name}"], abs=1e-6)
+        assert 0.0 <= metrics[f"transfer.auc.{name}.fgsm_untargeted"] <= 1.0
+        assert metrics[f"transfer.tpr_at_fpr.{name}.fgsm_untargeted.0.01"] <= metrics[f"transfer.tpr_at_fpr.{name}.fgsm_untargeted.0.05"]
+    assert metrics["transfer.n_successful.fgsm_untargeted"] > 0
+    assert len(list((Path(cfg.paths.cache_dir) / "adversarial").glob("mnist_fgsm_untargeted_test_*.pt"))) == 1
+    assert not list((Path(cfg.paths.cache_dir) / "adversarial").glob("mnist_fgsm_untargeted_train_*.pt"))  # test sets only
+    assert metrics["detector.auc.gcd"] == first_metrics["detector.auc.gcd"]

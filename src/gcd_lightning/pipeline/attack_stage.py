@@ -43,14 +43,14 @@ def adversarial_path(ctx: RunContext, spec: dict) -> Path:
 
 
 def run_attack_stage(
-    ctx: RunContext, model: nn.Module, classifier_id: str
+    ctx: RunContext, model: nn.Module, classifier_id: str, splits: tuple[str, ...] = SPLITS
 ) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
-    """Build or load the adversarial set of each split; returns each set with its file, and flat metrics."""
+    """Build or load the adversarial set of each split of ``splits``; returns each set with its file, and flat metrics."""
     cfg = ctx.cfg
     attack = hydra.utils.instantiate(cfg.attack.attack)(model=model)
     sets: dict[str, tuple[AdversarialSet, Path]] = {}
     metrics: dict[str, float] = {}
-    for split in SPLITS:
+    for split in splits:
         spec = adversarial_spec(ctx, split, classifier_id)
 
         def build(split: str = split) -> AdversarialSet:

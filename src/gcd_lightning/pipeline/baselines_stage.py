@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines import FitData, ScoredDetector
 from gcd_lightning.pipeline.cache import load_or_train
-from gcd_lightning.pipeline.components import build_detector, train_detector
+from gcd_lightning.pipeline.components import build_detector, gap_scores, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, tpr_at_fpr
@@ -54,18 +53,6 @@ def fit_data(ctx: RunContext, clean: torch.Tensor, adv_train: AdversarialSet, ro
     won = train_rows[adv_train.success[train_rows]]
     return FitData(clean=clean[train_rows], adversarial=adv_train.x_adv[won], clean_val=clean[val_rows],
                    train=ctx.datamodule.dataset("train"), batch_size=ctx.cfg.adversarial.batch_size)
-
-
-def gap_scores(detector: Detector, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """(N,) the detector's logit gap ``adversarial − benign`` of every image (detectors that read an input
-    gradient take it themselves), on the CPU; a DDP run shares the batches between its ranks."""
-
-    def gap(_: int, rows: slice) -> torch.Tensor:
-        with torch.no_grad():
-            logits = detector(x[rows].to(device))
-        return (logits[:, 1] - logits[:, 0]).cpu()
-
-    return distributed.map_batches(gap, len(x), batch_size)
 
 
 def run_baselines_stage(

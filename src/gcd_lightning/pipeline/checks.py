@@ -13,7 +13,6 @@ import difflib
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,11 +20,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from gcd_lightning.pipeline.context import TRAIN_SOURCES
+from gcd_lightning.pipeline.context import CONF_DIR, TRAIN_SOURCES, attack_names
 from gcd_lightning.pipeline.whitebox_stage import check_threat
 
 Check = Callable[[object], bool]
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (a link to conf/ in a checkout)
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -161,5 +159,8 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Non
         hydra.utils.instantiate(cfg.attack.attack)(model=nn.Identity())
     except (ValueError, TypeError) as err:
         raise ValueError(f"attack={cfg.attack.name}: {err} (attack.* / dataset.linf_eps, pgd_step, pgd_steps)") from err
+    unknown = [name for name in cfg.evaluate.transfer_attacks if name not in attack_names()]
+    if unknown:
+        raise ValueError(f"evaluate.transfer_attacks: unknown attack(s) {unknown}; choose from {attack_names()}")
     if cfg.threat.name == "whitebox":
         check_threat(cfg.threat)

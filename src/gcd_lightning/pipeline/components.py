@@ -112,6 +112,32 @@ def run_gcd(gcd: GCD, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, 
     return distributed.map_batches(lambda _, rows: gcd_batch(gcd, x[rows]), len(x), batch_size, seed)
 
 
+def gap_scores(detector: Detector, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N,) the detector's logit gap ``adversarial − benign`` of every image (detectors that read an input
+    gradient take it themselves), on the CPU; a DDP run shares the batches between its ranks."""
+
+    def gap(_: int, rows: slice) -> torch.Tensor:
+        with torch.no_grad():
+            logits = detector(x[rows].to(device))
+        return (logits[:, 1] - logits[:, 0]).cpu()
+
+    return distributed.map_batches(gap, len(x), batch_size)
+
+
+def detection_scores(gcd: GCD, baselines: dict[str, Detector], x: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """(N,) scores of every detector, larger is more adversarial: ``p⁻`` of each of GCD's detectors and of
+    its ensemble (``gcd``, eq. 10-11; detection only, no rectifier), the logit gap of each baseline."""
+    device = next(gcd.parameters()).device
+
+    def detect(_: int, rows: slice) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            result = gcd.detect(x[rows].to(device))
+        return {name: p[:, ADVERSARIAL].cpu() for name, p in result.p_each.items()} | {"gcd": result.p[:, ADVERSARIAL].cpu()}
+
+    scores = distributed.map_batches(detect, len(x), batch_size)
+    return scores | {name: gap_scores(detector, x, batch_size, device) for name, detector in baselines.items()}
+
+
 def ensemble_saliency(gcd: GCD, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``|∂L_DET/∂x|`` (at "adversarial") of images from the detector that decides each (eq. 11), batch by batch.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gcd_lightning import distributed
 from gcd_lightning.data import fingerprint
@@ -46,6 +47,14 @@ def code_version(stage: str) -> dict[str, int]:
     return {} if version == 1 else {"code": version}
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (a link to conf/ in a checkout)
+
+
+def attack_names() -> list[str]:
+    """The attacks of the ``attack`` config group."""
+    return sorted(path.stem for path in (CONF_DIR / "attack").glob("*.yaml"))
+
+
 @dataclasses.dataclass
 class RunContext:
     """The composed config plus the objects built once per run."""
@@ -72,6 +81,15 @@ class RunContext:
             device=select_device(cfg.trainer.accelerator),
             loggers=loggers,
         )
+
+    def with_attack(self, name: str) -> RunContext:
+        """This run with the attack ``conf/attack/<name>.yaml`` instead of its own (same data, caches, f)."""
+        if name not in attack_names():
+            raise ValueError(f"unknown attack {name!r}; choose from {attack_names()}")
+        cfg = copy.deepcopy(self.cfg)
+        with open_dict(cfg):
+            cfg.attack = OmegaConf.load(CONF_DIR / "attack" / f"{name}.yaml")
+        return dataclasses.replace(self, cfg=cfg)
 
     def training_identity(self) -> dict[str, Any]:
         """The trainer settings of ``TRAINING_KEYS`` that this run sets (``+trainer.limit_train_batches=20`` ...).

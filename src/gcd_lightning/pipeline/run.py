@@ -20,6 +20,7 @@ from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
 from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
+from gcd_lightning.pipeline.transfer_stage import run_transfer_stage
 from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
 from gcd_lightning.reporting import wandb as wandb_report
 from gcd_lightning.reporting.report import write_report
@@ -139,6 +140,10 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
     baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
+    if ctx.cfg.evaluate.transfer_attacks:  # other attacks' test sets against the same f, from the cache or built
+        test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
+                     for name in ctx.cfg.evaluate.transfer_attacks}
+        metrics.update(run_transfer_stage(ctx, gcd, baselines, adv_train, test_sets))
     if ctx.cfg.threat.name == "whitebox":
         metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))
     return metrics

@@ -1,0 +1,47 @@
+"""Stage ``transfer`` (``evaluate.transfer_attacks=[...]``): detection of attacks the detectors never saw.
+
+A deployed detector does not know the attack. The run's detectors (GCD's, its ensemble, every
+baseline), trained or fitted on this run's attack, are scored on the test sets of other attacks
+against the same ``f`` (built or loaded from the cache by the attack stage, the driver's job):
+``transfer.auc.<detector>.<attack>`` on each attack's successful test pairs and
+``transfer.tpr_at_fpr.<detector>.<attack>.<fpr>``, the thresholds set on the clean images of the
+detectors' held-out validation pairs, never on test images. One run per training attack gives one
+row of each detector's transfer matrix; ``scripts/aggregate.py`` assembles the matrices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
+from gcd_lightning.defense.base import Detector
+from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.pipeline.components import detection_scores
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.scoring import auc, tpr_at_fpr
+
+REPORTED_FPRS = (0.01, 0.05)
+
+
+def run_transfer_stage(
+    ctx: RunContext, gcd: GCD, baselines: dict[str, Detector], adv_train: AdversarialSet, test_sets: dict[str, AdversarialSet]
+) -> dict[str, float]:
+    """Score every detector on each attack's test pairs of ``test_sets`` (by attack name); flat metrics."""
+    cfg = ctx.cfg
+    bs = cfg.adversarial.batch_size
+    _, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
+    clean_val, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index[val_rows])
+    on_val = detection_scores(gcd, baselines, clean_val, bs)
+    test = ctx.datamodule.dataset("test")
+    metrics: dict[str, float] = {}
+    for attack, adv in test_sets.items():
+        won = adv.success
+        clean, _ = stack(test, adv.index)
+        on_clean = detection_scores(gcd, baselines, clean, bs)
+        on_adv = detection_scores(gcd, baselines, adv.x_adv[won], bs) if won.any() else {n: torch.zeros(0) for n in on_val}
+        metrics[f"transfer.n_successful.{attack}"] = float(won.sum())
+        for name in on_val:
+            metrics[f"transfer.auc.{name}.{attack}"] = auc(on_clean[name], on_adv[name]) if won.any() else float("nan")
+            for fpr in REPORTED_FPRS:
+                metrics[f"transfer.tpr_at_fpr.{name}.{attack}.{fpr:g}"] = tpr_at_fpr(on_val[name], on_adv[name], fpr)
+    return metrics
