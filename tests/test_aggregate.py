@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -216,3 +217,19 @@ def test_table3_gets_a_rate_per_attacked_baseline():
     row = dict(zip(columns, row))
     assert (row["DET_MDS"], row["DET_MDS_low"], row["DET_MDS_high"]) == (0.5, 0.4, 0.6)
     assert "DET_MDS" not in table3([Run("mnist", "pgd_untargeted", "whitebox", WHITE)])[0]
+
+
+def test_transfer_matrices_are_written_per_detector_with_a_heat_map(tmp_path):
+    def transfer_metrics(own):
+        return {**GREY, **{f"transfer.auc.gcd.{attack}": value for attack, value in (("pgd_targeted", own), ("fgsm_untargeted", 0.6))},
+                **{f"transfer.tpr_at_fpr.gcd.{attack}.{fpr}": 0.5 for attack in ("pgd_targeted", "fgsm_untargeted") for fpr in ("0.01", "0.05")}}
+
+    write_run(tmp_path / "pgd", "mnist", "pgd_targeted", "greybox", transfer_metrics(0.99), 1_000)
+    write_run(tmp_path / "cw", "mnist", "cw_untargeted", "greybox", {**GREY, "transfer.auc.gcd.pgd_targeted": 0.7}, 2_000)
+    aggregate_script.main([str(tmp_path), "--out", str(tmp_path / "tables")])
+    rows = list(csv.reader((tmp_path / "tables" / "transfer_gcd.csv").open()))
+    assert rows[0] == ["dataset", "trained on", "measure", "fgsm_untargeted", "pgd_targeted"]
+    assert ["mnist", "pgd_targeted", "AUC", "0.6", "0.99"] in rows
+    assert ["mnist", "cw_untargeted", "AUC", "", "0.7"] in rows  # an attack a run was not tested on: empty
+    assert (tmp_path / "tables" / "transfer_gcd.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| pgd_targeted | TPR@1% |" in (tmp_path / "tables" / "transfer_gcd.md").read_text()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from gcd_lightning.reporting import figures
 from gcd_lightning.reporting.tables import Run, laid_out, markdown, run_key, to_csv
 from gcd_lightning.utils.files import load_json, save_text
 
@@ -61,4 +62,6 @@ def write_tables(root: Path, out_dir: Path) -> dict[str, str]:
         written[name] = markdown(*table)
         save_text(written[name], out_dir / f"{name}.md")
         save_text(to_csv(*numbers[name]), out_dir / f"{name}.csv")
+        if name.startswith("transfer_"):
+            figures.transfer_heatmap(*numbers[name], f"transfer, {name.removeprefix('transfer_')}", out_dir / f"{name}.png")
     return written

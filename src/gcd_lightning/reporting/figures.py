@@ -75,3 +75,20 @@ def alpha_sweep(rows: Sequence[Mapping[str, float]], title: str, path: Path) -> 
     ax.set(xlabel="α (eq. 12)", ylabel="GCD accuracy", title=title, ylim=(0, 1.02))
     ax.legend()
     return save_figure(fig, path)
+
+
+def transfer_heatmap(columns: Sequence[str], rows: Sequence[Sequence], title: str, path: Path) -> Path:
+    """The AUC rows of a transfer matrix (``tables.transfer``) as a heat map: trained on (rows) × tested on (columns)."""
+    auc_rows = [row for row in rows if row[2] == "AUC"]
+    values = [[float("nan") if v is None else float(v) for v in row[3:]] for row in auc_rows]
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns[3:]) + 2, 0.6 * len(auc_rows) + 1.5))
+    image = ax.imshow(values, vmin=0.5, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(columns) - 3), columns[3:], rotation=45, ha="right")
+    ax.set_yticks(range(len(auc_rows)), [row[1] for row in auc_rows])
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, "n/a" if value != value else f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set(xlabel="tested on", ylabel="trained on", title=title)
+    fig.colorbar(image, ax=ax, label="AUC")
+    return save_figure(fig, path)
+

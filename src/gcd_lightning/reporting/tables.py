@@ -280,10 +280,34 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
     return columns, rows
 
 
+TRANSFER_MEASURES = (("AUC", "transfer.auc.{detector}.{attack}"), ("TPR@1%", "transfer.tpr_at_fpr.{detector}.{attack}.0.01"),
+                     ("TPR@5%", "transfer.tpr_at_fpr.{detector}.{attack}.0.05"))
+
+
+def transfer(runs: Sequence[Run]) -> dict[str, Table]:
+    """Each detector's transfer matrix (``transfer_<detector>``): a row per training attack and measure (AUC, TPR
+    at 1% and 5% FPR, thresholds on clean validation images), a column per attack it was tested on."""
+    keys = [key.split(".") for run in runs for key in run.metrics if key.startswith("transfer.auc.")]
+    detectors = sorted({parts[2] for parts in keys})
+    tested = sorted({parts[3] for parts in keys})
+    tables = {}
+    for detector in detectors:
+        rows = []
+        for run in runs:
+            if not any(key.startswith(f"transfer.auc.{detector}.") for key in run.metrics):
+                continue
+            for measure, key in TRANSFER_MEASURES:
+                rows.append([run.dataset, run.attack, measure,
+                             *(run.metrics.get(key.format(detector=detector, attack=attack)) for attack in tested)])
+        tables[f"transfer_{detector}"] = (["dataset", "trained on", "measure", *tested], rows)
+    return tables
+
+
 def laid_out(runs: Sequence[Run], cells: bool = False) -> dict[str, Table]:
-    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``).
+    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``, ``transfer_<detector>``).
 
     ``cells=False``: one number a cell (the CSV, W&B); ``cells=True``: a rate and its interval in one cell (Markdown).
     """
-    tables = {"table2": table2(runs), "table3": table3(runs, cells), "table5": table5(runs), "robustness": robustness(runs, cells)}
+    tables = {"table2": table2(runs), "table3": table3(runs, cells), "table5": table5(runs), "robustness": robustness(runs, cells),
+              **transfer(runs)}
     return {name: table for name, table in tables.items() if table[1]}
