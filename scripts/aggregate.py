@@ -3,7 +3,9 @@
     python scripts/aggregate.py outputs [--out outputs/aggregate]
 
 Grey-box runs fill Tables 2 and 5, white-box runs (``threat=whitebox``) Table 3; the paper's
-numbers stand beside ours. The tables are printed and written as ``<out>/table{2,3,5}.{md,csv}``.
+numbers stand beside ours. The tables are printed and written as ``<out>/table{2,3,5}.{md,csv}``,
+with ``robustness`` and, for runs with ``evaluate.transfer_attacks``, each detector's transfer
+matrix ``transfer_<detector>.{md,csv,png}``.
 """
 
 from __future__ import annotations
