@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench whitebox clean-cache
+.PHONY: install data demo test bench whitebox baselines clean-cache
 
 install: $(INSTALLED)
 
@@ -46,6 +46,17 @@ whitebox: install data
 	    hydra.run.dir=outputs/whitebox/mnist_$$attack || exit 1; \
 	done
 	$(BIN)/python scripts/aggregate.py outputs/whitebox
+
+# the grey-box MNIST grid with every baseline detector beside GCD, each detector scored on all eight attacks
+# (transfer matrices), then Tables 2 and 5 and transfer_<detector>.{md,csv,png} in outputs/baselines/aggregate
+BASELINES ?= [gnorm,squeeze,sal,mds]
+ATTACK_LIST := [$(shell echo $(WHITEBOX_ATTACKS) | tr ' ' ',')]
+baselines: install data
+	for attack in $(WHITEBOX_ATTACKS); do \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack progress=false 'baseline=$(BASELINES)' \
+	    'evaluate.transfer_attacks=$(ATTACK_LIST)' hydra.run.dir=outputs/baselines/mnist_$$attack || exit 1; \
+	done
+	$(BIN)/python scripts/aggregate.py outputs/baselines
 
 clean-cache:
 	rm -rf cache
