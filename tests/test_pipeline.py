@@ -490,3 +490,21 @@ def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_p
     assert len(list((Path(cfg.paths.cache_dir) / "adversarial").glob("mnist_fgsm_untargeted_test_*.pt"))) == 1
     assert not list((Path(cfg.paths.cache_dir) / "adversarial").glob("mnist_fgsm_untargeted_train_*.pt"))  # test sets only
     assert metrics["detector.auc.gcd"] == first_metrics["detector.auc.gcd"]
+
+
+def test_attack_agnostic_training_learns_from_the_union_of_other_attacks(first_run, tmp_path):
+    tmp, first_cfg, first_metrics = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "agnostic")
+    with open_dict(cfg):  # PGD-T held out: the detectors learn from FGSM-U and PGD-U, and are tested on PGD-T
+        cfg.defense.train_attacks = ["fgsm_untargeted", "pgd_untargeted"]
+    metrics = run(cfg)
+    cache = Path(cfg.paths.cache_dir) / "adversarial"
+    parts = [AdversarialSet.load(next(cache.glob(f"mnist_{name}_train_*.pt"))) for name in cfg.defense.train_attacks]
+    (union_file,) = cache.glob("mnist_union_train_*.pt")
+    union = AdversarialSet.load(union_file)
+    assert metrics["attack.train.n_attacks"] == 2 and metrics["attack.train.n"] == len(union) == sum(map(len, parts))
+    assert torch.equal(union.x_adv, torch.cat([p.x_adv for p in parts]))
+    assert metrics["detector.cached.org"] == metrics["detector.cached.is"] == metrics["rectifier.cached"] == 0.0
+    assert 0.0 <= metrics["detector.auc.gcd"] <= 1.0 and metrics["detector.val_auc.org"] != first_metrics["detector.val_auc.org"]
+    again = run(rerun_config(cfg, tmp_path / "agnostic_again"))
+    assert again["attack.train.cached"] == again["detector.cached.org"] == 1.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -86,6 +86,18 @@ class AdversarialSet:
         n_examined, seconds = payload["meta"].tolist()
         return cls(**{name: payload[name] for name in TENSOR_FIELDS}, n_examined=int(n_examined), seconds=seconds,
                    extras=payload.get("extras", {}))
+
+
+def union(sets: Sequence[AdversarialSet]) -> AdversarialSet:
+    """Several attacks' sets of one split as one (attack-agnostic training): their rows one after another.
+
+    A clean image attacked by two attacks appears twice, once with each attack. Counters add up;
+    per-image extras are dropped (they differ by attack).
+    """
+    if not sets:
+        raise ValueError("union: no adversarial sets")
+    tensors = {name: torch.cat([getattr(s, name) for s in sets]) for name in TENSOR_FIELDS}
+    return AdversarialSet(**tensors, n_examined=sum(s.n_examined for s in sets), seconds=sum(s.seconds for s in sets))
 
 
 def stack(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

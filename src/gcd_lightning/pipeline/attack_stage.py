@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, cached, generate
+from gcd_lightning.adversarial import AdversarialSet, cached, generate, union
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.utils.hashing import spec_hash
 
@@ -45,7 +45,29 @@ def adversarial_path(ctx: RunContext, spec: dict) -> Path:
 def run_attack_stage(
     ctx: RunContext, model: nn.Module, classifier_id: str, splits: tuple[str, ...] = SPLITS
 ) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
-    """Build or load the adversarial set of each split of ``splits``; returns each set with its file, and flat metrics."""
+    """Build or load the adversarial set of each split of ``splits``; returns each set with its file, and flat metrics.
+
+    With ``defense.train_attacks`` (attack-agnostic training), the train set is the union of those
+    attacks' train sets against ``f`` (each cached as its own attack's, the union too); the run's own
+    attack need not be among them (leave-one-attack-out), and then its train set is not built.
+    """
+    train_attacks = list(ctx.cfg.defense.get("train_attacks") or [])
+    sets, metrics = attack_splits(ctx, model, classifier_id, tuple(s for s in splits if s != "train" or not train_attacks))
+    if "train" in splits and train_attacks:
+        parts = [attack_splits(ctx.with_attack(name), model, classifier_id, ("train",))[0]["train"] for name in train_attacks]
+        spec = {"union": [path.name for _, path in parts]}
+        path = ctx.cache_dir / "adversarial" / f"{ctx.cfg.dataset.name}_union_train_{spec_hash(spec)}.pt"
+        adv, hit = cached(path, spec, lambda: union([adv for adv, _ in parts]))
+        sets["train"] = adv, path
+        metrics.update({f"attack.train.{key}": value for key, value in adv.summary().items()})
+        metrics["attack.train.cached"], metrics["attack.train.n_attacks"] = float(hit), float(len(parts))
+    return sets, metrics
+
+
+def attack_splits(
+    ctx: RunContext, model: nn.Module, classifier_id: str, splits: tuple[str, ...]
+) -> tuple[dict[str, tuple[AdversarialSet, Path]], dict[str, float]]:
+    """The configured attack's set of each split of ``splits``, built or loaded from the cache."""
     cfg = ctx.cfg
     attack = hydra.utils.instantiate(cfg.attack.attack)(model=model)
     sets: dict[str, tuple[AdversarialSet, Path]] = {}

@@ -159,8 +159,9 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Non
         hydra.utils.instantiate(cfg.attack.attack)(model=nn.Identity())
     except (ValueError, TypeError) as err:
         raise ValueError(f"attack={cfg.attack.name}: {err} (attack.* / dataset.linf_eps, pgd_step, pgd_steps)") from err
-    unknown = [name for name in cfg.evaluate.transfer_attacks if name not in attack_names()]
-    if unknown:
-        raise ValueError(f"evaluate.transfer_attacks: unknown attack(s) {unknown}; choose from {attack_names()}")
+    for key in ("evaluate.transfer_attacks", "defense.train_attacks"):
+        unknown = [name for name in OmegaConf.select(cfg, key, default=[]) if name not in attack_names()]
+        if unknown:
+            raise ValueError(f"{key}: unknown attack(s) {unknown}; choose from {attack_names()}")
     if cfg.threat.name == "whitebox":
         check_threat(cfg.threat)
