@@ -20,6 +20,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"SmallCNN: image_size must be divisible by 4, got {image_size}")
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width), ("hidden", hidden)):
+            if value < 1:
+                raise ValueError(f"SmallCNN: {name} must be at least 1, got {value}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 5, padding=2, bias=False),
             nn.BatchNorm2d(width),

@@ -2,6 +2,7 @@
 
 ``check_config`` runs first in ``run``: the settings below with their types and ranges, the
 keys of every instantiated node (``check_keys``: each must be a parameter of its ``_target_``),
+the networks and optimizers built once (``check_builds``: their constructors check their values),
 the keys the command line added (``check_additions``: a ``+key=value`` that no config file defines
 and nothing reads is refused), the attack built once on a stand-in model (so each attack's own
 constructor checks its budget and steps), and the white-box settings (``whitebox_stage.check_threat``).
@@ -18,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+import torch
 from torch import nn
 
 from gcd_lightning.pipeline.context import CONF_DIR, TRAIN_SOURCES, attack_names
@@ -129,6 +131,28 @@ def check_additions(cfg: DictConfig, overrides: Sequence[str]) -> None:
                          f"drop the '+' to change an existing key")
 
 
+def check_builds(cfg: DictConfig) -> None:
+    """Build the networks (on the meta device: no memory, no time) and the optimizers (on a stand-in
+    parameter) once, so that their own constructors check their values (widths, learning rates...)."""
+    nets = [("detector.body", cfg.detector.body)]
+    if not cfg.model.get("external", False):
+        nets.append(("model.net", cfg.model.net))
+    if cfg.rectifier.get("net") is not None:
+        nets.append(("rectifier.net", cfg.rectifier.net))
+    optimizers = [(key, OmegaConf.select(cfg, key)) for key in ("model.optimizer", "detector.optimizer", "rectifier.optimizer")]
+    for key, node in nets + [(key, node) for key, node in optimizers if node is not None]:
+        try:
+            if key.endswith("optimizer"):
+                hydra.utils.instantiate(node)(params=[torch.zeros(1, requires_grad=True)])
+            else:
+                with torch.device("meta"):
+                    hydra.utils.instantiate(node)
+        except Exception as err:  # the constructor's own words, with the key that holds the setting
+            cause = err.__cause__ or err  # Hydra wraps the constructor's error
+            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            raise ValueError(f"{key}: {message} ({key}.* in the config)") from err
+
+
 def command_line_overrides() -> list[str]:
     """The overrides of the running ``@hydra.main`` application (none when composed by a test or a script)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -141,6 +165,7 @@ def check_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Non
     """
     check_additions(cfg, command_line_overrides() if overrides is None else overrides)
     check_keys(cfg)
+    check_builds(cfg)
     for key, (ok, text) in RULES.items():
         value = OmegaConf.select(cfg, key)
         if not ok(value):
