@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from gcd_lightning.defense.baselines import FeatureSqueezing, FitData, Mahalanobis, SensitivityNorm
+from gcd_lightning.defense.baselines import FeatureSqueezing, FitData, Mahalanobis, SensitivityNorm, TurningWeakness
 from gcd_lightning.defense.baselines.mahalanobis import class_gaussians, default_layers, mahalanobis_confidence
 from gcd_lightning.defense.baselines.squeezing import median_filter, reduce_bit_depth
 from gcd_lightning.defense.detector import SubDetector
@@ -190,3 +190,16 @@ def test_det_sal_reads_the_saliency_map_and_an_attack_reaches_through_it():
     assert probe.grad.abs().sum() > 0  # ... and its backward pass sees through the kinks
     with pytest.raises(ValueError, match="kind=sal"):
         SubDetector(body, "sal")
+
+
+def test_det_tws_flags_noise_fragile_images_and_scores_each_image_alike_in_any_batch():
+    f = MeanBrightness().eval()
+    clean, adv = brightness_images(200, False, 0), brightness_images(200, True, 1)
+    detector = TurningWeakness(f, sigma=0.1, noise_draws=16, step=0.02, max_steps=30, fpr=0.05)
+    summary = detector.fit(fit_data(clean[:100], adv[:100]))
+    assert summary["clean_noise_flips"] < 0.05  # confident clean images keep their label under noise
+    assert auc(detector, clean[100:], adv[100:]) > 0.9
+    assert torch.equal(detector.scores(adv[:10], 3), detector.scores(adv[:10], 10))  # seeds from the image, not the batch
+    assert not detector.differentiable
+    with pytest.raises(ValueError, match="sigma, step > 0"):
+        TurningWeakness(f, sigma=0.0)

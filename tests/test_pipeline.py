@@ -444,16 +444,16 @@ def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "baselines")
     with open_dict(cfg):
-        cfg.baseline = compose_config(["baseline=[gnorm,squeeze,sal,mds]"], tmp).baseline
+        cfg.baseline = compose_config(["baseline=[gnorm,squeeze,sal,mds,tws]"], tmp).baseline
         cfg.baseline.mds.fit_images, cfg.baseline.mds.noise_grid = 500, [0.0, 0.001]
     metrics = run(cfg)
-    for name in ("gnorm", "squeeze", "sal", "mds"):
+    for name in ("gnorm", "squeeze", "sal", "mds", "tws"):
         assert 0.0 <= metrics[f"detector.auc.{name}"] <= 1.0 and metrics[f"baseline.cached.{name}"] == 0.0
         assert metrics[f"detector.tpr_at_fpr.{name}.0.01"] <= metrics[f"detector.tpr_at_fpr.{name}.0.05"]
     assert metrics["detector.auc.gcd"] == first_metrics["detector.auc.gcd"]  # GCD's numbers are untouched
     assert "DET_MDS" in (tmp_path / "baselines" / "report.md").read_text()
     again = run(rerun_config(cfg, tmp_path / "baselines_again"))
-    assert all(again[f"baseline.cached.{name}"] == 1.0 for name in ("gnorm", "squeeze", "sal", "mds"))
+    assert all(again[f"baseline.cached.{name}"] == 1.0 for name in ("gnorm", "squeeze", "sal", "mds", "tws"))
     assert {k: v for k, v in again.items() if k.startswith("detector.")} == {k: v for k, v in metrics.items() if k.startswith("detector.")}
 
 
@@ -462,8 +462,9 @@ def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path
     cfg = rerun_config(first_cfg, tmp_path / "whitebox_baseline")
     with open_dict(cfg):
         cfg.threat = compose_config(["threat=whitebox"], tmp).threat
-        cfg.baseline = compose_config(["baseline=[squeeze]"], tmp).baseline
+        cfg.baseline = compose_config(["baseline=[squeeze,tws]"], tmp).baseline
     metrics = run(shrink_whitebox(cfg))
+    assert "detector.auc.tws" in metrics and not any(".det_tws" in key for key in metrics)  # not differentiable: left out
     variants = [v for k, v in metrics.items() if k.startswith("whitebox.variant.det_squeeze.")]
     assert len(variants) >= 4 and metrics["whitebox.success.det_squeeze"] >= max(variants) - 1e-6  # float32 means
     assert metrics["whitebox.linf_max.det_squeeze"] <= cfg.dataset.linf_eps + 1e-6

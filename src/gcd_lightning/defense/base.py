@@ -20,9 +20,12 @@ class Detector(nn.Module):
 
     Attributes:
         name: short name, used in metric keys, file names and ``predict``'s columns.
+        differentiable: whether gradient attacks can reach through ``forward`` (False for a detector
+            built on counts or random draws; the white-box stage leaves such a detector out).
     """
 
     name: str
+    differentiable: bool = True
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """``(p⁺, p⁻)`` (N, 2): column 0 benign, column 1 adversarial."""

@@ -142,7 +142,9 @@ def run_whitebox_stage(
     eps = float(cfg.attack.eps) if norm is Norm.LINF else float(adaptive.l2_eps)
 
     classifier = gcd.classifier
-    baselines = baselines or {}
+    for name in [name for name, d in (baselines or {}).items() if not d.differentiable]:
+        log.warning("white-box: baseline %s is not differentiable; it is left out (a BPDA/EOT attack on it is not built)", name)
+    baselines = {name: d for name, d in (baselines or {}).items() if d.differentiable}
     parts = ({f"det_{d.name}": [d] for d in gcd.detectors} | {f"det_{name}": [d] for name, d in baselines.items()}
              | {"gcd": list(gcd.detectors)})
     part_ids = {f"det_{name}": {"baseline": [state_dict_hash(d), cfg.baseline[name]]} for name, d in baselines.items()}

@@ -1,7 +1,8 @@
 """The paper's baseline detectors (Table 2) and training-free references, each a ``Detector``.
 
 Statistics fitted once (``ScoredDetector``): ``SensitivityNorm`` (the plain ``‖G‖₂`` threshold of
-eq. 1), ``FeatureSqueezing`` (Xu et al. 2018) and ``Mahalanobis`` (``DET_MDS``, Lee et al. 2018).
+eq. 1), ``FeatureSqueezing`` (Xu et al. 2018), ``Mahalanobis`` (``DET_MDS``, Lee et al. 2018) and
+``TurningWeakness`` (``DET_TWS``, Hu et al. 2019).
 Each is a class here plus a YAML file in ``conf/baseline/``; the baselines stage fits, caches and
 scores them on the same test pairs as GCD.
 """
@@ -10,5 +11,6 @@ from gcd_lightning.defense.baselines.gnorm import SensitivityNorm
 from gcd_lightning.defense.baselines.mahalanobis import Mahalanobis
 from gcd_lightning.defense.baselines.scored import FitData, ScoredDetector
 from gcd_lightning.defense.baselines.squeezing import FeatureSqueezing
+from gcd_lightning.defense.baselines.tws import TurningWeakness
 
-__all__ = ["FeatureSqueezing", "FitData", "Mahalanobis", "ScoredDetector", "SensitivityNorm"]
+__all__ = ["FeatureSqueezing", "FitData", "Mahalanobis", "ScoredDetector", "SensitivityNorm", "TurningWeakness"]
