@@ -41,5 +41,4 @@ class SensitivityNorm(ScoredDetector):
         return classifier is self.classifier
 
     def logits_from_sensitivity(self, sensitivity: torch.Tensor) -> torch.Tensor:
-        s = log_sensitivity_norm(sensitivity)
-        return torch.stack([torch.zeros_like(s), (s - self.threshold) / self.scale], dim=1)
+        return self.logits_from_score(log_sensitivity_norm(sensitivity))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from gcd_lightning.defense.baselines.scored import FitData, ScoredDetector
+from gcd_lightning.defense.baselines.scored import FitData, ScoredDetector, in_batches
 from gcd_lightning.defense.sensitivity import input_gradients_enabled
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -59,36 +59,35 @@ def default_layers(model: nn.Module) -> list[str]:
     return layers + ([f"{linear[-1]}:in"] if linear else [])
 
 
-class FeatureTap:
-    """Captures the features of named layers of a model during its forward pass (``"<name>"`` or ``"<name>:in"``)."""
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Each layer names a module of ``model``, as ``"<name>"`` (its output) or ``"<name>:in"`` (its input)."""
+    modules = dict(model.named_modules())
+    for layer in layers:
+        name, _, side = layer.partition(":")
+        if name not in modules or side not in ("", "in"):
+            raise ValueError(f"Mahalanobis: no layer {layer!r} in the classifier; layers are <module name> or "
+                             f"<module name>:in, module names such as {[n for n in modules if n][:8]}")
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        modules = dict(model.named_modules())
-        self.values: dict[str, torch.Tensor] = {}
-        self.handles = []
-        for layer in layers:
-            name, _, side = layer.partition(":")
-            if name not in modules or side not in ("", "in"):
-                raise ValueError(f"Mahalanobis: no layer {layer!r} in the classifier; layers are <module name> or "
-                                 f"<module name>:in, module names such as {[n for n in modules if n][:8]}")
-            hook = self.pre_hook(layer) if side == "in" else self.hook(layer)
-            register = modules[name].register_forward_pre_hook if side == "in" else modules[name].register_forward_hook
-            self.handles.append(register(hook))
 
-    def hook(self, layer: str):
-        def save(module, inputs, output):
-            self.values[layer] = output
-        return save
-
-    def pre_hook(self, layer: str):
-        def save(module, inputs):
-            self.values[layer] = inputs[0]
-        return save
-
-    @staticmethod
-    def vector(t: torch.Tensor) -> torch.Tensor:
-        """A feature map (N, C, H, W) averaged over its positions; vectors (N, D) as they are."""
-        return t.flatten(2).mean(dim=2) if t.dim() > 2 else t.flatten(1)
+def layer_features(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> list[torch.Tensor]:
+    """The features of ``layers`` (see ``check_layers``) in one forward pass of ``model``, differentiable in
+    ``x``: a feature map (N, C, H, W) averaged over its positions, a vector (N, D) as it is. The hooks that
+    catch them live for this pass only, so ``model`` runs unhooked everywhere else."""
+    modules = dict(model.named_modules())
+    caught: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+        name, _, side = layer.partition(":")
+        if side == "in":
+            handles.append(modules[name].register_forward_pre_hook(lambda _, inputs, layer=layer: caught.__setitem__(layer, inputs[0])))
+        else:
+            handles.append(modules[name].register_forward_hook(lambda _, __, output, layer=layer: caught.__setitem__(layer, output)))
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [caught[layer].flatten(2).mean(dim=2) if caught[layer].dim() > 2 else caught[layer].flatten(1) for layer in layers]
 
 
 class Mahalanobis(ScoredDetector):
@@ -117,13 +116,14 @@ class Mahalanobis(ScoredDetector):
         if any(e < 0 for e in noise_grid) or not noise_grid:
             raise ValueError(f"Mahalanobis: noise_grid must be non-empty, every ε >= 0, got {list(noise_grid)}")
         self.noise_grid, self.fit_images = list(noise_grid), fit_images
-        self.tap = FeatureTap(classifier, self.layers)
+        check_layers(classifier, self.layers)
         parameter = next(classifier.parameters())
+        probe = torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype)
         with torch.no_grad():
-            logits = classifier(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
-        dims = [FeatureTap.vector(self.tap.values[layer]).shape[1] for layer in self.layers]
+            num_classes = classifier(probe).shape[1]
+            dims = [h.shape[1] for h in layer_features(classifier, self.layers, probe)]
         for i, d in enumerate(dims):
-            self.register_buffer(f"means_{i}", torch.zeros(logits.shape[1], d, dtype=torch.float64))
+            self.register_buffer(f"means_{i}", torch.zeros(num_classes, d, dtype=torch.float64))
             self.register_buffer(f"precision_{i}", torch.zeros(d, d, dtype=torch.float64))
         self.register_buffer("noise", torch.zeros(()))
         self.register_buffer("feature_mean", torch.zeros(len(dims)))
@@ -136,8 +136,7 @@ class Mahalanobis(ScoredDetector):
 
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``h_ℓ(x)`` of every layer (one forward pass of ``f``), differentiable in ``x``."""
-        self.classifier(x)
-        return [FeatureTap.vector(self.tap.values[layer]) for layer in self.layers]
+        return layer_features(self.classifier, self.layers, x)
 
     def confidences(self, x: torch.Tensor, noise: float) -> torch.Tensor:
         """(N, L) ``M_ℓ(x̂_ℓ)`` with the pre-processing step of size ``noise`` taken per layer."""
@@ -158,11 +157,6 @@ class Mahalanobis(ScoredDetector):
         m = (self.confidences(x, float(self.noise)) - self.feature_mean) / self.feature_std
         return m @ self.weight + self.bias
 
-    def batched_confidences(self, x: torch.Tensor, noise: float, batch_size: int) -> torch.Tensor:
-        device = self.weight.device
-        with torch.no_grad():
-            return torch.cat([self.confidences(x[i : i + batch_size].to(device), noise).cpu() for i in range(0, len(x), batch_size)])
-
     def fit_statistics(self, data: FitData) -> dict[str, float]:
         """Class Gaussians on ``f``'s training images, then ε and the regression (fitted on the training
         pairs, ε chosen by the AUC on the held-out pairs)."""
@@ -180,8 +174,8 @@ class Mahalanobis(ScoredDetector):
         half = len(data.clean) // 2  # the regression's pairs and the pairs that choose ε
         best = None
         for noise in self.noise_grid:
-            clean = self.batched_confidences(data.clean, noise, data.batch_size)
-            adv = self.batched_confidences(data.adversarial, noise, data.batch_size)
+            clean, adv = (in_batches(lambda x: self.confidences(x, noise), images, data.batch_size, self.weight.device)
+                          for images in (data.clean, data.adversarial))
             x = torch.cat([clean[:half], adv[: len(adv) // 2]])
             y = torch.cat([torch.zeros(half), torch.ones(len(adv) // 2)])
             mean, std, weight, bias = logistic_regression(x, y)

@@ -10,11 +10,12 @@ evaluation and white-box attack of a ``Detector`` applies to them unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset
 
+from gcd_lightning.adversarial import stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.scoring import threshold_at_fpr
 
@@ -41,8 +42,14 @@ class FitData:
         """The first ``n`` (at most all) training images and labels, a batch at a time."""
         n = min(n, len(self.train))
         for start in range(0, n, self.batch_size):
-            items = [self.train[i] for i in range(start, min(start + self.batch_size, n))]
-            yield torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+            yield stack(self.train, torch.arange(start, min(start + self.batch_size, n)))
+
+
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``fn`` of ``x`` a batch at a time on ``device``, concatenated on the CPU, no graph kept (a
+    statistic that needs an input gradient takes it itself, ``input_gradients_enabled``)."""
+    with torch.no_grad():
+        return torch.cat([fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 class ScoredDetector(Detector):
@@ -68,7 +75,10 @@ class ScoredDetector(Detector):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.score(x)
+        return self.logits_from_score(self.score(x))
+
+    def logits_from_score(self, s: torch.Tensor) -> torch.Tensor:
+        """``(0, (score − threshold) / scale)``: ``p⁻ > 0.5`` exactly above the threshold."""
         return torch.stack([torch.zeros_like(s), (s - self.threshold) / self.scale], dim=1)
 
     def fit_statistics(self, data: FitData) -> dict[str, float]:
@@ -76,17 +86,17 @@ class ScoredDetector(Detector):
         return {}
 
     def scores(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``score`` of every image, in batches, detached, on the CPU (no graph kept: scores that need an
-        input gradient take it themselves, ``input_gradients_enabled``)."""
-        device = self.threshold.device
-        with torch.no_grad():
-            return torch.cat([self.score(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+        """``score`` of every image, in batches, detached, on the CPU."""
+        return in_batches(self.score, x, batch_size, self.threshold.device)
 
     def fit(self, data: FitData) -> dict[str, float]:
         """Fit the score's statistics, then the threshold at ``fpr`` on ``data.clean_val``; returns a summary."""
         summary = self.fit_statistics(data)
-        clean = self.scores(data.clean_val, data.batch_size)
+        return {**summary, **self.calibrate(self.scores(data.clean_val, data.batch_size))}
+
+    def calibrate(self, clean: torch.Tensor) -> dict[str, float]:
+        """The threshold at ``fpr`` of the clean validation scores ``clean``, and their spread as the logits' scale."""
         self.threshold.fill_(threshold_at_fpr(clean, self.fpr))
         spread = clean.double().std().item() if len(clean) > 1 else 1.0
         self.scale.fill_(spread if spread > 0 else 1.0)
-        return {**summary, "threshold": self.threshold.item(), "scale": self.scale.item()}
+        return {"threshold": self.threshold.item(), "scale": self.scale.item()}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gcd_lightning.defense.baselines.scored import FitData, ScoredDetector
+from gcd_lightning.defense.baselines.scored import FitData, ScoredDetector, in_batches
 from gcd_lightning.defense.sensitivity import input_gradients_enabled
 
 QUANTILES = 201
@@ -98,16 +98,19 @@ class TurningWeakness(ScoredDetector):
         return flips, steps
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        flips, steps = self.criteria(x)
+        return self.ranked(*self.criteria(x))
+
+    def ranked(self, flips: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The larger of the two criteria's ranks among the clean validation images."""
         return torch.maximum(rank(flips, self.noise_quantiles), rank(steps, self.steps_quantiles))
 
-    def fit_statistics(self, data: FitData) -> dict[str, float]:
-        """The quantiles of both statistics over the clean validation images (no adversarial example needed)."""
-        device = self.threshold.device
-        per_batch = [self.criteria(data.clean_val[i : i + data.batch_size].to(device))
-                     for i in range(0, len(data.clean_val), data.batch_size)]
-        flips, steps = (torch.cat([b[k] for b in per_batch]).cpu().double() for k in (0, 1))
+    def fit(self, data: FitData) -> dict[str, float]:
+        """The quantiles of both statistics over the clean validation images (no adversarial example
+        needed), then the threshold on the same images' scores: the criteria are computed once."""
+        both = in_batches(lambda x: torch.stack(self.criteria(x), dim=1), data.clean_val, data.batch_size, self.threshold.device)
+        flips, steps = both.double().unbind(dim=1)
         levels = torch.linspace(0, 1, QUANTILES, dtype=torch.float64)
         self.noise_quantiles.copy_(torch.quantile(flips, levels))
         self.steps_quantiles.copy_(torch.quantile(steps, levels))
-        return {"clean_noise_flips": flips.mean().item(), "clean_steps": steps.mean().item()}
+        summary = {"clean_noise_flips": flips.mean().item(), "clean_steps": steps.mean().item()}
+        return {**summary, **self.calibrate(self.ranked(flips.float(), steps.float()))}
