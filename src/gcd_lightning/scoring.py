@@ -27,3 +27,15 @@ def tpr_at_fpr(score_clean_val: torch.Tensor, score_adv: torch.Tensor, fpr: floa
     clean *validation* scores through (the threshold is never set on test images)."""
     threshold = threshold_at_fpr(score_clean_val, fpr)
     return (score_adv.double() > threshold).double().mean().item() if len(score_adv) else float("nan")
+
+
+REPORTED_FPRS = (0.01, 0.05)
+
+
+def detection_summary(
+    score_clean: torch.Tensor, score_adv: torch.Tensor, score_clean_val: torch.Tensor
+) -> tuple[float, dict[float, float]]:
+    """The AUC of clean against adversarial test scores, and the TPR at each of ``REPORTED_FPRS`` (thresholds
+    on the clean validation scores) by FPR; nan where there is no adversarial score."""
+    area = auc(score_clean, score_adv) if len(score_adv) else float("nan")
+    return area, {fpr: tpr_at_fpr(score_clean_val, score_adv, fpr) for fpr in REPORTED_FPRS}

@@ -20,18 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
+from gcd_lightning.adversarial import AdversarialSet, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines import FitData, ScoredDetector
 from gcd_lightning.pipeline.cache import load_or_train
-from gcd_lightning.pipeline.components import build_detector, gap_scores, train_detector
+from gcd_lightning.pipeline.components import build_detector, detection_split, gap_scores, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import seed_stage
-from gcd_lightning.scoring import auc, tpr_at_fpr
+from gcd_lightning.scoring import auc, detection_summary
 from gcd_lightning.utils.hashing import spec_hash
-
-REPORTED_FPRS = (0.01, 0.05)
-
 
 def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str) -> Path:
     """The fitted baseline's statistics, keyed by the pairs it learns from, ``f``, its config and the seed."""
@@ -64,8 +61,7 @@ def run_baselines_stage(
     specs = cfg.get("baseline") or {}
     if not specs:
         return {}, {}
-    clean, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index)
-    rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
+    clean, rows = detection_split(ctx, adv_train)
     data = fit_data(ctx, clean, adv_train, rows)
     clean_test, _ = stack(ctx.datamodule.dataset("test"), adv_test.index)
     won = adv_test.success
@@ -87,10 +83,9 @@ def run_baselines_stage(
         baselines[name] = detector.eval().to(ctx.device)
         start = time.perf_counter()
         scores_clean, scores_adv, scores_val = (gap_scores(detector, x, bs, ctx.device) for x in (clean_test, adv_test.x_adv, data.clean_val))
-        metrics[f"detector.auc.{name}"] = auc(scores_clean, scores_adv[won])
+        metrics[f"detector.auc.{name}"], tprs = detection_summary(scores_clean, scores_adv[won], scores_val)
+        metrics.update({f"detector.tpr_at_fpr.{name}.{fpr:g}": tpr for fpr, tpr in tprs.items()})
         metrics[f"detector.auc_all.{name}"] = auc(scores_clean, scores_adv)
-        for fpr in REPORTED_FPRS:
-            metrics[f"detector.tpr_at_fpr.{name}.{fpr:g}"] = tpr_at_fpr(scores_val, scores_adv[won], fpr)
         metrics[f"baseline.train_seconds.{name}"] = summary["train_seconds"]
         metrics[f"baseline.score_seconds.{name}"] = time.perf_counter() - start
         metrics[f"baseline.cached.{name}"] = float(cached)

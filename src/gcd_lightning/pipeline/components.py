@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, detection_pairs
+from gcd_lightning.adversarial import AdversarialSet, detection_pairs, pair_split, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.export import export_defense
@@ -59,6 +59,14 @@ def build_detector(ctx: RunContext, spec: DictConfig, classifier: nn.Module) -> 
     trained = issubclass(hydra.utils.get_class(spec._target_), pl.LightningModule)
     parts = {"body": hydra.utils.instantiate(cfg.detector.body), "optimizer": hydra.utils.instantiate(cfg.detector.optimizer)}
     return hydra.utils.instantiate(spec, classifier=classifier, **(parts if trained else {}))
+
+
+def detection_split(ctx: RunContext, adv_train: AdversarialSet) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The clean originals of ``adv_train`` and its seeded (train, validation) rows, as every detector learns
+    from them: GCD's, the baselines, and the thresholds of the transfer stage."""
+    cfg = ctx.cfg
+    clean, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index)
+    return clean, pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
 
 
 def train_detector(ctx: RunContext, detector: Detector, clean: torch.Tensor, adv_train: AdversarialSet,

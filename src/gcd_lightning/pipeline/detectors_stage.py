@@ -9,12 +9,12 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, detection_pairs, pair_split, stack
+from gcd_lightning.adversarial import AdversarialSet, detection_pairs
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.pipeline.cache import load_or_train
-from gcd_lightning.pipeline.components import build_detector, train_detector
+from gcd_lightning.pipeline.components import build_detector, detection_split, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.utils.hashing import spec_hash
@@ -43,8 +43,7 @@ def run_detectors_stage(
     """Train (or load) every detector; validation AUC picks the epoch. Returns them by name, their folder, metrics."""
     cfg = ctx.cfg
     folder = detectors_dir(ctx, adv_train_path, classifier_id)
-    clean, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index)
-    train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
+    clean, (train_rows, val_rows) = detection_split(ctx, adv_train)
     detectors: dict[str, Detector] = {}
     metrics: dict[str, float] = {}
     for name in cfg.defense.detectors:

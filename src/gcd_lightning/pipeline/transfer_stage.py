@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from gcd_lightning.adversarial import AdversarialSet, pair_split, stack
+from gcd_lightning.adversarial import AdversarialSet, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.pipeline.components import detection_scores
+from gcd_lightning.pipeline.components import detection_scores, detection_split
 from gcd_lightning.pipeline.context import RunContext
-from gcd_lightning.scoring import auc, tpr_at_fpr
-
-REPORTED_FPRS = (0.01, 0.05)
-
+from gcd_lightning.scoring import detection_summary
 
 def run_transfer_stage(
     ctx: RunContext, gcd: GCD, baselines: dict[str, Detector], adv_train: AdversarialSet, test_sets: dict[str, AdversarialSet]
@@ -29,9 +26,8 @@ def run_transfer_stage(
     """Score every detector on each attack's test pairs of ``test_sets`` (by attack name); flat metrics."""
     cfg = ctx.cfg
     bs = cfg.adversarial.batch_size
-    _, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
-    clean_val, _ = stack(ctx.datamodule.dataset(ctx.source_split("train")), adv_train.index[val_rows])
-    on_val = detection_scores(gcd, baselines, clean_val, bs)
+    clean, (_, val_rows) = detection_split(ctx, adv_train)
+    on_val = detection_scores(gcd, baselines, clean[val_rows], bs)
     test = ctx.datamodule.dataset("test")
     metrics: dict[str, float] = {}
     for attack, adv in test_sets.items():
@@ -41,7 +37,6 @@ def run_transfer_stage(
         on_adv = detection_scores(gcd, baselines, adv.x_adv[won], bs) if won.any() else {n: torch.zeros(0) for n in on_val}
         metrics[f"transfer.n_successful.{attack}"] = float(won.sum())
         for name in on_val:
-            metrics[f"transfer.auc.{name}.{attack}"] = auc(on_clean[name], on_adv[name]) if won.any() else float("nan")
-            for fpr in REPORTED_FPRS:
-                metrics[f"transfer.tpr_at_fpr.{name}.{attack}.{fpr:g}"] = tpr_at_fpr(on_val[name], on_adv[name], fpr)
+            metrics[f"transfer.auc.{name}.{attack}"], tprs = detection_summary(on_clean[name], on_adv[name], on_val[name])
+            metrics.update({f"transfer.tpr_at_fpr.{name}.{attack}.{fpr:g}": tpr for fpr, tpr in tprs.items()})
     return metrics
