@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench whitebox baselines clean-cache
+.PHONY: install data demo test bench bench-tvm whitebox baselines clean-cache
 
 install: $(INSTALLED)
 
@@ -36,6 +36,11 @@ bench: install data
 	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
 	$(BIN)/python scripts/bench_attacks.py --checkpoint $(CHECKPOINT) --data-root data --out outputs/bench
 
+# our batched TVM against ART's TotalVarMin on the same 100 MNIST test images and masks (installs ART)
+bench-tvm: install data
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python scripts/bench_tvm.py --data-root data --n 100 $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --out outputs/bench_tvm
+
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
 WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
@@ -47,13 +52,14 @@ whitebox: install data
 	done
 	$(BIN)/python scripts/aggregate.py outputs/whitebox
 
-# the grey-box MNIST grid with every baseline detector beside GCD, each detector scored on all eight attacks
-# (transfer matrices), then Tables 2 and 5 and transfer_<detector>.{md,csv,png} in outputs/baselines/aggregate
+# the grey-box MNIST grid with every baseline detector and defended classifier beside GCD, each detector scored on
+# all eight attacks (transfer matrices), then Tables 2 and 5 and transfer_<detector>.{md,csv,png} in outputs/baselines/aggregate
 BASELINES ?= [gnorm,squeeze,sal,mds,tws]
+RECTIFIER_BASELINES ?= [pgd,ddn,tvm]
 ATTACK_LIST := [$(shell echo $(WHITEBOX_ATTACKS) | tr ' ' ',')]
 baselines: install data
 	for attack in $(WHITEBOX_ATTACKS); do \
-	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack progress=false 'baseline=$(BASELINES)' \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack progress=false 'baseline=$(BASELINES)' 'rectifier_baseline=$(RECTIFIER_BASELINES)' \
 	    'evaluate.transfer_attacks=$(ATTACK_LIST)' hydra.run.dir=outputs/baselines/mnist_$$attack || exit 1; \
 	done
 	$(BIN)/python scripts/aggregate.py outputs/baselines

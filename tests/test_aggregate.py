@@ -233,3 +233,18 @@ def test_transfer_matrices_are_written_per_detector_with_a_heat_map(tmp_path):
     assert ["mnist", "cw_untargeted", "AUC", "", "0.7"] in rows  # an attack a run was not tested on: empty
     assert (tmp_path / "tables" / "transfer_gcd.png").read_bytes()[:4] == b"\x89PNG"
     assert "| pgd_targeted | TPR@1% |" in (tmp_path / "tables" / "transfer_gcd.md").read_text()
+
+
+def test_table5_puts_each_rectifier_baseline_beside_the_papers_column(tmp_path):
+    extra = {"rectifier_baseline.tvm.acc.adv": 0.61, "rectifier_baseline.tvm.acc.clean": 0.95,
+             "rectifier_baseline.pgd.acc.adv": 0.42, "rectifier_baseline.pgd.acc.clean": 0.97}
+    write_run(tmp_path / "cw", "mnist", "cw_untargeted", "greybox", {**GREY, **extra}, 1_000)
+    write_run(tmp_path / "ddn", "mnist", "ddn_untargeted", "greybox",
+              {**GREY, **extra, "rectifier_baseline.pgd.acc.clean": 0.96}, 2_000)
+    columns, rows = table5(latest(find_runs(tmp_path)))
+    assert columns[:8] == ["dataset", "images", "GCD", "GCD paper", "PGD", "PGD paper", "TVM", "TVM paper"]  # the paper's order
+    clean, cw, _ = rows
+    assert (cw[columns.index("PGD")], cw[columns.index("PGD paper")]) == (0.42, 0.73)
+    assert (cw[columns.index("TVM")], cw[columns.index("TVM paper")]) == (0.61, 0.66)
+    assert (clean[columns.index("PGD")], clean[columns.index("PGD paper")]) == (0.96, 0.84)  # the lowest of the runs
+    assert clean[columns.index("TVM paper")] == 0.67 and clean[columns.index("F")] == GREY["base.acc.clean"]

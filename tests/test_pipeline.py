@@ -21,6 +21,8 @@ from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning import load_defense
 from gcd_lightning.pipeline import run
+from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.rectifier_baselines_stage import network_file
 from gcd_lightning.predict import main as predict_main
 
 METRIC_KEYS = [
@@ -509,3 +511,30 @@ def test_attack_agnostic_training_learns_from_the_union_of_other_attacks(first_r
     assert 0.0 <= metrics["detector.auc.gcd"] <= 1.0 and metrics["detector.val_auc.org"] != first_metrics["detector.val_auc.org"]
     again = run(rerun_config(cfg, tmp_path / "agnostic_again"))
     assert again["attack.train.cached"] == again["detector.cached.org"] == 1.0
+
+
+def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_run, tmp_path):
+    tmp, first_cfg, first_metrics = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "rectifier_baselines")
+    with open_dict(cfg):
+        cfg.rectifier_baseline = compose_config(["rectifier_baseline=[pgd,tvm]"], tmp).rectifier_baseline
+        for name in ("pgd", "tvm"):
+            cfg.rectifier_baseline[name].max_epochs, cfg.rectifier_baseline[name].limit_train_batches = 1, 20
+    metrics = run(cfg)
+    for name in ("pgd", "tvm"):
+        key = f"rectifier_baseline.{name}"
+        assert metrics[f"{key}.cached"] == 0.0 and metrics[f"{key}.train_seconds"] > 0
+        assert 0.5 <= metrics[f"{key}.acc.clean"] <= 1.0  # a fine-tuned copy of f still classifies clean digits
+        expected = metrics[f"{key}.acc.adv"] * metrics["eval.n_pairs"] / metrics["eval.n_examined"]
+        assert metrics[f"{key}.robust_acc.all"] == pytest.approx(expected)
+    # PGD-T at ε = 0.3 breaks f on every successful pair; the PGD-trained copy recovers some of them
+    assert metrics["rectifier_baseline.pgd.acc.adv_successful"] > first_metrics["base.acc.adv_successful"] + 0.1
+    report = (tmp_path / "rectifier_baselines" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| dataset | images | GCD |"))
+    assert "| PGD | PGD paper |" in header and "| TVM | TVM paper |" in header
+    # a rerun loads both networks; their cache key does not hold the attack, so every attack's run shares them
+    again = run(rerun_config(cfg, tmp_path / "rectifier_baselines_again"))
+    assert again["rectifier_baseline.pgd.cached"] == again["rectifier_baseline.tvm.cached"] == 1.0
+    assert again["rectifier_baseline.pgd.acc.adv"] == metrics["rectifier_baseline.pgd.acc.adv"]
+    ctx = RunContext.build(cfg)
+    assert network_file(ctx.with_attack("fgsm_untargeted"), "f", "pgd") == network_file(ctx, "f", "pgd") != network_file(ctx, "f", "tvm")

@@ -19,6 +19,7 @@ from gcd_lightning.pipeline.components import build_gcd, export_run_defense
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.detectors_stage import run_detectors_stage
 from gcd_lightning.pipeline.evaluate_stage import run_evaluate_stage
+from gcd_lightning.pipeline.rectifier_baselines_stage import run_rectifier_baselines_stage
 from gcd_lightning.pipeline.rectifier_stage import run_rectifier_stage
 from gcd_lightning.pipeline.transfer_stage import run_transfer_stage
 from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
@@ -140,6 +141,7 @@ def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
     baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
+    metrics.update(run_rectifier_baselines_stage(ctx, model, classifier_id, adv_test))
     if ctx.cfg.evaluate.transfer_attacks:  # other attacks' test sets against the same f, from the cache or built
         test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
                      for name in ctx.cfg.evaluate.transfer_attacks}

@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.reporting.paper import BASELINE_COLUMNS, TABLE2, TABLE2_BASELINES, TABLE3, TABLE5
+from gcd_lightning.reporting.paper import (
+    BASELINE_COLUMNS,
+    RECTIFIER_COLUMNS,
+    TABLE2,
+    TABLE2_BASELINES,
+    TABLE3,
+    TABLE5,
+    TABLE5_BASELINES,
+)
 
 Table = tuple[list[str], list[list]]
 """A table's columns and its rows."""
@@ -95,11 +103,12 @@ def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
     return None if values is None else values[column]
 
 
-def baseline_names(runs: Sequence[Run], prefix: str) -> list[str]:
-    """The baseline detectors in any of ``runs``: the ``<name>`` of metric keys ``<prefix><name>`` other than
-    GCD's own (``org``, ``is``, ``gcd``), the paper's baselines first."""
-    found = {key[len(prefix):] for run in runs for key in run.metrics if key.startswith(prefix)} - {"org", "is", "gcd"}
-    order = list(BASELINE_COLUMNS)
+def baseline_names(runs: Sequence[Run], prefix: str, suffix: str = "", order: Sequence[str] = tuple(BASELINE_COLUMNS)) -> list[str]:
+    """The baselines in any of ``runs``: the ``<name>`` of metric keys ``<prefix><name><suffix>`` other than
+    GCD's own (``org``, ``is``, ``gcd``), those of ``order`` (the paper's) first."""
+    found = {key[len(prefix):len(key) - len(suffix)] for run in runs for key in run.metrics
+             if key.startswith(prefix) and key.endswith(suffix)} - {"org", "is", "gcd"}
+    order = list(order)
     return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
@@ -224,33 +233,49 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
 
 
 def table5(runs: Sequence[Run]) -> Table:
-    """GCD's and f's accuracy on clean and on adversarial test images, ours and the paper's.
+    """GCD's, the rectifier baselines' and f's accuracy on clean and on adversarial test images, ours and the paper's.
 
     Each attack trains its own detectors and ``f_rec``, so GCD's clean accuracy differs by attack:
     every attack row carries its own (``GCD clean``), and a data set's ``clean`` row gives the
-    lowest of them, with the number of runs it is taken over. ``GCD`` and ``F`` are over the
-    attacked images (all classified correctly by f, the paper's setting); ``GCD all examined`` and
-    ``F all examined`` (``*.robust_acc.all``) over every test image examined to find them, the
-    misclassified ones counted as errors (``n/a`` for runs from before these metrics).
+    lowest of them, with the number of runs it is taken over. ``GCD``, each rectifier baseline
+    (``rectifier_baseline=[...]``: the paper's PD, DDN, PGD, TVM) and ``F`` are over the attacked
+    images (all classified correctly by f, the paper's setting; grey-box: attacked through f alone);
+    ``GCD all examined`` and ``F all examined`` (``*.robust_acc.all``) over every test image examined to
+    find them, the misclassified ones counted as errors (``n/a`` for runs from before these metrics).
     """
-    columns = ["dataset", "images", "GCD", "GCD paper", "F", "F paper", "GCD clean", "GCD all examined", "F all examined"]
+    names = baseline_names(runs, "rectifier_baseline.", ".acc.adv", order=tuple(RECTIFIER_COLUMNS))
+    columns = ["dataset", "images", "GCD", "GCD paper"]
+    for name in names:
+        column = RECTIFIER_COLUMNS.get(name, name)
+        columns += [column, f"{column} paper"]
+    columns += ["F", "F paper", "GCD clean", "GCD all examined", "F all examined"]
+
+    def papers(dataset: str, images: str) -> list[float | None]:
+        return [TABLE5_BASELINES.get(dataset, {}).get(images, {}).get(name) for name in names]
+
+    def baselines(m: dict[str, float], dataset: str, attack: str) -> list:
+        ours = [m.get(f"rectifier_baseline.{name}.acc.adv") for name in names]
+        return [v for pair in zip(ours, papers(dataset, attack)) for v in pair]
+
     attack_rows: dict[str, list[list]] = {}
-    f_clean: dict[tuple[str, str], float] = {}
+    clean_rows: dict[str, list[list]] = {}
     for run in runs:
         dataset, attack, m = run.dataset, run.attack, run.metrics
         rows = attack_rows.setdefault(dataset, [])
         if "gcd.acc.adv" not in m or any(row[1] == attack for row in rows):
             continue
-        rows.append([dataset, attack, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0),
+        rows.append([dataset, attack, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0), *baselines(m, dataset, attack),
                      m["base.acc.adv"], paper(TABLE5, dataset, attack, 1), m["gcd.acc.clean"],
                      m.get("gcd.robust_acc.all"), m.get("base.robust_acc.all")])
-        f_clean[dataset, attack] = m["base.acc.clean"]
+        clean_rows.setdefault(dataset, []).append(
+            [m["gcd.acc.clean"], *(m.get(f"rectifier_baseline.{name}.acc.clean") for name in names), m["base.acc.clean"]])
     table = []
     for dataset, rows in attack_rows.items():
         if not rows:
             continue
-        table.append([dataset, f"clean (lowest of {len(rows)})", min(row[6] for row in rows), paper(TABLE5, dataset, "clean", 0),
-                      min(f_clean[dataset, row[1]] for row in rows), paper(TABLE5, dataset, "clean", 1), None, None, None])
+        lowest = [min((v for v in values if v is not None), default=None) for values in zip(*clean_rows[dataset])]
+        published = [paper(TABLE5, dataset, "clean", 0), *papers(dataset, "clean"), paper(TABLE5, dataset, "clean", 1)]
+        table.append([dataset, f"clean (lowest of {len(rows)})", *(v for pair in zip(lowest, published) for v in pair), None, None, None])
         table += rows
     return columns, table
 

@@ -1,0 +1,105 @@
+"""Stage ``rectifier_baselines`` (with ``rectifier_baseline=[pgd,ddn,tvm]``): Table 5's defended classifiers beside GCD.
+
+Each entry of ``cfg.rectifier_baseline`` (``conf/rectifier_baseline/<name>.yaml``) instantiates to a
+``RobustRecipe``: a copy of ``f`` fine-tuned on adversarial examples or on transformed training images
+(or ``f`` itself), behind an optional input transformation. The network does not depend on the run's
+attack, so one training serves every attack of a grid: its cache key holds ``f``, the recipe, the
+trainer settings and the seed. Its clean accuracy over the first ``evaluate.n_clean`` test images is
+cached beside it too. On each run's adversarial test images (grey-box: generated against ``f``) the
+stage reports ``rectifier_baseline.<name>.acc.adv`` over all pairs, ``.acc.adv_successful`` over the
+successful attacks and ``.robust_acc.all`` over every examined test image (as GCD's Table 5 cells).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from torch import nn
+
+from gcd_lightning import distributed
+from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
+from gcd_lightning.defense.baselines.robust_training import RobustRecipe, RobustTraining
+from gcd_lightning.pipeline.cache import load_or_train
+from gcd_lightning.pipeline.context import RunContext, code_version
+from gcd_lightning.pipeline.training import fit, seed_stage
+from gcd_lightning.utils.files import load_json, save_json
+from gcd_lightning.utils.hashing import spec_hash, to_plain
+
+PREFIX = "rectifier_baseline"
+
+
+def network_file(ctx: RunContext, classifier_id: str, name: str) -> Path:
+    """The trained network of baseline ``name``, keyed by ``f``, its recipe, the trainer settings and the seed."""
+    spec = {
+        "classifier": classifier_id,
+        "recipe": to_plain(ctx.cfg.rectifier_baseline[name]),
+        "trainer": ctx.training_identity(),
+        "seed": ctx.cfg.seed,
+        **code_version("rectifier_baselines"),
+    }
+    return ctx.cache_dir / PREFIX / f"{ctx.cfg.dataset.name}_{name}_{spec_hash(spec)}.pt"
+
+
+def train(ctx: RunContext, recipe: RobustRecipe, network: nn.Module, resume: Path, name: str) -> dict[str, float]:
+    """Fine-tune ``network`` in place as ``recipe`` says, on ``f``'s training split (the last epoch is kept,
+    as Madry et al. keep theirs; the clean validation accuracy is logged); returns the summary."""
+    cfg = ctx.cfg
+    module = RobustTraining(network, cfg.dataset.num_classes, recipe.transform(), recipe.optimizer)
+    limit = {} if recipe.limit_train_batches is None else {"limit_train_batches": recipe.limit_train_batches}
+    _, seconds = fit(ctx, module, resume, f"{PREFIX} {name}", recipe.max_epochs, trainer_args=limit, datamodule=ctx.datamodule)
+    network.load_state_dict(module.model.state_dict())
+    return {"train_seconds": seconds}
+
+
+def clean_accuracy(ctx: RunContext, defense: nn.Module, weights: Path, name: str) -> dict[str, float]:
+    """The defended classifier's accuracy on the first ``evaluate.n_clean`` clean test images, cached beside its weights."""
+    cfg = ctx.cfg
+    test = ctx.datamodule.dataset("test")
+    n_clean = cfg.evaluate.n_clean or len(test)
+    path = weights.with_name(f"{weights.stem}_clean_{spec_hash({'n_clean': n_clean, 'seed': cfg.seed})}.json")
+    if distributed.broadcast(path.is_file()):
+        return load_json(path, f"cached {PREFIX} {name} clean accuracy")
+    seed_stage(cfg.seed, f"{PREFIX} {name} clean")
+    start = time.perf_counter()
+    x, y = stack(test, torch.arange(n_clean))
+    result = {"acc": (predict(defense, x, cfg.adversarial.batch_size) == y).double().mean().item(),
+              "n": float(n_clean), "seconds": time.perf_counter() - start}
+    distributed.write_on_rank_zero(save_json, result, path)
+    return result
+
+
+def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_test: AdversarialSet) -> dict[str, float]:
+    """Train (or load) and evaluate every defended classifier of ``cfg.rectifier_baseline``; returns their metrics."""
+    cfg = ctx.cfg
+    metrics: dict[str, float] = {}
+    for name, spec in (cfg.get("rectifier_baseline") or {}).items():
+        recipe: RobustRecipe = hydra.utils.instantiate(spec)
+        network = copy.deepcopy(classifier) if recipe.max_epochs else classifier
+        weights = network_file(ctx, classifier_id, name)
+        summary, cached = {"train_seconds": 0.0}, True
+        if recipe.max_epochs:
+            seed_stage(cfg.seed, f"{PREFIX} {name}")
+            summary, cached = load_or_train(network, weights, weights.with_suffix(".json"),
+                                            lambda resume: train(ctx, recipe, network, resume, name), f"{PREFIX} {name}")
+        defense = recipe.defense(network.eval().to(ctx.device))
+        clean = clean_accuracy(ctx, defense, weights, name)
+        seed_stage(cfg.seed, f"{PREFIX} {name} adversarial")
+        start = time.perf_counter()
+        right = predict(defense, adv_test.x_adv, cfg.adversarial.batch_size) == adv_test.y
+        key = f"{PREFIX}.{name}"
+        acc_adv = right.double().mean().item()
+        metrics.update({
+            f"{key}.acc.clean": clean["acc"],
+            f"{key}.acc.adv": acc_adv,
+            f"{key}.acc.adv_successful": right[adv_test.success].double().mean().item(),
+            f"{key}.robust_acc.all": robust_accuracy(acc_adv, len(adv_test), adv_test.n_examined),
+            f"{key}.train_seconds": summary["train_seconds"],
+            f"{key}.clean_seconds": clean["seconds"],
+            f"{key}.adv_seconds": time.perf_counter() - start,
+            f"{key}.cached": float(cached),
+        })
+    return metrics
