@@ -538,3 +538,22 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert again["rectifier_baseline.pgd.acc.adv"] == metrics["rectifier_baseline.pgd.acc.adv"]
     ctx = RunContext.build(cfg)
     assert network_file(ctx.with_attack("fgsm_untargeted"), "f", "pgd") == network_file(ctx, "f", "pgd") != network_file(ctx, "f", "tvm")
+
+
+def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):
+    tmp, first_cfg, first_metrics = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "pixeldefend")
+    with open_dict(cfg):
+        composed = compose_config(["baseline=[pd]", "rectifier_baseline=[pd]"], tmp)
+        cfg.baseline, cfg.rectifier_baseline = composed.baseline, composed.rectifier_baseline
+        cfg.density.net.hidden, cfg.density.net.layers, cfg.density.limit_train_batches = 4, 1, 30
+        cfg.density.optimizer.lr = 0.01
+        cfg.rectifier_baseline.pd.max_images = 8
+    metrics = run(cfg)
+    assert metrics["density.val_bpd"] < 4.0  # far below a uniform 8 bits: the PixelCNN learnt MNIST
+    assert len(list((Path(cfg.paths.cache_dir) / "density").glob("*.pt"))) == 1  # one model for both components
+    assert metrics["detector.auc.pd"] > 0.9  # PGD-T's ε = 0.3 noise is far off MNIST's density
+    assert metrics["rectifier_baseline.pd.n_adv"] == metrics["rectifier_baseline.pd.n_clean"] == 8
+    assert metrics["rectifier_baseline.pd.train_seconds"] == 0.0  # f itself behind the purifier
+    assert metrics["rectifier_baseline.pd.acc.clean"] >= 0.5
+    assert "| PD | PD paper |" in (tmp_path / "pixeldefend" / "report.md").read_text()

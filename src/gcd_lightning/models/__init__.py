@@ -2,8 +2,9 @@
 
 from gcd_lightning.models.external import external_classifier
 from gcd_lightning.models.normalize import Normalize, normalized
+from gcd_lightning.models.pixelcnn import PixelCNN
 from gcd_lightning.models.resnet import resnet152, wide_resnet50_2
 from gcd_lightning.models.small_cnn import SmallCNN
 from gcd_lightning.models.vgg import VGG11BN
 
-__all__ = ["Normalize", "SmallCNN", "VGG11BN", "external_classifier", "normalized", "resnet152", "wide_resnet50_2"]
+__all__ = ["Normalize", "PixelCNN", "SmallCNN", "VGG11BN", "external_classifier", "normalized", "resnet152", "wide_resnet50_2"]

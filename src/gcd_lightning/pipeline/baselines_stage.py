@@ -26,6 +26,7 @@ from gcd_lightning.defense.baselines import FitData, ScoredDetector
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_detector, detection_split, gap_scores, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
+from gcd_lightning.pipeline.density import provide_density
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, detection_summary
 from gcd_lightning.utils.hashing import spec_hash
@@ -71,6 +72,7 @@ def run_baselines_stage(
     for name, spec in specs.items():
         seed_stage(cfg.seed, f"baseline {name}")
         detector = build_detector(ctx, spec, classifier).to(ctx.device)
+        metrics.update({f"density.{key}": value for key, value in provide_density(ctx, detector).items()})
         path = baseline_file(ctx, adv_train_path, classifier_id, name)
 
         def fit(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import hydra
@@ -53,12 +54,13 @@ def build_model(ctx: RunContext, net: DictConfig | None = None) -> nn.Module:
 
 
 def build_detector(ctx: RunContext, spec: DictConfig, classifier: nn.Module) -> Detector:
-    """The untrained detector of ``spec`` (an entry of ``defense.detectors`` or ``baseline``) on ``f``;
-    a trained one (a LightningModule such as ``SubDetector``) gets the ``detector`` group's body and optimizer."""
+    """The untrained detector of ``spec`` (an entry of ``defense.detectors`` or ``baseline``) on ``f`` (given to
+    a detector whose constructor takes ``classifier``); a trained one (a LightningModule such as ``SubDetector``) gets the ``detector`` group's body and optimizer."""
     cfg = ctx.cfg
-    trained = issubclass(hydra.utils.get_class(spec._target_), pl.LightningModule)
+    cls = hydra.utils.get_class(spec._target_)
     parts = {"body": hydra.utils.instantiate(cfg.detector.body), "optimizer": hydra.utils.instantiate(cfg.detector.optimizer)}
-    return hydra.utils.instantiate(spec, classifier=classifier, **(parts if trained else {}))
+    reads_f = {"classifier": classifier} if "classifier" in inspect.signature(cls).parameters else {}  # DET_PD does not
+    return hydra.utils.instantiate(spec, **reads_f, **(parts if issubclass(cls, pl.LightningModule) else {}))
 
 
 def detection_split(ctx: RunContext, adv_train: AdversarialSet) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

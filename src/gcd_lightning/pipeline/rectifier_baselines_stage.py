@@ -25,6 +25,7 @@ from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, 
 from gcd_lightning.defense.baselines.robust_training import RobustRecipe, RobustTraining
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.context import RunContext, code_version
+from gcd_lightning.pipeline.density import provide_density
 from gcd_lightning.pipeline.training import fit, seed_stage
 from gcd_lightning.utils.files import load_json, save_json
 from gcd_lightning.utils.hashing import spec_hash, to_plain
@@ -55,11 +56,12 @@ def train(ctx: RunContext, recipe: RobustRecipe, network: nn.Module, resume: Pat
     return {"train_seconds": seconds}
 
 
-def clean_accuracy(ctx: RunContext, defense: nn.Module, weights: Path, name: str) -> dict[str, float]:
-    """The defended classifier's accuracy on the first ``evaluate.n_clean`` clean test images, cached beside its weights."""
+def clean_accuracy(ctx: RunContext, defense: nn.Module, weights: Path, name: str, max_images: int | None) -> dict[str, float]:
+    """The defended classifier's accuracy on the first ``evaluate.n_clean`` (at most ``max_images``) clean test
+    images, cached beside its weights."""
     cfg = ctx.cfg
     test = ctx.datamodule.dataset("test")
-    n_clean = cfg.evaluate.n_clean or len(test)
+    n_clean = min(cfg.evaluate.n_clean or len(test), max_images or len(test))
     path = weights.with_name(f"{weights.stem}_clean_{spec_hash({'n_clean': n_clean, 'seed': cfg.seed})}.json")
     if distributed.broadcast(path.is_file()):
         return load_json(path, f"cached {PREFIX} {name} clean accuracy")
@@ -78,6 +80,8 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
     metrics: dict[str, float] = {}
     for name, spec in (cfg.get("rectifier_baseline") or {}).items():
         recipe: RobustRecipe = hydra.utils.instantiate(spec)
+        if recipe.preprocess is not None:
+            metrics.update({f"density.{key}": value for key, value in provide_density(ctx, recipe.preprocess).items()})
         network = copy.deepcopy(classifier) if recipe.max_epochs else classifier
         weights = network_file(ctx, classifier_id, name)
         summary, cached = {"train_seconds": 0.0}, True
@@ -86,16 +90,19 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
             summary, cached = load_or_train(network, weights, weights.with_suffix(".json"),
                                             lambda resume: train(ctx, recipe, network, resume, name), f"{PREFIX} {name}")
         defense = recipe.defense(network.eval().to(ctx.device))
-        clean = clean_accuracy(ctx, defense, weights, name)
+        clean = clean_accuracy(ctx, defense, weights, name, recipe.max_images)
         seed_stage(cfg.seed, f"{PREFIX} {name} adversarial")
         start = time.perf_counter()
-        right = predict(defense, adv_test.x_adv, cfg.adversarial.batch_size) == adv_test.y
+        pairs = slice(0, recipe.max_images)  # the first pairs of the test set (all without max_images)
+        right = predict(defense, adv_test.x_adv[pairs], cfg.adversarial.batch_size) == adv_test.y[pairs]
         key = f"{PREFIX}.{name}"
         acc_adv = right.double().mean().item()
         metrics.update({
             f"{key}.acc.clean": clean["acc"],
+            f"{key}.n_clean": clean["n"],
             f"{key}.acc.adv": acc_adv,
-            f"{key}.acc.adv_successful": right[adv_test.success].double().mean().item(),
+            f"{key}.n_adv": float(len(right)),
+            f"{key}.acc.adv_successful": right[adv_test.success[pairs]].double().mean().item(),
             f"{key}.robust_acc.all": robust_accuracy(acc_adv, len(adv_test), adv_test.n_examined),
             f"{key}.train_seconds": summary["train_seconds"],
             f"{key}.clean_seconds": clean["seconds"],

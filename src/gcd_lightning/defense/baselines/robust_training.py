@@ -5,7 +5,7 @@ input transformation, optionally fine-tuned on transformed training images.
   attack's examples against the network being trained (``AdversarialExamples``), no transformation;
 * TVM (Guo et al. 2018): the total-variation reconstruction in front of ``f`` fine-tuned on
   reconstructed training images (``Preprocessed``; Guo et al. train on transformed images too);
-* PixelDefend (Song et al. 2018): the purification in front of ``f`` itself (no training).
+* PixelDefend (Song et al. 2018): the purification (``PixelDefend``) in front of ``f`` itself (no training).
 
 ``RobustRecipe`` is what a ``conf/rectifier_baseline/<name>.yaml`` entry instantiates to; the
 ``rectifier_baselines`` stage trains (or loads) the network and evaluates ``recipe.defense(network)``.
@@ -111,6 +111,8 @@ class RobustRecipe:
         limit_train_batches: the share (≤ 1.0) or number of training batches per epoch (CPU budgets);
             ``None``: the trainer's setting.
         optimizer: a partial optimizer for the fine-tuning.
+        max_images: evaluate on at most this many clean test images and adversarial pairs (the first
+            ones), for a costly ``preprocess`` (PixelDefend: one PixelCNN pass per pixel); ``None``: all.
     """
 
     preprocess: nn.Module | None = None
@@ -118,12 +120,15 @@ class RobustRecipe:
     max_epochs: int = 0
     limit_train_batches: float | int | None = None
     optimizer: OptimizerFactory | None = None
+    max_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs < 0:
             raise ValueError(f"rectifier baseline: max_epochs must be >= 0, got {self.max_epochs}")
         if self.max_epochs and self.optimizer is None:
             raise ValueError("rectifier baseline: fine-tuning (max_epochs > 0) needs an optimizer")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"rectifier baseline: max_images must be >= 1 or null, got {self.max_images}")
         if self.max_epochs and self.attack is None and self.preprocess is None:
             raise ValueError("rectifier baseline: fine-tuning needs an attack or a preprocess to train on")
 

@@ -1,0 +1,67 @@
+"""The data set's density model (``density`` group, a ``PixelCNN``), trained once and provided to the components that ask.
+
+A component that needs it (``DET_PD``, the PixelDefend purifier) is built with ``density=None``;
+``provide_density`` hands it the trained model. Training runs only then, on ``f``'s training split, and
+is cached under ``cache/density/`` keyed by the data, the network config, its training, the trainer
+settings and the seed; the attack plays no part, so every attack's run shares it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from torch import nn
+
+from gcd_lightning.models.pixelcnn import DensityTraining, PixelCNN
+from gcd_lightning.pipeline.cache import load_or_train
+from gcd_lightning.pipeline.context import RunContext, code_version
+from gcd_lightning.pipeline.training import fit, seed_stage
+from gcd_lightning.utils.hashing import spec_hash, to_plain
+
+
+def density_file(ctx: RunContext) -> Path:
+    """The trained density model's weights, keyed by everything that determines them."""
+    spec = {
+        "dataset": ctx.dataset_identity(),
+        "density": to_plain(ctx.cfg.density),
+        "trainer": ctx.training_identity(),
+        "seed": ctx.cfg.seed,
+        **code_version("density"),
+    }
+    return ctx.cache_dir / "density" / f"{ctx.cfg.dataset.name}_{spec_hash(spec)}.pt"
+
+
+def trained_density(ctx: RunContext) -> tuple[PixelCNN, dict]:
+    """The run's density model, trained (or loaded) once per run (``ctx.memo``), in eval mode on the run's device;
+    and its summary."""
+    path = density_file(ctx)
+    if path not in ctx.memo:
+        cfg = ctx.cfg.density
+        model = hydra.utils.instantiate(cfg.net)
+        seed_stage(ctx.cfg.seed, "density")
+
+        def train(resume: Path) -> dict[str, float]:
+            module = DensityTraining(model, hydra.utils.instantiate(cfg.optimizer))
+            trainer, seconds = fit(ctx, module, resume, "density", cfg.max_epochs,
+                                   trainer_args={"limit_train_batches": cfg.limit_train_batches}, datamodule=ctx.datamodule)
+            return {"val_bpd": float(trainer.callback_metrics["val/bpd"]), "train_seconds": seconds}
+
+        summary, _ = load_or_train(model, path, path.with_suffix(".json"), train, "density")
+        ctx.memo[path] = (model.eval().requires_grad_(False).to(ctx.device), summary)
+    return ctx.memo[path]
+
+
+def provide_density(ctx: RunContext, component: nn.Module) -> dict[str, float]:
+    """Give every part of ``component`` built with ``density=None`` the run's trained density model.
+
+    Returns the density's summary (validation bits per dimension, training seconds) when it was
+    provided, else nothing.
+    """
+    waiting = [m for m in component.modules() if hasattr(m, "density") and m.density is None]
+    if not waiting:
+        return {}
+    model, summary = trained_density(ctx)
+    for m in waiting:
+        object.__setattr__(m, "density", model)
+    return summary
