@@ -54,8 +54,8 @@ whitebox: install data
 
 # the grey-box MNIST grid with every baseline detector and defended classifier beside GCD, each detector scored on
 # all eight attacks (transfer matrices), then Tables 2 and 5 and transfer_<detector>.{md,csv,png} in outputs/baselines/aggregate
-BASELINES ?= [gnorm,squeeze,sal,mds,tws]
-RECTIFIER_BASELINES ?= [pgd,ddn,tvm]
+BASELINES ?= [gnorm,squeeze,sal,mds,tws,pd]
+RECTIFIER_BASELINES ?= [pgd,ddn,tvm,pd]
 ATTACK_LIST := [$(shell echo $(WHITEBOX_ATTACKS) | tr ' ' ',')]
 baselines: install data
 	for attack in $(WHITEBOX_ATTACKS); do \

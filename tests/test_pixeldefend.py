@@ -52,6 +52,17 @@ def test_pixelcnn_is_causal_an_output_never_depends_on_later_pixels(channels):
     assert grad.abs().sum() > 0  # the last output does read the pixels before it
 
 
+def test_a_rows_logits_need_only_the_context_rows_above_it():
+    torch.manual_seed(0)
+    model = PixelCNN(in_channels=2, levels=4, hidden=3, layers=3)
+    x = torch.rand(2, 2, 12, 7)
+    full = model(x)
+    for i in range(12):
+        top = max(0, i - model.context_rows)
+        assert torch.allclose(model(x[:, :, top : i + 1])[..., -1, :], full[..., i, :], atol=1e-6)
+    assert not torch.allclose(model(x[:, :, 10 - model.context_rows + 1 : 11])[..., -1, :], full[..., 10, :])  # one row fewer
+
+
 def test_causal_mask_hides_the_centre_from_mask_a_and_shows_earlier_channel_groups():
     mask_a = causal_mask(6, 3, 3, groups=3, include_centre=False)
     assert mask_a[:, :, 1, 1].tolist() == [[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0]]

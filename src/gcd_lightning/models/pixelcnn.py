@@ -67,6 +67,15 @@ class PixelCNN(nn.Module):
         self.hidden = nn.ModuleList(MaskedConv2d(width, width, 3, in_channels, include_centre=True) for _ in range(layers))
         self.out = MaskedConv2d(width, in_channels * levels, 1, in_channels, include_centre=True)
 
+    @property
+    def context_rows(self) -> int:
+        """How many rows above a pixel its logits can depend on: 3 through the 7×7 layer, 1 per 3×3 layer.
+
+        So the logits of row ``i`` computed on the rows ``i − context_rows … i`` alone are exact: every
+        activation they depend on lies inside those rows (the zero padding above them is out of reach).
+        """
+        return self.first.kernel_size[0] // 2 + len(self.hidden)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.first(x * 2 - 1))
         for layer in self.hidden:

@@ -10,7 +10,8 @@ Adversarial Examples", ICLR 2018) on a ``PixelCNN`` trained on the clean trainin
 * ``PixelDefend`` (Table 5's "PD"): Algorithm 1, the purification. Pixel by pixel in raster order (and
   channel by channel), the value is replaced by the most likely grey level under the PixelCNN, given
   the already purified pixels, within ``eps`` of the input's value. One pass of the PixelCNN per pixel
-  value: H·W·C passes per batch. Song et al. pick ε_defend per data set (16/255 against ε = 8/255 on
+  value (H·W·C passes per batch), each over the rows the pixel's logits depend on only (exact, and 3×
+  cheaper on MNIST). Song et al. pick ε_defend per data set (16/255 against ε = 8/255 on
   CIFAR-10); our MNIST default is the L∞ attack budget, 0.3.
 
 The PixelCNN is trained once per data set and shared: a component built with ``density=None`` gets
@@ -69,9 +70,10 @@ def purify(density: PixelCNN, x: torch.Tensor, eps: float) -> torch.Tensor:
     purified = x.clone()
     _, channels, height, width = x.shape
     for i in range(height):
+        top_row = max(0, i - density.context_rows)  # the rows row i's logits depend on (``PixelCNN.context_rows``)
         for j in range(width):
             for c in range(channels):
-                logits = density(purified)[:, c, :, i, j]  # (N, levels), given the purified pixels before
+                logits = density(purified[:, :, top_row : i + 1])[:, c, :, -1, j]  # (N, levels), given the pixels before
                 feasible = (levels[None, :] >= low[:, c, i, j, None]) & (levels[None, :] <= high[:, c, i, j, None])
                 choice = logits.masked_fill(~feasible, float("-inf")).argmax(dim=1)
                 purified[:, c, i, j] = choice.to(x.dtype) / top
