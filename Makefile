@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench bench-tvm whitebox baselines clean-cache
+.PHONY: install data demo test bench bench-tvm whitebox baselines baselines-agnostic clean-cache
 
 install: $(INSTALLED)
 
@@ -63,6 +63,18 @@ baselines: install data
 	    'evaluate.transfer_attacks=$(ATTACK_LIST)' hydra.run.dir=outputs/baselines/mnist_$$attack || exit 1; \
 	done
 	$(BIN)/python scripts/aggregate.py outputs/baselines
+
+# attack-agnostic detectors: trained on the union of all eight attacks' train sets (one run, scored on all eight),
+# then leave-one-attack-out (trained on seven, tested on the eighth); aggregate in outputs/agnostic/aggregate
+baselines-agnostic: install data
+	$(BIN)/python -m gcd_lightning +experiment=mnist_pgd_untargeted progress=false 'baseline=$(BASELINES)' \
+	  'defense.train_attacks=$(ATTACK_LIST)' 'evaluate.transfer_attacks=$(ATTACK_LIST)' hydra.run.dir=outputs/agnostic/all_eight || exit 1
+	for attack in $(WHITEBOX_ATTACKS); do \
+	  others=$$(echo $(WHITEBOX_ATTACKS) | tr ' ' '\n' | grep -vx $$attack | paste -sd, -); \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack progress=false 'baseline=$(BASELINES)' \
+	    "defense.train_attacks=[$$others]" hydra.run.dir=outputs/agnostic/leave_out_$$attack || exit 1; \
+	done
+	$(BIN)/python scripts/aggregate.py outputs/agnostic
 
 clean-cache:
 	rm -rf cache

@@ -14,7 +14,7 @@ from conftest import REPO
 from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.reporting.report import render
 from gcd_lightning.reporting.aggregate import find_runs, latest
-from gcd_lightning.reporting.tables import INDICATORS, Run, failed_indicators, laid_out, robustness, table2, table3, table5
+from gcd_lightning.reporting.tables import INDICATORS, Run, failed_indicators, laid_out, robustness, run_key, table2, table3, table5
 
 spec = importlib.util.spec_from_file_location("aggregate_script", REPO / "scripts" / "aggregate.py")
 aggregate_script = importlib.util.module_from_spec(spec)
@@ -248,3 +248,21 @@ def test_table5_puts_each_rectifier_baseline_beside_the_papers_column(tmp_path):
     assert (cw[columns.index("TVM")], cw[columns.index("TVM paper")]) == (0.61, 0.66)
     assert (clean[columns.index("PGD")], clean[columns.index("PGD paper")]) == (0.96, 0.84)  # the lowest of the runs
     assert clean[columns.index("TVM paper")] == 0.67 and clean[columns.index("F")] == GREY["base.acc.clean"]
+
+
+def test_attack_agnostic_runs_are_rows_of_their_own():
+    def config(attack, train_attacks):
+        return {"dataset": {"name": "mnist"}, "attack": {"name": attack, "targeted": False},
+                "threat": {"name": "greybox"}, "defense": {"train_attacks": train_attacks}}
+
+    eight = ["fgsm_untargeted", "pgd_untargeted", "pgd_targeted", "deepfool_untargeted", "cw_untargeted", "cw_targeted",
+             "ddn_untargeted", "ddn_targeted"]
+    assert run_key(config("pgd_untargeted", [])) == ("mnist", "pgd_untargeted", "greybox")
+    assert run_key(config("pgd_untargeted", eight))[2] == "greybox (trained on 8 attacks)"
+    left_out = run_key(config("pgd_untargeted", [a for a in eight if a != "pgd_untargeted"]))
+    assert left_out[2] == "greybox (trained on 7 others)"
+    grey = {**GREY, "base.acc.clean": 0.99}
+    runs = [Run(*key, grey) for key in (run_key(config("pgd_untargeted", [])), run_key(config("pgd_untargeted", eight)), left_out)]
+    assert [row[1] for row in table2(runs)[1]] == ["pgd_untargeted", "pgd_untargeted (trained on 8 attacks)",
+                                                   "pgd_untargeted (trained on 7 others)"]
+    assert table2(runs)[1][2][table2(runs)[0].index("GCD paper")] == 1.00  # the paper's row is the attack's

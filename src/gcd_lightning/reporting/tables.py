@@ -46,18 +46,31 @@ class Run:
         """(data set, attack, threat model): a run of the same key replaces it in the aggregate."""
         return self.dataset, self.attack, self.threat
 
+    @property
+    def label(self) -> str:
+        """The attack as Tables 2 and 5 and the transfer matrices name the row: with what the detectors were
+        trained on when that was not the attack alone (``defense.train_attacks``, see ``run_key``)."""
+        _, trained, rest = self.threat.partition(" (trained on ")
+        return f"{self.attack} (trained on {rest}" if trained else self.attack
+
 
 def run_key(config: Mapping) -> tuple[str, str, str]:
     """(data set, attack, threat model) of a run's resolved config.
 
     White-box runs of an untargeted attack with one objective alone (eq. 14 or merged, instead of
-    the stronger of both) are a threat model of their own (``whitebox (eq14)``), so Table 3 shows each.
+    the stronger of both) are a threat model of their own (``whitebox (eq14)``), so Table 3 shows each;
+    so are detectors trained on several attacks (``defense.train_attacks``): ``greybox (trained on 8
+    attacks)``, or ``(trained on 7 others)`` when the run's attack is left out.
     """
     threat, attack = config["threat"], config["attack"]
     objective = threat.get("untargeted_loss", "eq14")  # runs from before the choice used eq. 14
-    if threat["name"] == "whitebox" and not attack.get("targeted", False) and objective != "both":
-        return config["dataset"]["name"], attack["name"], f"whitebox ({objective})"
-    return config["dataset"]["name"], attack["name"], threat["name"]
+    name = threat["name"]
+    if name == "whitebox" and not attack.get("targeted", False) and objective != "both":
+        name = f"whitebox ({objective})"
+    trained_on = (config.get("defense") or {}).get("train_attacks") or []
+    if trained_on:  # attack-agnostic training: the union of all attacks, or leave-one-out, is a row of its own
+        name += f" (trained on {len(trained_on)} {'attacks' if attack['name'] in trained_on else 'others'})"
+    return config["dataset"]["name"], attack["name"], name
 
 
 def fmt(value: float, digits: int = 4) -> str:
@@ -125,10 +138,10 @@ def table2(runs: Sequence[Run]) -> Table:
     rows = []
     for run in runs:
         dataset, attack, m = run.dataset, run.attack, run.metrics
-        if "detector.auc.gcd" not in m or any(r[:2] == [dataset, attack] for r in rows):
+        if "detector.auc.gcd" not in m or any(r[:2] == [dataset, run.label] for r in rows):
             continue
         ours = (m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"])
-        row = [dataset, attack, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))]
+        row = [dataset, run.label, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))]
         for name in names:
             row += [m.get(f"detector.auc.{name}"), TABLE2_BASELINES.get(dataset, {}).get(attack, {}).get(name)]
         rows.append(row)
@@ -262,9 +275,9 @@ def table5(runs: Sequence[Run]) -> Table:
     for run in runs:
         dataset, attack, m = run.dataset, run.attack, run.metrics
         rows = attack_rows.setdefault(dataset, [])
-        if "gcd.acc.adv" not in m or any(row[1] == attack for row in rows):
+        if "gcd.acc.adv" not in m or any(row[1] == run.label for row in rows):
             continue
-        rows.append([dataset, attack, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0), *baselines(m, dataset, attack),
+        rows.append([dataset, run.label, m["gcd.acc.adv"], paper(TABLE5, dataset, attack, 0), *baselines(m, dataset, attack),
                      m["base.acc.adv"], paper(TABLE5, dataset, attack, 1), m["gcd.acc.clean"],
                      m.get("gcd.robust_acc.all"), m.get("base.robust_acc.all")])
         clean_rows.setdefault(dataset, []).append(
@@ -322,7 +335,7 @@ def transfer(runs: Sequence[Run]) -> dict[str, Table]:
             if not any(key.startswith(f"transfer.auc.{detector}.") for key in run.metrics):
                 continue
             for measure, key in TRANSFER_MEASURES:
-                rows.append([run.dataset, run.attack, measure,
+                rows.append([run.dataset, run.label, measure,
                              *(run.metrics.get(key.format(detector=detector, attack=attack)) for attack in tested)])
         tables[f"transfer_{detector}"] = (["dataset", "trained on", "measure", *tested], rows)
     return tables
