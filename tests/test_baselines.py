@@ -203,3 +203,24 @@ def test_det_tws_flags_noise_fragile_images_and_scores_each_image_alike_in_any_b
     assert not detector.differentiable
     with pytest.raises(ValueError, match="sigma, step > 0"):
         TurningWeakness(f, sigma=0.0)
+
+
+def test_tws_surrogate_is_differentiable_and_agrees_with_the_real_decision():
+    torch.manual_seed(0)
+    f = MeanBrightness(k=40.0).eval()
+    g = torch.Generator().manual_seed(0)
+    clean = 0.3 * torch.rand(64, 1, 12, 12, generator=g)  # mean ≈ 0.15: confidently dark
+    near = (0.5 + 0.04 * torch.rand(32, 1, 1, 1, generator=g) + 0.2 * (torch.rand(32, 1, 12, 12, generator=g) - 0.5)).clamp(0, 1)
+    tws = TurningWeakness(f, sigma=0.3, noise_draws=16, step=0.02, max_steps=20)
+    tws.fit(FitData(clean=clean[:8], adversarial=near[:8], clean_val=clean[16:], train=TensorDataset(clean), batch_size=16))
+    surrogate = tws.surrogate()
+    assert not tws.differentiable and surrogate.differentiable
+    x = torch.cat([clean[:16], near[:16]]).requires_grad_(True)
+    logits = surrogate(x)
+    assert logits.shape == (32, 2) and torch.isfinite(logits).all()
+    logits[:, 1].sum().backward()
+    assert x.grad.abs().sum() > 0
+    with torch.no_grad():
+        real, stand_in = tws(x.detach()).argmax(dim=1), surrogate(x.detach()).argmax(dim=1)
+    assert real[16:].float().mean() >= 0.8  # the real detector flags the images next to the boundary
+    assert (real == stand_in).float().mean() >= 0.8  # and the stand-in mostly decides as it does

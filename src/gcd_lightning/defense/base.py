@@ -27,6 +27,14 @@ class Detector(nn.Module):
     name: str
     differentiable: bool = True
 
+    def surrogate(self) -> Detector | None:
+        """A differentiable stand-in for a detector that is not (``differentiable`` False), or None.
+
+        White-box attacks reach through the stand-in (BPDA, with EOT over its randomness) while the
+        real detector judges every result; a non-differentiable detector without one is left out.
+        """
+        return None
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """``(p⁺, p⁻)`` (N, 2): column 0 benign, column 1 adversarial."""
         return torch.softmax(self(x), dim=1)

@@ -4,8 +4,9 @@ The first ``threat.n_test`` images of the grey-box test set are attacked against
 
 * ``nodet``: ``f`` alone (NoDET of Table 3), the configured attack and ``AdaptivePGD`` on ``f``'s
   hinge, so that NoDET faces attacks as strong as the detected targets do;
-* ``det_<name>`` for each detector of the defense (GCD: ``det_org``, ``det_is``): ``f`` guarded by
-  that detector alone; ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
+* ``det_<name>`` for each detector of the defense (GCD: ``det_org``, ``det_is``) and each baseline: ``f``
+  guarded by that detector alone (a baseline that is not differentiable, ``DET_TWS``, is attacked
+  through its differentiable ``surrogate()``, BPDA/EOT, and judged by itself); ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
 
 Each detector target is attacked by several attacks ("variants"), and each image counts the
@@ -128,7 +129,8 @@ def run_whitebox_stage(
     """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics.
 
     ``baselines`` (``baseline=[...]``): more detectors, each a target ``det_<name>`` of its own
-    attacked like ``DET_org`` and ``DET_IS`` (keyed in the cache by its fitted state).
+    attacked like ``DET_org`` and ``DET_IS`` (keyed in the cache by its fitted state); one that is not
+    differentiable is attacked through its ``surrogate()`` (BPDA/EOT) and judged by itself.
     """
     cfg, threat = ctx.cfg, ctx.cfg.threat  # checked by run() before any training (check_threat)
     adaptive = threat.adaptive
@@ -142,13 +144,18 @@ def run_whitebox_stage(
     eps = float(cfg.attack.eps) if norm is Norm.LINF else float(adaptive.l2_eps)
 
     classifier = gcd.classifier
-    for name in [name for name, d in (baselines or {}).items() if not d.differentiable]:
-        log.warning("white-box: baseline %s is not differentiable; it is left out (a BPDA/EOT attack on it is not built)", name)
-    baselines = {name: d for name, d in (baselines or {}).items() if d.differentiable}
+    stand_ins = {name: d if d.differentiable else d.surrogate() for name, d in (baselines or {}).items()}
+    for name in [name for name, d in stand_ins.items() if d is None]:
+        log.warning("white-box: baseline %s is not differentiable and has no surrogate; it is left out", name)
+    baselines = {name: d for name, d in (baselines or {}).items() if stand_ins[name] is not None}
     parts = ({f"det_{d.name}": [d] for d in gcd.detectors} | {f"det_{name}": [d] for name, d in baselines.items()}
              | {"gcd": list(gcd.detectors)})
-    part_ids = {f"det_{name}": {"baseline": [state_dict_hash(d), cfg.baseline[name]]} for name, d in baselines.items()}
-    guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}
+    attacked_parts = parts | {f"det_{name}": [stand_ins[name]] for name in baselines}  # BPDA/EOT where not differentiable
+    part_ids = {f"det_{name}": {"baseline": [state_dict_hash(d), cfg.baseline[name]],
+                                **({} if d.differentiable else {"surrogate": type(stand_ins[name]).__name__})}
+                for name, d in baselines.items()}
+    guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}  # the judges
+    attacked = {name: GuardedClassifier(classifier, dets) for name, dets in attacked_parts.items()}
     judge_objective = HingeEvasion(num_classes, 0.0, 1.0, targeted)
 
     def fooled(pred: torch.Tensor) -> torch.Tensor:
@@ -187,9 +194,9 @@ def run_whitebox_stage(
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
 
     def detector_variants(name: str) -> list[Variant]:
-        model = guarded[name]
+        model = attacked[name]
         found = [
-            Variant(f"l1_{loss or 'target'}", configured(DetectedClassifier(classifier, parts[name]),
+            Variant(f"l1_{loss or 'target'}", configured(DetectedClassifier(classifier, attacked_parts[name]),
                                                           DetectorEvasion(num_classes, threat.beta, targeted, loss or "eq14")),
                     {"attack": cfg.attack, "objective": None if loss is None else [loss, threat.beta if loss == "eq14" else None]},
                     name, previous=True)
