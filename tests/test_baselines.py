@@ -224,3 +224,20 @@ def test_tws_surrogate_is_differentiable_and_agrees_with_the_real_decision():
         real, stand_in = tws(x.detach()).argmax(dim=1), surrogate(x.detach()).argmax(dim=1)
     assert real[16:].float().mean() >= 0.8  # the real detector flags the images next to the boundary
     assert (real == stand_in).float().mean() >= 0.8  # and the stand-in mostly decides as it does
+
+
+def test_tws_computes_each_images_criteria_once(monkeypatch):
+    f = MeanBrightness(k=40.0).eval()
+    tws = TurningWeakness(f, sigma=0.3, noise_draws=8, step=0.02, max_steps=10)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    direct = tws.compute_criteria(x)
+    first = tws.criteria(x[:4])
+    computed = []
+    original = tws.compute_criteria
+    monkeypatch.setattr(tws, "compute_criteria", lambda images: computed.append(len(images)) or original(images))
+    again = tws.criteria(x[[3, 4, 0, 5]])  # two seen images, two new ones
+    assert computed == [2]
+    for got, want in zip(first, direct):
+        assert torch.equal(got, want[:4])
+    for got, want in zip(again, direct):
+        assert torch.equal(got, want[[3, 4, 0, 5]])
