@@ -14,7 +14,9 @@ from conftest import REPO
 from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.reporting.report import render
 from gcd_lightning.reporting.aggregate import find_runs, latest
-from gcd_lightning.reporting.tables import INDICATORS, Run, failed_indicators, laid_out, robustness, run_key, table2, table3, table5
+from gcd_lightning.reporting.tables import (
+    INDICATORS, Run, failed_indicators, laid_out, robustness, run_key, table2, table3, table5, timing,
+)
 
 spec = importlib.util.spec_from_file_location("aggregate_script", REPO / "scripts" / "aggregate.py")
 aggregate_script = importlib.util.module_from_spec(spec)
@@ -266,3 +268,13 @@ def test_attack_agnostic_runs_are_rows_of_their_own():
     assert [row[1] for row in table2(runs)[1]] == ["pgd_untargeted", "pgd_untargeted (trained on 8 attacks)",
                                                    "pgd_untargeted (trained on 7 others)"]
     assert table2(runs)[1][2][table2(runs)[0].index("GCD paper")] == 1.00  # the paper's row is the attack's
+
+
+def test_timing_table_gives_each_stages_wall_time_their_total_and_each_components_cost():
+    runs = [Run("mnist", "cw_untargeted", "greybox", {**GREY, "time.classifier": 0.4, "time.attack": 61.2, "time.baselines": 30.0,
+                                                       "baseline.train_seconds.sal": 92.6, "whitebox.seconds_per_image.gcd": 3.0}),
+            Run("mnist", "fgsm_untargeted", "greybox", {**GREY, "time.classifier": 10.0})]
+    columns, rows = timing(runs)
+    assert columns == ["dataset", "attack", "threat", "classifier", "attack", "baselines", "total", "baseline.train_seconds.sal"]
+    assert rows[0][3:] == ["0", "61", "30", "92", "93"] and rows[1][3:] == ["10", None, None, "10", None]
+    assert timing([Run("mnist", "cw_untargeted", "greybox", GREY)])[1] == []  # runs from before the timings: no rows

@@ -38,6 +38,7 @@ METRIC_KEYS = [
     "eval.n_examined",
     "detector.fpr.clean",
     *(f"table1.success.{name}{p}" for name in ("top", "random") for p in (5, 10)),
+    *(f"time.{stage}" for stage in ("classifier", "attack", "detectors", "rectifier", "evaluate")),
 ]
 PNG = b"\x89PNG\r\n\x1a\n"
 CACHE_FLAGS = ("classifier.cached", "attack.train.cached", "attack.test.cached", "detector.cached.org",

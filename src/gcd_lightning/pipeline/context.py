@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,16 @@ class RunContext:
     loggers: list[Any]
     _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False)
     memo: dict[Any, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)  # models loaded once per run
+    timings: dict[str, float] = dataclasses.field(default_factory=dict, init=False, repr=False)  # wall seconds per stage
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[stage]`` (a run reports them as ``time.<stage>``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
     @classmethod
     def build(cls, cfg: DictConfig) -> RunContext:

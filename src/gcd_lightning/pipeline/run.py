@@ -117,37 +117,53 @@ def usage_example(folder: Path) -> str:
 
 
 def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
-    """The stages up to ``stage``, each fed by the ones before; returns their flat metrics."""
-    model, classifier_id, metrics = run_classifier_stage(ctx)
+    """The stages up to ``stage``, each fed by the ones before; returns their flat metrics and ``time.<stage>``,
+    the wall seconds each took in this run (near 0 for a stage served by the cache)."""
+    metrics = stages(ctx, stage)
+    return metrics | {f"time.{name}": seconds for name, seconds in ctx.timings.items()}
+
+
+def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
+    """``run_stages`` without the timings."""
+    with ctx.timed("classifier"):
+        model, classifier_id, metrics = run_classifier_stage(ctx)
     if not stage.includes(Stage.ATTACK):
         return metrics
-    sets, attack_metrics = run_attack_stage(ctx, model, classifier_id)
+    with ctx.timed("attack"):
+        sets, attack_metrics = run_attack_stage(ctx, model, classifier_id)
     metrics.update(attack_metrics)
     (adv_train, train_path), (adv_test, _) = sets["train"], sets["test"]
     if not stage.includes(Stage.DETECTORS):
         return metrics
-    detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, classifier_id, adv_train, train_path)
+    with ctx.timed("detectors"):
+        detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, classifier_id, adv_train, train_path)
     metrics.update(detector_metrics)
     if not stage.includes(Stage.RECTIFIER):
         return metrics
-    rectifier, rectifier_id, rectifier_metrics = run_rectifier_stage(
-        ctx, model, classifier_id, detectors, detectors_folder, adv_train
-    )
+    with ctx.timed("rectifier"):
+        rectifier, rectifier_id, rectifier_metrics = run_rectifier_stage(
+            ctx, model, classifier_id, detectors, detectors_folder, adv_train
+        )
     metrics.update(rectifier_metrics)
     gcd = build_gcd(ctx, model, detectors, rectifier)
     distributed.write_on_rank_zero(export_run_defense, ctx, gcd)
     if not stage.includes(Stage.EVALUATE):
         return metrics
-    metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
-    baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
+    with ctx.timed("evaluate"):
+        metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
+    with ctx.timed("baselines"):
+        baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
-    metrics.update(run_rectifier_baselines_stage(ctx, model, classifier_id, adv_test))
+    with ctx.timed("rectifier_baselines"):
+        metrics.update(run_rectifier_baselines_stage(ctx, model, classifier_id, adv_test))
     if ctx.cfg.evaluate.transfer_attacks:  # other attacks' test sets against the same f, from the cache or built
-        test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
-                     for name in ctx.cfg.evaluate.transfer_attacks}
-        metrics.update(run_transfer_stage(ctx, gcd, baselines, adv_train, test_sets))
+        with ctx.timed("transfer"):
+            test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
+                         for name in ctx.cfg.evaluate.transfer_attacks}
+            metrics.update(run_transfer_stage(ctx, gcd, baselines, adv_train, test_sets))
     if ctx.cfg.threat.name == "whitebox":
-        metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))
+        with ctx.timed("whitebox"):
+            metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))
     return metrics
 
 

@@ -341,11 +341,35 @@ def transfer(runs: Sequence[Run]) -> dict[str, Table]:
     return tables
 
 
+STAGE_ORDER = ("classifier", "attack", "detectors", "rectifier", "evaluate", "baselines", "rectifier_baselines", "transfer",
+               "whitebox")
+
+
+def timing(runs: Sequence[Run]) -> Table:
+    """What each run cost, in whole seconds: the wall time of each stage in that run (``time.<stage>``, near 0 where
+    the cache served it) and their total, then what each component cost when it was built (``*seconds*`` metrics:
+    training, fitting, scoring; a cached component reports its original cost). Per-image white-box times are left out."""
+    stage_keys = [f"time.{stage}" for stage in STAGE_ORDER if any(f"time.{stage}" in run.metrics for run in runs)]
+    component_keys = sorted({key for run in runs for key in run.metrics
+                             if "seconds" in key and not key.startswith(("time.", "whitebox."))})
+    columns = ["dataset", "attack", "threat", *(key.removeprefix("time.") for key in stage_keys), "total", *component_keys]
+    rows = []
+    for run in runs:
+        if not stage_keys or not any(key in run.metrics for key in stage_keys):
+            continue
+        whole = lambda value: None if value is None else f"{value:.0f}"  # noqa: E731
+        stages = [run.metrics.get(key) for key in stage_keys]
+        rows.append([run.dataset, run.label, run.threat, *map(whole, stages), whole(sum(v for v in stages if v is not None)),
+                     *(whole(run.metrics.get(key)) for key in component_keys)])
+    return columns, rows
+
+
 def laid_out(runs: Sequence[Run], cells: bool = False) -> dict[str, Table]:
-    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``, ``transfer_<detector>``).
+    """Every table that has rows, by name (``table2``, ``table3``, ``table5``, ``robustness``, ``transfer_<detector>``,
+    ``timing``).
 
     ``cells=False``: one number a cell (the CSV, W&B); ``cells=True``: a rate and its interval in one cell (Markdown).
     """
     tables = {"table2": table2(runs), "table3": table3(runs, cells), "table5": table5(runs), "robustness": robustness(runs, cells),
-              **transfer(runs)}
+              **transfer(runs), "timing": timing(runs)}
     return {name: table for name, table in tables.items() if table[1]}
