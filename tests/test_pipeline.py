@@ -542,6 +542,9 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert again["rectifier_baseline.pgd.acc.adv"] == metrics["rectifier_baseline.pgd.acc.adv"]
     ctx = RunContext.build(cfg)
     assert network_file(ctx.with_attack("fgsm_untargeted"), "f", "pgd") == network_file(ctx, "f", "pgd") != network_file(ctx, "f", "tvm")
+    with open_dict(ctx.cfg):
+        ctx.cfg.rectifier_baseline.pgd.max_images = 50  # how many images are scored: not what is trained
+    assert network_file(ctx, "f", "pgd") == network_file(RunContext.build(cfg), "f", "pgd")
 
 
 def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):

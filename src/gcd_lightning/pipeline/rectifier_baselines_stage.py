@@ -34,10 +34,12 @@ PREFIX = "rectifier_baseline"
 
 
 def network_file(ctx: RunContext, classifier_id: str, name: str) -> Path:
-    """The trained network of baseline ``name``, keyed by ``f``, its recipe, the trainer settings and the seed."""
+    """The trained network of baseline ``name``, keyed by ``f``, its recipe (but ``max_images``, which only the
+    scoring reads), the trainer settings and the seed."""
+    recipe = {key: value for key, value in to_plain(ctx.cfg.rectifier_baseline[name]).items() if key != "max_images"}
     spec = {
         "classifier": classifier_id,
-        "recipe": to_plain(ctx.cfg.rectifier_baseline[name]),
+        "recipe": recipe,
         "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
         **code_version("rectifier_baselines"),
