@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -541,10 +542,12 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert again["rectifier_baseline.pgd.cached"] == again["rectifier_baseline.tvm.cached"] == 1.0
     assert again["rectifier_baseline.pgd.acc.adv"] == metrics["rectifier_baseline.pgd.acc.adv"]
     ctx = RunContext.build(cfg)
-    assert network_file(ctx.with_attack("fgsm_untargeted"), "f", "pgd") == network_file(ctx, "f", "pgd") != network_file(ctx, "f", "tvm")
+    pgd, tvm = (hydra.utils.instantiate(cfg.rectifier_baseline[name]) for name in ("pgd", "tvm"))
+    assert network_file(ctx.with_attack("fgsm_untargeted"), "f", "pgd", pgd) == network_file(ctx, "f", "pgd", pgd)
+    assert network_file(ctx, "f", "pgd", pgd) != network_file(ctx, "f", "tvm", tvm)
     with open_dict(ctx.cfg):
         ctx.cfg.rectifier_baseline.pgd.max_images = 50  # how many images are scored: not what is trained
-    assert network_file(ctx, "f", "pgd") == network_file(RunContext.build(cfg), "f", "pgd")
+    assert network_file(ctx, "f", "pgd", pgd) == network_file(RunContext.build(cfg), "f", "pgd", pgd)
 
 
 def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):
@@ -564,3 +567,11 @@ def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first
     assert metrics["rectifier_baseline.pd.train_seconds"] == 0.0  # f itself behind the purifier
     assert metrics["rectifier_baseline.pd.acc.clean"] >= 0.5
     assert "| PD | PD paper |" in (tmp_path / "pixeldefend" / "report.md").read_text()
+    # what PixelDefend computed depends on the PixelCNN: another density config keys new cache entries
+    again = rerun_config(cfg, tmp_path / "pixeldefend_other_density")
+    with open_dict(again):
+        again.density.limit_train_batches = 10
+    other = run(again)
+    assert other["baseline.cached.pd"] == 0.0  # DET_PD refitted on the other PixelCNN
+    assert len(list((Path(cfg.paths.cache_dir) / "density").glob("*.pt"))) == 2
+    assert len(list((Path(cfg.paths.cache_dir) / "rectifier_baseline").glob("mnist_pd_*_clean_*.json"))) == 2

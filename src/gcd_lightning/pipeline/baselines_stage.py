@@ -26,14 +26,16 @@ from gcd_lightning.defense.baselines import FitData, ScoredDetector
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_detector, detection_split, gap_scores, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
-from gcd_lightning.pipeline.density import provide_density
+from gcd_lightning.pipeline.density import density_identity, provide_density
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, detection_summary
 from gcd_lightning.utils.hashing import spec_hash
 
-def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str) -> Path:
-    """The fitted baseline's statistics, keyed by the pairs it learns from, ``f``, its config and the seed."""
+def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str, detector: Detector) -> Path:
+    """The fitted baseline's statistics, keyed by the pairs it learns from, ``f``, its config, the seed and the
+    density model it reads (``DET_PD``)."""
     spec = {
+        **density_identity(ctx, detector),
         "adversarial": adv_train_path.name,
         "classifier": classifier_id,
         "baseline": ctx.cfg.baseline[name],
@@ -73,7 +75,7 @@ def run_baselines_stage(
         seed_stage(cfg.seed, f"baseline {name}")
         detector = build_detector(ctx, spec, classifier).to(ctx.device)
         metrics.update({f"density.{key}": value for key, value in provide_density(ctx, detector).items()})
-        path = baseline_file(ctx, adv_train_path, classifier_id, name)
+        path = baseline_file(ctx, adv_train_path, classifier_id, name, detector)
 
         def fit(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
             if not isinstance(detector, ScoredDetector):

@@ -52,6 +52,17 @@ def trained_density(ctx: RunContext) -> tuple[PixelCNN, dict]:
     return ctx.memo[path]
 
 
+def uses_density(component: nn.Module | None) -> bool:
+    """Whether a part of ``component`` reads a density model (was built with a ``density`` attribute)."""
+    return component is not None and any(hasattr(m, "density") for m in component.modules())
+
+
+def density_identity(ctx: RunContext, component: nn.Module | None) -> dict[str, str]:
+    """The cache-key entry of a component that reads the density model: the model's cache file name (its key);
+    nothing for one that does not, so that their keys stay as they were."""
+    return {"density": density_file(ctx).name} if uses_density(component) else {}
+
+
 def provide_density(ctx: RunContext, component: nn.Module) -> dict[str, float]:
     """Give every part of ``component`` built with ``density=None`` the run's trained density model.
 

@@ -25,7 +25,7 @@ from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, 
 from gcd_lightning.defense.baselines.robust_training import RobustRecipe, RobustTraining
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.context import RunContext, code_version
-from gcd_lightning.pipeline.density import provide_density
+from gcd_lightning.pipeline.density import density_identity, provide_density
 from gcd_lightning.pipeline.training import fit, seed_stage
 from gcd_lightning.utils.files import load_json, save_json
 from gcd_lightning.utils.hashing import spec_hash, to_plain
@@ -33,13 +33,15 @@ from gcd_lightning.utils.hashing import spec_hash, to_plain
 PREFIX = "rectifier_baseline"
 
 
-def network_file(ctx: RunContext, classifier_id: str, name: str) -> Path:
+def network_file(ctx: RunContext, classifier_id: str, name: str, recipe: RobustRecipe) -> Path:
     """The trained network of baseline ``name``, keyed by ``f``, its recipe (but ``max_images``, which only the
-    scoring reads), the trainer settings and the seed."""
-    recipe = {key: value for key, value in to_plain(ctx.cfg.rectifier_baseline[name]).items() if key != "max_images"}
+    scoring reads), the density model its preprocessing reads (PixelDefend), the trainer settings and the seed;
+    its clean accuracy's cache file is named after it."""
+    config = {key: value for key, value in to_plain(ctx.cfg.rectifier_baseline[name]).items() if key != "max_images"}
     spec = {
+        **density_identity(ctx, recipe.preprocess),
         "classifier": classifier_id,
-        "recipe": recipe,
+        "recipe": config,
         "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
         **code_version("rectifier_baselines"),
@@ -85,7 +87,7 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
         if recipe.preprocess is not None:
             metrics.update({f"density.{key}": value for key, value in provide_density(ctx, recipe.preprocess).items()})
         network = copy.deepcopy(classifier) if recipe.max_epochs else classifier
-        weights = network_file(ctx, classifier_id, name)
+        weights = network_file(ctx, classifier_id, name, recipe)
         summary, cached = {"train_seconds": 0.0}, True
         if recipe.max_epochs:
             seed_stage(cfg.seed, f"{PREFIX} {name}")
