@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="ART's L-BFGS-B iterations per image (max_iter)")
     parser.add_argument("--our-steps", type=int, default=30, help="our L-BFGS iterations for the whole batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for ours (small tensors: 1 is often fastest)")
     parser.add_argument("--checkpoint", default=None, help="f's weights, to compare its labels on both reconstructions")
     parser.add_argument("--out", default="outputs/bench_tvm")
     return parser.parse_args(argv)
@@ -63,6 +64,8 @@ def art_reconstruct(x: torch.Tensor, keep: torch.Tensor, weight: float, steps: i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.data_dir={args.data_root}"])
     datamodule = hydra.utils.instantiate(cfg.dataset.datamodule)
