@@ -112,9 +112,9 @@ def test_rerun_hits_every_cache_and_reproduces(first_run, tmp_path):
     cfg = rerun_config(cfg, tmp_path / "again")
     again = run(cfg)
     assert all(again[flag] == 1.0 for flag in CACHE_FLAGS)
-    assert {k: v for k, v in again.items() if k not in CACHE_FLAGS} == pytest.approx(
-        {k: v for k, v in metrics.items() if k not in CACHE_FLAGS}, nan_ok=True
-    )
+    assert again["time.attack"] < metrics["time.attack"]  # served by the cache
+    reproduced = lambda m: {k: v for k, v in m.items() if k not in CACHE_FLAGS and not k.startswith("time.")}  # noqa: E731
+    assert reproduced(again) == pytest.approx(reproduced(metrics), nan_ok=True)
 
 
 def test_retraining_from_cached_inputs_reproduces_the_cold_run(first_run, tmp_path):
