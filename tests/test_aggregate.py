@@ -271,9 +271,9 @@ def test_attack_agnostic_runs_are_rows_of_their_own():
 
 
 def test_timing_table_gives_each_stages_wall_time_their_total_and_each_components_cost():
-    runs = [Run("mnist", "cw_untargeted", "greybox", {**GREY, "time.classifier": 0.4, "time.attack": 61.2, "time.baselines": 30.0,
+    runs = [Run("mnist", "cw_untargeted", "greybox", {**GREY, "stage_seconds.classifier": 0.4, "stage_seconds.attack": 61.2, "stage_seconds.baselines": 30.0,
                                                        "baseline.train_seconds.sal": 92.6, "whitebox.seconds_per_image.gcd": 3.0}),
-            Run("mnist", "fgsm_untargeted", "greybox", {**GREY, "time.classifier": 10.0})]
+            Run("mnist", "fgsm_untargeted", "greybox", {**GREY, "stage_seconds.classifier": 10.0})]
     columns, rows = timing(runs)
     assert columns == ["dataset", "attack", "threat", "classifier", "attack", "baselines", "total", "baseline.train_seconds.sal"]
     assert rows[0][3:] == ["0", "61", "30", "92", "93"] and rows[1][3:] == ["10", None, None, "10", None]

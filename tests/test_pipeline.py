@@ -39,7 +39,7 @@ METRIC_KEYS = [
     "eval.n_examined",
     "detector.fpr.clean",
     *(f"table1.success.{name}{p}" for name in ("top", "random") for p in (5, 10)),
-    *(f"time.{stage}" for stage in ("classifier", "attack", "detectors", "rectifier", "evaluate")),
+    *(f"stage_seconds.{stage}" for stage in ("classifier", "attack", "detectors", "rectifier", "evaluate")),
 ]
 PNG = b"\x89PNG\r\n\x1a\n"
 CACHE_FLAGS = ("classifier.cached", "attack.train.cached", "attack.test.cached", "detector.cached.org",
@@ -112,8 +112,8 @@ def test_rerun_hits_every_cache_and_reproduces(first_run, tmp_path):
     cfg = rerun_config(cfg, tmp_path / "again")
     again = run(cfg)
     assert all(again[flag] == 1.0 for flag in CACHE_FLAGS)
-    assert again["time.attack"] < metrics["time.attack"]  # served by the cache
-    reproduced = lambda m: {k: v for k, v in m.items() if k not in CACHE_FLAGS and not k.startswith("time.")}  # noqa: E731
+    assert again["stage_seconds.attack"] < metrics["stage_seconds.attack"]  # served by the cache
+    reproduced = lambda m: {k: v for k, v in m.items() if k not in CACHE_FLAGS and not k.startswith("stage_seconds.")}  # noqa: E731
     assert reproduced(again) == pytest.approx(reproduced(metrics), nan_ok=True)
 
 

@@ -74,7 +74,7 @@ class RunContext:
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """Add the wall time of the block to ``timings[stage]`` (a run reports them as ``time.<stage>``)."""
+        """Add the wall time of the block to ``timings[stage]`` (a run reports them as ``stage_seconds.<stage>``)."""
         start = time.perf_counter()
         try:
             yield

@@ -117,10 +117,10 @@ def usage_example(folder: Path) -> str:
 
 
 def run_stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
-    """The stages up to ``stage``, each fed by the ones before; returns their flat metrics and ``time.<stage>``,
+    """The stages up to ``stage``, each fed by the ones before; returns their flat metrics and ``stage_seconds.<stage>``,
     the wall seconds each took in this run (near 0 for a stage served by the cache)."""
     metrics = stages(ctx, stage)
-    return metrics | {f"time.{name}": seconds for name, seconds in ctx.timings.items()}
+    return metrics | {f"stage_seconds.{name}": seconds for name, seconds in ctx.timings.items()}
 
 
 def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:

@@ -346,13 +346,14 @@ STAGE_ORDER = ("classifier", "attack", "detectors", "rectifier", "evaluate", "ba
 
 
 def timing(runs: Sequence[Run]) -> Table:
-    """What each run cost, in whole seconds: the wall time of each stage in that run (``time.<stage>``, near 0 where
-    the cache served it) and their total, then what each component cost when it was built (``*seconds*`` metrics:
-    training, fitting, scoring; a cached component reports its original cost). Per-image white-box times are left out."""
-    stage_keys = [f"time.{stage}" for stage in STAGE_ORDER if any(f"time.{stage}" in run.metrics for run in runs)]
+    """What each run cost, in whole seconds: the wall time of each stage in that run (``stage_seconds.<stage>``, near 0
+    where the cache served it) and their total, then what each component cost when it was built (``*seconds*``
+    metrics: training, fitting, scoring; a cached component reports its original cost). Per-image white-box times
+    are left out."""
+    stage_keys = [key for key in (f"stage_seconds.{stage}" for stage in STAGE_ORDER) if any(key in run.metrics for run in runs)]
     component_keys = sorted({key for run in runs for key in run.metrics
-                             if "seconds" in key and not key.startswith(("time.", "whitebox."))})
-    columns = ["dataset", "attack", "threat", *(key.removeprefix("time.") for key in stage_keys), "total", *component_keys]
+                             if "seconds" in key and not key.startswith(("stage_seconds.", "whitebox."))})
+    columns = ["dataset", "attack", "threat", *(key.removeprefix("stage_seconds.") for key in stage_keys), "total", *component_keys]
     rows = []
     for run in runs:
         if not stage_keys or not any(key in run.metrics for key in stage_keys):
