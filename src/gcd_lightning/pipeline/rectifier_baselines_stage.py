@@ -12,7 +12,6 @@ successful attacks and ``.robust_acc.all`` over every examined test image (as GC
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -49,14 +48,11 @@ def network_file(ctx: RunContext, classifier_id: str, name: str, recipe: RobustR
     return ctx.cache_dir / PREFIX / f"{ctx.cfg.dataset.name}_{name}_{spec_hash(spec)}.pt"
 
 
-def train(ctx: RunContext, recipe: RobustRecipe, network: nn.Module, resume: Path, name: str) -> dict[str, float]:
-    """Fine-tune ``network`` in place as ``recipe`` says, on ``f``'s training split (the last epoch is kept,
+def train(ctx: RunContext, recipe: RobustRecipe, module: RobustTraining, resume: Path, name: str) -> dict[str, float]:
+    """Fine-tune ``module``'s copy of ``f`` as ``recipe`` says, on ``f``'s training split (the last epoch is kept,
     as Madry et al. keep theirs; the clean validation accuracy is logged); returns the summary."""
-    cfg = ctx.cfg
-    module = RobustTraining(network, cfg.dataset.num_classes, recipe.transform(), recipe.optimizer)
     limit = {} if recipe.limit_train_batches is None else {"limit_train_batches": recipe.limit_train_batches}
     _, seconds = fit(ctx, module, resume, f"{PREFIX} {name}", recipe.max_epochs, trainer_args=limit, datamodule=ctx.datamodule)
-    network.load_state_dict(module.model.state_dict())
     return {"train_seconds": seconds}
 
 
@@ -86,13 +82,15 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
         recipe: RobustRecipe = hydra.utils.instantiate(spec)
         if recipe.preprocess is not None:
             metrics.update({f"density.{key}": value for key, value in provide_density(ctx, recipe.preprocess).items()})
-        network = copy.deepcopy(classifier) if recipe.max_epochs else classifier
+        network = classifier  # f itself, unless the recipe fine-tunes a copy
         weights = network_file(ctx, classifier_id, name, recipe)
         summary, cached = {"train_seconds": 0.0}, True
         if recipe.max_epochs:
             seed_stage(cfg.seed, f"{PREFIX} {name}")
+            module = RobustTraining(classifier, cfg.dataset.num_classes, recipe.transform(), recipe.optimizer)
+            network = module.model
             summary, cached = load_or_train(network, weights, weights.with_suffix(".json"),
-                                            lambda resume: train(ctx, recipe, network, resume, name), f"{PREFIX} {name}")
+                                            lambda resume: train(ctx, recipe, module, resume, name), f"{PREFIX} {name}")
         defense = recipe.defense(network.eval().to(ctx.device))
         clean = clean_accuracy(ctx, defense, weights, name, recipe.max_images)
         seed_stage(cfg.seed, f"{PREFIX} {name} adversarial")
