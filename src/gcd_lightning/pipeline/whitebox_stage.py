@@ -6,7 +6,9 @@ The first ``threat.n_test`` images of the grey-box test set are attacked against
   hinge, so that NoDET faces attacks as strong as the detected targets do;
 * ``det_<name>`` for each detector of the defense (GCD: ``det_org``, ``det_is``) and each baseline: ``f``
   guarded by that detector alone (a baseline that is not differentiable, ``DET_TWS``, is attacked
-  through its differentiable ``surrogate()``, BPDA/EOT, and judged by itself); ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled and the input not flagged (Table 3's "Our");
+  through its differentiable ``surrogate()``, BPDA/EOT, and judged by itself);
+* ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled
+  and the input not flagged (Table 3's "Our");
 * ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
 
 Each detector target is attacked by several attacks ("variants"), and each image counts the
@@ -150,12 +152,13 @@ def run_whitebox_stage(
     baselines = {name: d for name, d in (baselines or {}).items() if stand_ins[name] is not None}
     parts = ({f"det_{d.name}": [d] for d in gcd.detectors} | {f"det_{name}": [d] for name, d in baselines.items()}
              | {"gcd": list(gcd.detectors)})
-    attacked_parts = parts | {f"det_{name}": [stand_ins[name]] for name in baselines}  # BPDA/EOT where not differentiable
+    stand_in_parts = {f"det_{name}": [stand_ins[name]] for name, d in baselines.items() if not d.differentiable}
     part_ids = {f"det_{name}": {"baseline": [state_dict_hash(d), cfg.baseline[name]],
                                 **({} if d.differentiable else {"surrogate": type(stand_ins[name]).__name__})}
                 for name, d in baselines.items()}
     guarded = {name: GuardedClassifier(classifier, dets) for name, dets in parts.items()}  # the judges
-    attacked = {name: GuardedClassifier(classifier, dets) for name, dets in attacked_parts.items()}
+    attacked_parts = parts | stand_in_parts  # what the attacks reach through: BPDA/EOT where not differentiable
+    attacked = guarded | {name: GuardedClassifier(classifier, dets) for name, dets in stand_in_parts.items()}
     judge_objective = HingeEvasion(num_classes, 0.0, 1.0, targeted)
 
     def fooled(pred: torch.Tensor) -> torch.Tensor:
