@@ -31,6 +31,9 @@ from gcd_lightning.reporting.paper import (
 Table = tuple[list[str], list[list]]
 """A table's columns and its rows."""
 
+TRAINED_ON = " (trained on "
+"""What ``run_key`` appends to the threat model of attack-agnostic runs, and ``Run.label`` to their attack."""
+
 
 @dataclass(frozen=True)
 class Run:
@@ -50,8 +53,9 @@ class Run:
     def label(self) -> str:
         """The attack as Tables 2 and 5 and the transfer matrices name the row: with what the detectors were
         trained on when that was not the attack alone (``defense.train_attacks``, see ``run_key``)."""
-        _, trained, rest = self.threat.partition(" (trained on ")
-        return f"{self.attack} (trained on {rest}" if trained else self.attack
+        _, trained, rest = self.threat.partition(TRAINED_ON)
+        return f"{self.attack}{TRAINED_ON}{rest}" if trained else self.attack
+
 
 
 def run_key(config: Mapping) -> tuple[str, str, str]:
@@ -69,7 +73,7 @@ def run_key(config: Mapping) -> tuple[str, str, str]:
         name = f"whitebox ({objective})"
     trained_on = (config.get("defense") or {}).get("train_attacks") or []
     if trained_on:  # attack-agnostic training: the union of all attacks, or leave-one-out, is a row of its own
-        name += f" (trained on {len(trained_on)} {'attacks' if attack['name'] in trained_on else 'others'})"
+        name += f"{TRAINED_ON}{len(trained_on)} {'attacks' if attack['name'] in trained_on else 'others'})"
     return config["dataset"]["name"], attack["name"], name
 
 
@@ -355,10 +359,13 @@ def timing(runs: Sequence[Run]) -> Table:
                              if "seconds" in key and not key.startswith(("stage_seconds.", "whitebox."))})
     columns = ["dataset", "attack", "threat", *(key.removeprefix("stage_seconds.") for key in stage_keys), "total", *component_keys]
     rows = []
+
+    def whole(value: float | None) -> str | None:
+        return None if value is None else f"{value:.0f}"
+
     for run in runs:
-        if not stage_keys or not any(key in run.metrics for key in stage_keys):
+        if not any(key in run.metrics for key in stage_keys):
             continue
-        whole = lambda value: None if value is None else f"{value:.0f}"  # noqa: E731
         stages = [run.metrics.get(key) for key in stage_keys]
         rows.append([run.dataset, run.label, run.threat, *map(whole, stages), whole(sum(v for v in stages if v is not None)),
                      *(whole(run.metrics.get(key)) for key in component_keys)])
