@@ -21,7 +21,8 @@ class Detector(nn.Module):
     Attributes:
         name: short name, used in metric keys, file names and ``predict``'s columns.
         differentiable: whether gradient attacks can reach through ``forward`` (False for a detector
-            built on counts or random draws; the white-box stage leaves such a detector out).
+            built on counts or random draws; the white-box stage attacks its ``surrogate()`` instead,
+            or leaves it out when it has none).
     """
 
     name: str

@@ -31,6 +31,7 @@ from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, detection_summary
 from gcd_lightning.utils.hashing import spec_hash
 
+
 def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str, detector: Detector) -> Path:
     """The fitted baseline's statistics, keyed by the pairs it learns from, ``f``, its config, the seed and the
     density model it reads (``DET_PD``)."""

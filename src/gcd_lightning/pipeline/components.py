@@ -55,7 +55,8 @@ def build_model(ctx: RunContext, net: DictConfig | None = None) -> nn.Module:
 
 def build_detector(ctx: RunContext, spec: DictConfig, classifier: nn.Module) -> Detector:
     """The untrained detector of ``spec`` (an entry of ``defense.detectors`` or ``baseline``) on ``f`` (given to
-    a detector whose constructor takes ``classifier``); a trained one (a LightningModule such as ``SubDetector``) gets the ``detector`` group's body and optimizer."""
+    a detector whose constructor takes ``classifier``); a trained one (a LightningModule such as
+    ``SubDetector``) gets the ``detector`` group's body and optimizer."""
     cfg = ctx.cfg
     cls = hydra.utils.get_class(spec._target_)
     parts = {"body": hydra.utils.instantiate(cfg.detector.body), "optimizer": hydra.utils.instantiate(cfg.detector.optimizer)}

@@ -20,6 +20,7 @@ from gcd_lightning.pipeline.components import detection_scores, detection_split
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.scoring import detection_summary
 
+
 def run_transfer_stage(
     ctx: RunContext, gcd: GCD, baselines: dict[str, Detector], adv_train: AdversarialSet, test_sets: dict[str, AdversarialSet]
 ) -> dict[str, float]:
