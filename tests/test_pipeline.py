@@ -19,7 +19,7 @@ from PIL import Image
 from omegaconf import open_dict
 
 from conftest import compose_config, shrink, shrink_whitebox
-from gcd_lightning.adversarial import AdversarialSet
+from gcd_lightning.adversarial import AdversarialSet, union
 from gcd_lightning import load_defense
 from gcd_lightning.pipeline import run
 from gcd_lightning.pipeline.context import RunContext
@@ -501,7 +501,7 @@ def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_p
 
 
 def test_attack_agnostic_training_learns_from_the_union_of_other_attacks(first_run, tmp_path):
-    tmp, first_cfg, first_metrics = first_run
+    _, first_cfg, _ = first_run
     cfg = rerun_config(first_cfg, tmp_path / "agnostic")
     with open_dict(cfg):  # PGD-T held out: the detectors learn from FGSM-U and PGD-U, and are tested on PGD-T
         cfg.defense.train_attacks = ["fgsm_untargeted", "pgd_untargeted"]
@@ -510,12 +510,37 @@ def test_attack_agnostic_training_learns_from_the_union_of_other_attacks(first_r
     parts = [AdversarialSet.load(next(cache.glob(f"mnist_{name}_train_*.pt"))) for name in cfg.defense.train_attacks]
     (union_file,) = cache.glob("mnist_union_train_*.pt")
     union = AdversarialSet.load(union_file)
-    assert metrics["attack.train.n_attacks"] == 2 and metrics["attack.train.n"] == len(union) == sum(map(len, parts))
-    assert torch.equal(union.x_adv, torch.cat([p.x_adv for p in parts]))
+    assert metrics["attack.train.n_attacks"] == 2 and metrics["attack.train.n"] == len(union) == len(parts[0])  # balanced
+    assert torch.equal(parts[0].index, parts[1].index)  # one classifier and seed: the same images in one order
+    assert sorted(union.index.tolist()) == sorted(parts[0].index.tolist())  # each clean image once
+    assert torch.equal(union.x_adv, torch.cat([parts[0].x_adv[0::2], parts[1].x_adv[1::2]]))  # alternate rows of each attack
     assert metrics["detector.cached.org"] == metrics["detector.cached.is"] == metrics["rectifier.cached"] == 0.0
-    assert 0.0 <= metrics["detector.auc.gcd"] <= 1.0 and metrics["detector.val_auc.org"] != first_metrics["detector.val_auc.org"]
+    assert 0.0 <= metrics["detector.auc.gcd"] <= 1.0
+    assert list((cache.parent / "detectors").glob(f"{union_file.stem}_*/org_*.pt"))  # the detectors learnt from the union
     again = run(rerun_config(cfg, tmp_path / "agnostic_again"))
     assert again["attack.train.cached"] == again["detector.cached.org"] == 1.0
+
+
+def adversarial_set(index: list[int], value: float, n_examined: int) -> AdversarialSet:
+    n = len(index)
+    return AdversarialSet(index=torch.tensor(index), x_adv=torch.full((n, 1, 2, 2), value), y=torch.zeros(n, dtype=torch.long),
+                          target=torch.full((n,), -1), success=torch.ones(n, dtype=torch.bool), l2=torch.full((n,), value),
+                          linf=torch.full((n,), value), n_examined=n_examined, seconds=float(n))
+
+
+def test_union_all_keeps_every_row_and_balanced_keeps_each_image_once():
+    sets = [adversarial_set([4, 7, 9, 2, 5], value, 12) for value in (0.1, 0.2, 0.3)]
+    whole = union(sets, "all")
+    assert len(whole) == 15 and whole.n_examined == 36 and whole.seconds == 15.0
+    assert torch.equal(whole.l2, torch.tensor([0.1] * 5 + [0.2] * 5 + [0.3] * 5))
+    balanced = union(sets, "balanced")
+    assert balanced.index.tolist() == [4, 2, 7, 5, 9]  # rows 0, 3 of the first set; 1, 4 of the second; 2 of the third
+    assert torch.allclose(balanced.l2, torch.tensor([0.1, 0.1, 0.2, 0.2, 0.3]))
+    assert balanced.n_examined == 12 and balanced.seconds == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="defense.train_union"):
+        union(sets, "half")
+    with pytest.raises(ValueError, match="no adversarial sets"):
+        union([], "balanced")
 
 
 def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_run, tmp_path):

@@ -88,14 +88,29 @@ class AdversarialSet:
                    extras=payload.get("extras", {}))
 
 
-def union(sets: Sequence[AdversarialSet]) -> AdversarialSet:
-    """Several attacks' sets of one split as one (attack-agnostic training): their rows one after another.
+UNION_MODES = ("balanced", "all")
 
-    A clean image attacked by two attacks appears twice, once with each attack. Counters add up;
-    per-image extras are dropped (they differ by attack).
+
+def union(sets: Sequence[AdversarialSet], mode: str = "all") -> AdversarialSet:
+    """Several attacks' sets of one split as one (attack-agnostic training, ``defense.train_union``).
+
+    ``all``: every set's rows, one set after another; a clean image attacked by K attacks appears K
+    times, once with each attack, so the union is K times as large as one attack's set.
+    ``balanced``: row ``r`` of the k-th set is kept when ``r % K == k``. The sets of one classifier
+    and seed share their images in one order, so each clean image appears once, with one attack's
+    example: the same size and the same clean/adversarial balance as a single attack's set, and
+    each attack has an equal share (up to one row). Counters add up under ``all``; under
+    ``balanced`` ``n_examined`` is the largest set's. Per-image extras are dropped (they differ by attack).
     """
     if not sets:
         raise ValueError("union: no adversarial sets")
+    if mode not in UNION_MODES:
+        raise ValueError(f"union: mode must be one of {list(UNION_MODES)}, got {mode!r} (defense.train_union)")
+    if mode == "balanced":
+        rows = [torch.arange(k, len(s), len(sets)) for k, s in enumerate(sets)]
+        tensors = {name: torch.cat([getattr(s, name)[r] for s, r in zip(sets, rows)]) for name in TENSOR_FIELDS}
+        return AdversarialSet(**tensors, n_examined=max(s.n_examined for s in sets),
+                              seconds=sum(s.seconds * len(r) / max(len(s), 1) for s, r in zip(sets, rows)))
     tensors = {name: torch.cat([getattr(s, name) for s in sets]) for name in TENSOR_FIELDS}
     return AdversarialSet(**tensors, n_examined=sum(s.n_examined for s in sets), seconds=sum(s.seconds for s in sets))
 

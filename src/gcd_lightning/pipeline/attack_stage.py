@@ -48,16 +48,18 @@ def run_attack_stage(
     """Build or load the adversarial set of each split of ``splits``; returns each set with its file, and flat metrics.
 
     With ``defense.train_attacks`` (attack-agnostic training), the train set is the union of those
-    attacks' train sets against ``f`` (each cached as its own attack's, the union too); the run's own
+    attacks' train sets against ``f`` (each cached as its own attack's, the union too), taken whole or
+    balanced to one attack's size (``defense.train_union``, see ``adversarial.union``); the run's own
     attack need not be among them (leave-one-attack-out), and then its train set is not built.
     """
     train_attacks = list(ctx.cfg.defense.get("train_attacks") or [])
     sets, metrics = attack_splits(ctx, model, classifier_id, tuple(s for s in splits if s != "train" or not train_attacks))
     if "train" in splits and train_attacks:
         parts = [attack_splits(ctx.with_attack(name), model, classifier_id, ("train",))[0]["train"] for name in train_attacks]
-        spec = {"union": [path.name for _, path in parts]}
+        mode = ctx.cfg.defense.train_union
+        spec = {"union": [path.name for _, path in parts], "mode": mode}
         path = ctx.cache_dir / "adversarial" / f"{ctx.cfg.dataset.name}_union_train_{spec_hash(spec)}.pt"
-        adv, hit = cached(path, spec, lambda: union([adv for adv, _ in parts]))
+        adv, hit = cached(path, spec, lambda: union([adv for adv, _ in parts], mode))
         sets["train"] = adv, path
         metrics.update({f"attack.train.{key}": value for key, value in adv.summary().items()})
         metrics["attack.train.cached"], metrics["attack.train.n_attacks"] = float(hit), float(len(parts))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import torch
 from torch import nn
 
+from gcd_lightning.adversarial import UNION_MODES
 from gcd_lightning.pipeline.context import CONF_DIR, TRAIN_SOURCES, attack_names
 from gcd_lightning.pipeline.whitebox_stage import check_threat
 
@@ -56,6 +57,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "seed": integer(0),
     "adversarial.train_split": one_of(*TRAIN_SOURCES),
     "adversarial.n_train": integer(1),
+    "defense.train_union": one_of(*UNION_MODES),
     "adversarial.n_test": integer(1),
     "adversarial.batch_size": integer(1),
     "evaluate.n_clean": optional(integer(1)),
