@@ -45,9 +45,12 @@ bench-tvm: install data
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
 WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
 WHITEBOX_ARGS ?= threat.n_test=100 threat.cw.binary_search_steps=4 threat.cw.max_iterations=100
+# fixed-budget robustness (threat.robustness) only on these rows, one per norm; the others skip it
+WHITEBOX_ROBUSTNESS ?= pgd_untargeted ddn_untargeted
 whitebox: install data
 	for attack in $(WHITEBOX_ATTACKS); do \
-	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack threat=whitebox progress=false $(WHITEBOX_ARGS) \
+	  case " $(WHITEBOX_ROBUSTNESS) " in *" $$attack "*) skip="";; *) skip="threat.robustness.linf_eps=[] threat.robustness.l2_eps=[]";; esac; \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack threat=whitebox progress=false $(WHITEBOX_ARGS) $$skip \
 	    hydra.run.dir=outputs/whitebox/mnist_$$attack || exit 1; \
 	done
 	$(BIN)/python scripts/aggregate.py outputs/whitebox
