@@ -21,6 +21,7 @@ from omegaconf import open_dict
 from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning.adversarial import AdversarialSet, union
 from gcd_lightning import load_defense
+from gcd_lightning.defense.baselines import TurningWeakness
 from gcd_lightning.pipeline import run
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.rectifier_baselines_stage import network_file
@@ -292,6 +293,7 @@ FRESH_PROCESS = """
 import json, sys
 import torch
 from gcd_lightning import load_defense
+from gcd_lightning.defense.baselines import TurningWeakness
 from gcd_lightning.adversarial import AdversarialSet
 from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.pipeline.evaluate_stage import DRAW_STRIDE
@@ -444,7 +446,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(first_run, tmp_path, m
     assert metrics["detector.cached.org"] == 0.0
 
 
-def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_path):
+def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_path, monkeypatch):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "baselines")
     with open_dict(cfg):
@@ -456,6 +458,11 @@ def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_
         assert metrics[f"detector.tpr_at_fpr.{name}.0.01"] <= metrics[f"detector.tpr_at_fpr.{name}.0.05"]
     assert metrics["detector.auc.gcd"] == first_metrics["detector.auc.gcd"]  # GCD's numbers are untouched
     assert "DET_MDS" in (tmp_path / "baselines" / "report.md").read_text()
+    (memo,) = (Path(cfg.paths.cache_dir) / "baselines").glob("mnist_tws_memo_*.pt")  # DET_TWS's criteria, by image
+    assert len(torch.load(memo, weights_only=True)["keys"]) >= metrics["attack.test.n"] > 0
+    def computed(self, x):
+        raise AssertionError(f"DET_TWS recomputed the criteria of {len(x)} images it had in its memo")
+    monkeypatch.setattr(TurningWeakness, "compute_criteria", computed)
     again = run(rerun_config(cfg, tmp_path / "baselines_again"))
     assert all(again[f"baseline.cached.{name}"] == 1.0 for name in ("gnorm", "squeeze", "sal", "mds", "tws"))
     assert {k: v for k, v in again.items() if k.startswith("detector.")} == {k: v for k, v in metrics.items() if k.startswith("detector.")}

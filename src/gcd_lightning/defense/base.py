@@ -23,10 +23,15 @@ class Detector(nn.Module):
         differentiable: whether gradient attacks can reach through ``forward`` (False for a detector
             built on counts or random draws; the white-box stage attacks its ``surrogate()`` instead,
             or leaves it out when it has none).
+        memo: per-image results by the image's bytes (a dict of float tuples), or None: for a detector
+            whose costly per-image statistics depend on nothing but the image, ``f`` and its constructor
+            settings (not on what it is fitted to). The pipeline keeps it in the cache, so every run
+            with the same ``f`` and settings reuses it (``pipeline.baselines_stage.memo_file``).
     """
 
     name: str
     differentiable: bool = True
+    memo: dict[str, tuple[float, ...]] | None = None
 
     def surrogate(self) -> Detector | None:
         """A differentiable stand-in for a detector that is not (``differentiable`` False), or None.

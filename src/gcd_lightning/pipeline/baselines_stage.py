@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, stack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines import FitData, ScoredDetector
@@ -29,6 +30,7 @@ from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.density import density_identity, provide_density
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, detection_summary
+from gcd_lightning.utils.files import load_torch, save_torch
 from gcd_lightning.utils.hashing import spec_hash
 
 
@@ -46,6 +48,36 @@ def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, nam
         **code_version("baselines"),
     }
     return ctx.cache_dir / "baselines" / f"{adv_train_path.stem}_{name}_{spec_hash(spec)}.pt"
+
+
+def memo_file(ctx: RunContext, classifier_id: str, name: str) -> Path:
+    """A baseline's per-image ``memo``, keyed by ``f``, its config and the code: shared by every attack's run."""
+    spec = {"classifier": classifier_id, "baseline": ctx.cfg.baseline[name], **code_version("baselines")}
+    return ctx.cache_dir / "baselines" / f"{ctx.cfg.dataset.name}_{name}_memo_{spec_hash(spec)}.pt"
+
+
+def read_memo(path: Path) -> dict[str, tuple[float, ...]]:
+    """The memo saved at ``path`` (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    saved = load_torch(path, "a baseline's memo")
+    return dict(zip(saved["keys"], map(tuple, saved["values"].tolist())))
+
+
+def write_memo(memo: dict[str, tuple[float, ...]], path: Path) -> None:
+    """Merge ``memo`` into the file at ``path`` (atomic, so an interrupted run keeps the old one); no write when nothing is new."""
+    merged = read_memo(path)
+    if memo.keys() <= merged.keys():
+        return
+    merged.update(memo)
+    save_torch({"keys": list(merged), "values": torch.tensor(list(merged.values()), dtype=torch.float64)}, path)
+
+
+def save_memos(ctx: RunContext, baselines: dict[str, Detector], classifier_id: str) -> None:
+    """Keep every baseline's ``memo`` in the cache (rank 0 writes; in a DDP run, the images it scored)."""
+    for name, detector in baselines.items():
+        if detector.memo is not None:
+            distributed.write_on_rank_zero(write_memo, detector.memo, memo_file(ctx, classifier_id, name))
 
 
 def fit_data(ctx: RunContext, clean: torch.Tensor, adv_train: AdversarialSet, rows: tuple[torch.Tensor, torch.Tensor]) -> FitData:
@@ -76,6 +108,8 @@ def run_baselines_stage(
         seed_stage(cfg.seed, f"baseline {name}")
         detector = build_detector(ctx, spec, classifier).to(ctx.device)
         metrics.update({f"density.{key}": value for key, value in provide_density(ctx, detector).items()})
+        if detector.memo is not None:
+            detector.memo.update(read_memo(memo_file(ctx, classifier_id, name)))
         path = baseline_file(ctx, adv_train_path, classifier_id, name, detector)
 
         def fit(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
@@ -94,4 +128,5 @@ def run_baselines_stage(
         metrics[f"baseline.train_seconds.{name}"] = summary["train_seconds"]
         metrics[f"baseline.score_seconds.{name}"] = time.perf_counter() - start
         metrics[f"baseline.cached.{name}"] = float(cached)
+    save_memos(ctx, baselines, classifier_id)
     return baselines, metrics

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gcd_lightning import distributed
 from gcd_lightning.pipeline.attack_stage import run_attack_stage
-from gcd_lightning.pipeline.baselines_stage import run_baselines_stage
+from gcd_lightning.pipeline.baselines_stage import run_baselines_stage, save_memos
 from gcd_lightning.pipeline.checks import check_config
 from gcd_lightning.pipeline.classifier_stage import run_classifier_stage
 from gcd_lightning.pipeline.components import build_gcd, export_run_defense
@@ -161,6 +161,7 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
             test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
                          for name in ctx.cfg.evaluate.transfer_attacks}
             metrics.update(run_transfer_stage(ctx, gcd, baselines, adv_train, test_sets))
+            save_memos(ctx, baselines, classifier_id)
     if ctx.cfg.threat.name == "whitebox":
         with ctx.timed("whitebox"):
             metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))

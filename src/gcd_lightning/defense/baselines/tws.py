@@ -67,7 +67,7 @@ class TurningWeakness(ScoredDetector):
                              f"{sigma}, {step}, {noise_draws}, {max_steps}")
         object.__setattr__(self, "classifier", classifier.eval())
         self.sigma, self.noise_draws, self.step, self.max_steps = sigma, noise_draws, step, max_steps
-        self.memo: dict[str, tuple[float, float]] = {}  # criteria by image bytes (``criteria``)
+        self.memo: dict[str, tuple[float, ...]] = {}  # criteria by image bytes (``criteria``)
         self.register_buffer("noise_quantiles", torch.zeros(QUANTILES))
         self.register_buffer("steps_quantiles", torch.zeros(QUANTILES))
 
@@ -83,9 +83,9 @@ class TurningWeakness(ScoredDetector):
     def criteria(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) noise flip share and (N,) steps to a random other class.
 
-        Both depend on nothing but the image (its noise and target are seeded by its content), so each
-        image's are computed once per detector and remembered by the image's bytes: a run scores the
-        same clean test images for every attack of its transfer matrix.
+        Both depend on nothing but the image and ``f`` (its noise and target are seeded by its content),
+        so each image's are computed once and remembered by the image's bytes (``memo``, kept in the
+        cache by the pipeline): the transfer matrices of every attack's run score the same test images.
         """
         keys = [hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest() for image in x]
         new = [k for k, key in enumerate(keys) if key not in self.memo]
