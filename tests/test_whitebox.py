@@ -308,6 +308,34 @@ def test_adaptive_pgd_stays_in_budget_and_evades_f_plus_det_is(mode, norm, eps):
     assert result["loss"].shape == (32, 31) and not result["silent"].any()
 
 
+class RowCounter(nn.Module):
+    """``model`` counting the images it is run on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.model(x)
+
+
+def test_adaptive_pgd_drops_won_images_and_gives_each_image_the_same_result_in_any_batch():
+    f = smooth_classifier().double()
+    model = RowCounter(GuardedClassifier(f, [sensitivity_detector(f).double()])).eval()
+    torch.manual_seed(0)
+    x = torch.rand(24, 1, 4, 4, dtype=torch.float64)
+    y = f(x).argmax(1)
+    attack = AdaptivePGD(model, HingeEvasion(L, kappa=0.5, beta=1.0, targeted=False), "linf", 0.3, steps=40, mode="orthogonal")
+    batched = run_adaptive(attack, x, y, None, batch_size=24, seed=0, progress=False)
+    assert 0 < batched["success"].sum() < 24  # some images are won early, some never
+    assert model.rows < 24 * 41  # the won ones left the batch
+    alone = [run_adaptive(attack, x[i : i + 1], y[i : i + 1], None, batch_size=1, seed=0, progress=False) for i in range(24)]
+    assert torch.equal(batched["success"], torch.cat([a["success"] for a in alone]))
+    assert torch.allclose(batched["x_adv"], torch.cat([a["x_adv"] for a in alone]), atol=1e-12)
+    assert torch.allclose(batched["loss"], torch.cat([a["loss"] for a in alone]), atol=1e-12)
+
+
 def test_orthogonal_step_is_orthogonal_to_the_other_terms_gradient():
     f = smooth_classifier()
     model = GuardedClassifier(f, [sensitivity_detector(f)])

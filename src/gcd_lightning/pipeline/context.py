@@ -39,9 +39,10 @@ TRAINING_DEFAULTS = {"precision": ("32", "32-true")}
 TRAIN_SOURCES = ("val", "train")
 # the code's part of every cache key, per stage: raise a stage's number when a change to its code changes what
 # it computes (a refactor that computes the same keeps it), so that no cache serves what older code built.
-# whitebox 2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags
+# whitebox 2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags;
+# 4: AdaptivePGD keeps an image's first success (it leaves the batch)
 CODE_VERSIONS = {"classifier": 1, "adversarial": 1, "detectors": 1, "rectifier": 1, "baselines": 1,
-                 "rectifier_baselines": 1, "density": 1, "whitebox": 3}
+                 "rectifier_baselines": 1, "density": 1, "whitebox": 4}
 
 
 def code_version(stage: str) -> dict[str, int]:

@@ -12,9 +12,11 @@ Orthogonal PGD steps on one part at a time with the other part's gradient projec
 Selective PGD takes the same two steps without the projections; ``joint`` is plain PGD on the sum.
 Projections are per example: ``proj_v u = (⟨u, v⟩ / ‖v‖²) v``.
 
-Every iterate is judged by the real decision (the objective's ``success``) and each image keeps
-its best iterate: a success if any step had one (the one of lowest loss), else the lowest loss.
-Restarts from random points of the ball rerun the images not yet won.
+Every iterate is judged by the real decision (the objective's ``success``). An image leaves the
+batch at its first success, which it keeps, or when its loss reaches zero (its gradient is zero:
+it cannot move); otherwise it keeps its iterate of lowest loss. So an image's result does not
+depend on which images share its batch. Restarts from random points of the ball rerun the images
+not yet won.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class AdaptivePGD(Attack):
 
         Returns ``x_adv``; ``success`` (bool, the real decision at ``x_adv``); ``loss`` (N,
         steps + 1), the hinge loss at every iterate of the first run (the last value repeated
-        once every image of the batch has succeeded); ``silent`` (bool): the first gradient was
+        once the image has left the batch); ``silent`` (bool): the first gradient was
         zero or not finite although the loss was positive.
         """
         check_attack_inputs(x, y, target, self.targeted)
@@ -140,9 +142,9 @@ class AdaptivePGD(Attack):
 
     def _run(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         n = len(x)
-        best_x, best_loss = x.clone(), torch.full((n,), torch.inf, device=x.device)
+        best_x, best_loss = x.clone(), torch.full((n,), torch.inf, device=x.device, dtype=x.dtype)
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        trace = torch.zeros(n, self.steps + 1, device=x.device)
+        trace = torch.zeros(n, self.steps + 1, device=x.device, dtype=x.dtype)
         silent = torch.zeros(n, dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
             rows = (~best_success).nonzero().flatten()
@@ -163,7 +165,8 @@ class AdaptivePGD(Attack):
                 best_success[rows[better]] = success[better]
                 if restart == 0:
                     trace[rows, step:] = total.detach()[:, None]
-                if step == self.steps or bool(best_success[rows].all()):
+                moving = ~success & (total.detach() > 0)  # won, or at zero loss (a zero gradient: it would not move)
+                if step == self.steps or not bool(moving.any()):
                     break
                 g = self._gradient(delta, class_loss, detector_loss)
                 if restart == 0 and step == 0:
@@ -172,6 +175,7 @@ class AdaptivePGD(Attack):
                 with torch.no_grad():
                     size = self.eps * self.step_size * 0.5 ** ((step >= self.steps // 2) + (step >= 3 * self.steps // 4))
                     delta = ball_projection(delta - size * ascent_direction(g.nan_to_num(0.0), self.norm), xs, self.norm, self.eps)
+                rows, xs, ls, delta = rows[moving], xs[moving], ls[moving], delta[moving]
         return {"x_adv": best_x, "success": best_success, "loss": trace, "silent": silent}
 
     def _gradient(self, delta: torch.Tensor, class_loss: torch.Tensor, detector_loss: torch.Tensor) -> torch.Tensor:
