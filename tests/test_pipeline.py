@@ -432,6 +432,8 @@ def test_an_interrupted_training_resumes_where_it_stopped(first_run, tmp_path, m
     (resume,) = (Path(cfg.paths.cache_dir) / "detectors").glob("*/org_*.resume")
     assert (resume / "last.ckpt").is_file() and not resume.with_suffix(".pt").exists()
     first_best = max(auc for _, auc in seen)
+    states = torch.load(resume / "last.ckpt", weights_only=True)["callbacks"]
+    before = next(state["seconds"] for key, state in states.items() if "ElapsedTime" in key)  # epochs 0 and 1
 
     seen.clear()
     with caplog.at_level("INFO"):
@@ -444,6 +446,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(first_run, tmp_path, m
     assert metrics["detector.val_auc.org"] >= first_best
     assert resume.with_suffix(".pt").is_file() and not resume.exists()  # cached; the resume point is gone
     assert metrics["detector.cached.org"] == 0.0
+    assert metrics["detector.train_seconds.org"] > before > 0  # the time before the interruption counts
 
 
 def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_path, monkeypatch):

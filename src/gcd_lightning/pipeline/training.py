@@ -66,6 +66,27 @@ class KeepBest(pl.Callback):
             self.state = copy.deepcopy(module.state_dict())
 
 
+class ElapsedTime(pl.Callback):
+    """A training's wall time, carried over an interruption in the resume checkpoint (``ResumePoint``).
+
+    ``seconds``: the time since this callback was made plus what the checkpoint it resumed from had
+    counted (up to that checkpoint: the unsaved part of an interrupted epoch is not counted).
+    """
+
+    def __init__(self) -> None:
+        self.start, self.before = time.perf_counter(), 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict["seconds"])
+
+
 class ResumePoint(ModelCheckpoint):
     """``<folder>/last.ckpt``, rewritten after every epoch: what an interrupted training resumes from.
 
@@ -103,18 +124,19 @@ def fit(
     callbacks: list[pl.Callback] = (), trainer_args: dict | None = None, **data: Any,
 ) -> tuple[pl.Trainer, float]:
     """Fit ``module`` with the configured trainer; with ``resume`` (a folder), from its checkpoint when
-    there is one, saving one after every epoch (``ResumePoint``). Returns the trainer and the seconds."""
+    there is one, saving one after every epoch (``ResumePoint``). Returns the trainer and the seconds
+    (``ElapsedTime``: a resumed training counts the time before the interruption too)."""
+    elapsed = ElapsedTime()
     trainer: pl.Trainer = hydra.utils.instantiate(
         ctx.cfg.trainer,
         max_epochs=max_epochs,
         logger=ctx.loggers or False,
         enable_checkpointing=resume is not None,
-        callbacks=[*callbacks, *([ResumePoint(resume)] if resume is not None else [])],
+        callbacks=[*callbacks, elapsed, *([ResumePoint(resume)] if resume is not None else [])],
         **(trainer_args or {}),
     )
-    start = time.perf_counter()
     trainer.fit(module, ckpt_path=resume_point(resume, what), weights_only=True, **data)
-    return trainer, time.perf_counter() - start
+    return trainer, elapsed.seconds
 
 
 def loader(tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int) -> DataLoader:
