@@ -275,6 +275,8 @@ def test_timing_table_gives_each_stages_wall_time_their_total_and_each_component
                                                        "baseline.train_seconds.sal": 92.6, "whitebox.seconds_per_image.gcd": 3.0}),
             Run("mnist", "fgsm_untargeted", "greybox", {**GREY, "stage_seconds.classifier": 10.0})]
     columns, rows = timing(runs)
-    assert columns == ["dataset", "attack", "threat", "classifier", "attack", "baselines", "total", "baseline.train_seconds.sal"]
+    assert columns == ["dataset", "attack", "threat", "stage_seconds.classifier", "stage_seconds.attack", "stage_seconds.baselines",
+                       "stage_seconds.total", "baseline.train_seconds.sal"]
+    assert len(set(columns)) == len(columns)  # the attack's name and the attack stage are two columns
     assert rows[0][3:] == ["0", "61", "30", "92", "93"] and rows[1][3:] == ["10", None, None, "10", None]
     assert timing([Run("mnist", "cw_untargeted", "greybox", GREY)])[1] == []  # runs from before the timings: no rows

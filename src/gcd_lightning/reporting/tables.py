@@ -357,7 +357,7 @@ def timing(runs: Sequence[Run]) -> Table:
     stage_keys = [key for key in (f"stage_seconds.{stage}" for stage in STAGE_ORDER) if any(key in run.metrics for run in runs)]
     component_keys = sorted({key for run in runs for key in run.metrics
                              if "seconds" in key and not key.startswith(("stage_seconds.", "whitebox."))})
-    columns = ["dataset", "attack", "threat", *(key.removeprefix("stage_seconds.") for key in stage_keys), "total", *component_keys]
+    columns = ["dataset", "attack", "threat", *stage_keys, "stage_seconds.total", *component_keys]  # the metrics' names
     rows = []
 
     def whole(value: float | None) -> str | None:
