@@ -202,7 +202,8 @@ def test_wandb_logger_writes_an_offline_run_with_tables_and_figures(first_run, t
 WHITEBOX_KEYS = [
     *(f"whitebox.success.{name}" for name in ("nodet", "det_is", "det_org", "gcd", "gcd_end_to_end", "bpda_eot", "bpda_eot_end_to_end")),
     *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
-    *(f"whitebox.variant.gcd.{name}" for name in ("l1_target", "hinge_b1", "orthogonal", "selective", "surrogate")),
+    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "surrogate") for term in ("", "_sum")),
+    "whitebox.variant.gcd.l1_target",
     "whitebox.variant.nodet.joint",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),
     "whitebox.robust_linf.0.3000.robust_acc",
@@ -234,6 +235,12 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
         variants = [v for k, v in metrics.items() if k.startswith(f"whitebox.variant.{name}.")]
         assert len(variants) >= 4 and metrics[f"whitebox.success.{name}"] >= max(variants)
         assert metrics[f"whitebox.success.{name}"] >= metrics[f"whitebox.success_previous.{name}"]
+    # both detector terms attack GCD; on one detector they are the same loss, attacked once
+    assert not any(k.endswith("_sum") for k in metrics if k.startswith(("whitebox.variant.det_", "whitebox.variant.nodet")))
+    cached_names = [p.name for p in (Path(cfg.paths.cache_dir) / "whitebox").iterdir()]
+    for name in ("robust_orthogonal", "robust_selective", "robust_surrogate"):
+        summed = sum(f"_gcd_{name}_sum_" in p for p in cached_names)
+        assert sum(f"_gcd_{name}_" in p for p in cached_names) - summed == summed > 0, name  # "each" has no suffix
     # the hinge loss on GCD falls from the clean images to the attacked ones
     assert metrics["whitebox.loss.gcd.adv"] < metrics["whitebox.loss.gcd.clean"]
     # GCD's detection is deterministic, its answer end to end random; a failed indicator is a warning in the report

@@ -24,6 +24,10 @@ strongest result (``strongest``), judged by the real decision rule:
 * ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
   (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
 
+The hinge and PGD variants run once per detector term of ``threat.adaptive.detector_terms``
+(``detector_hinge``): ``each`` (no suffix) and ``sum`` (suffix ``_sum``, eq. 11's own boundary).
+On a target with one detector both terms are the same loss, attacked once as ``each``.
+
 Around them: fixed-budget robustness of GCD (success and robust accuracy at each L∞ and L2 ε of
 ``threat.robustness``, Tramèr's check), indicators of attack failure (Pintor et al. 2022), GCD
 end to end over ``threat.judge_draws`` mask draws with seeds disjoint from the attacks', and a
@@ -77,8 +81,10 @@ def check_threat(threat: DictConfig) -> None:
     if threat.untargeted_loss not in (*UNTARGETED_LOSSES, "both"):
         raise ValueError(f"threat.untargeted_loss={threat.untargeted_loss!r} is unknown; choose one of {(*UNTARGETED_LOSSES, 'both')}")
     adaptive = threat.adaptive
-    if adaptive.detector_term not in DETECTOR_TERMS:
-        raise ValueError(f"threat.adaptive.detector_term={adaptive.detector_term!r} is unknown; choose one of {DETECTOR_TERMS}")
+    terms = list(adaptive.detector_terms)
+    if not terms or len(set(terms)) < len(terms) or any(term not in DETECTOR_TERMS for term in terms):
+        raise ValueError(f"threat.adaptive.detector_terms={terms} must list distinct terms from {DETECTOR_TERMS}, "
+                         "e.g. [each, sum]")
     for key, modes in (("adaptive.modes", adaptive.modes), ("robustness.modes", threat.robustness.modes)):
         unknown = [mode for mode in modes if mode not in MODES]
         if unknown:
@@ -92,6 +98,17 @@ def check_threat(threat: DictConfig) -> None:
         raise ValueError(f"threat budgets must be > 0 (L∞ ones at most 1): adaptive.l2_eps, robustness.linf_eps, robustness.l2_eps = {budgets}")
     if adaptive.kappa < 0 or any(b < 0 for b in adaptive.betas) or (adaptive.surrogate_beta is not None and adaptive.surrogate_beta <= 0):
         raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
+
+
+def suffixed(name: str, term: str) -> str:
+    """A variant's name under detector term ``term``: ``each`` keeps the name, another term is appended."""
+    return name if term == "each" else f"{name}_{term}"
+
+
+def target_terms(terms: list[str], detectors: list[nn.Module]) -> list[str]:
+    """The detector terms a target is attacked with: every one of ``terms`` where it has several
+    detectors; ``each`` alone where it has at most one (there every term is the same loss)."""
+    return list(terms) if len(detectors) > 1 else ["each"]
 
 
 def reads_sensitivity(detector: nn.Module) -> bool:
@@ -186,12 +203,15 @@ def run_whitebox_stage(
     def configured(model: nn.Module, objective: Objective) -> Callable[[], Attack]:
         return lambda: make_attack(ctx, model, objective)
 
-    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float) -> Callable[[], Attack]:
-        objective = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, adaptive.detector_term)
+    terms = list(adaptive.detector_terms)
+
+    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float, term: str) -> Callable[[], Attack]:
+        objective = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, term)
         return lambda: AdaptivePGD(model, objective, attack_norm.value, budget, adaptive.steps, adaptive.step_size,
                                    adaptive.restarts, mode, targeted)
 
-    pgd_spec = {key: adaptive[key] for key in ("kappa", "detector_term", "steps", "step_size", "restarts")}
+    def pgd_spec(term: str) -> dict:
+        return {"kappa": adaptive.kappa, "detector_term": term, **{key: adaptive[key] for key in ("steps", "step_size", "restarts")}}
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
@@ -205,24 +225,25 @@ def run_whitebox_stage(
                     name, previous=True)
             for loss in losses
         ]
-        found += [
-            Variant(f"hinge_b{beta:g}", configured(model, HingeEvasion(num_classes, adaptive.kappa, beta, targeted, adaptive.detector_term)),
-                    {"attack": cfg.attack, "hinge": [adaptive.kappa, beta, adaptive.detector_term]}, name)
-            for beta in adaptive.betas
-        ]
-        found += [
-            Variant(mode, adaptive_pgd(model, mode, norm, eps), {"pgd": [mode, norm.value, eps, pgd_spec]}, name)
-            for mode in adaptive.modes
-        ]
-        if surrogates[name] is not None:
-            found.append(Variant("surrogate", adaptive_pgd(surrogates[name], "orthogonal", norm, eps),
-                                 {"pgd": ["orthogonal", norm.value, eps, pgd_spec], "surrogate": adaptive.surrogate_beta}, name))
+        for term in target_terms(terms, parts[name]):
+            found += [
+                Variant(suffixed(f"hinge_b{beta:g}", term), configured(model, HingeEvasion(num_classes, adaptive.kappa, beta, targeted, term)),
+                        {"attack": cfg.attack, "hinge": [adaptive.kappa, beta, term]}, name)
+                for beta in adaptive.betas
+            ]
+            found += [
+                Variant(suffixed(mode, term), adaptive_pgd(model, mode, norm, eps, term), {"pgd": [mode, norm.value, eps, pgd_spec(term)]}, name)
+                for mode in adaptive.modes
+            ]
+            if surrogates[name] is not None:
+                found.append(Variant(suffixed("surrogate", term), adaptive_pgd(surrogates[name], "orthogonal", norm, eps, term),
+                                     {"pgd": ["orthogonal", norm.value, eps, pgd_spec(term)], "surrogate": adaptive.surrogate_beta}, name))
         return found
 
     variants: dict[str, list[Variant]] = {
         "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
-                  Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps),
-                          {"pgd": ["joint", norm.value, eps, pgd_spec]}, "nodet")],
+                  Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps, "each"),
+                          {"pgd": ["joint", norm.value, eps, pgd_spec("each")]}, "nodet")],
         **{name: detector_variants(name) for name in parts},
         "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
                              {"attack": cfg.attack, "rectifier": rectifier_id, "eot": threat.eot_samples,
@@ -258,6 +279,7 @@ def run_whitebox_stage(
         "whitebox.adaptive.kappa": float(adaptive.kappa),
         "whitebox.adaptive.steps": float(adaptive.steps),
         "whitebox.adaptive.restarts": float(adaptive.restarts),
+        **{f"whitebox.adaptive.term.{term}": float(term in terms) for term in DETECTOR_TERMS},
         "whitebox.judge_draws": float(threat.judge_draws),
     }
     by_variant = {name: {v.name: run_variant(name, v) for v in found} for name, found in variants.items()}
@@ -293,17 +315,16 @@ def run_whitebox_stage(
     metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
     metrics["whitebox.greybox.success.end_to_end"] = end_to_end(grey, int(threat.judge_draws)).double().mean().item()
     gcd_outputs = outputs(guarded["gcd"], x, bs)  # the clean images through f and both detectors, once
-    hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, adaptive.detector_term)
+    hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, terms[0])
     for point, out in (("clean", gcd_outputs), ("adv", outputs(guarded["gcd"], results["gcd"].x_adv, bs))):
         metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(out, labels).mean().item()
 
     flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
-    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, adaptive_pgd, pgd_spec, run_variant,
-                                           by_variant["gcd"], flagged_clean, adv_test))
-    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, guarded["gcd"], gcd, x, grey,
-                                      gcd_outputs, num_classes, bs,
-                                      run_variant, adaptive_pgd, pgd_spec))
+    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, target_terms(terms, parts["gcd"]),
+                                           adaptive_pgd, pgd_spec, run_variant, by_variant["gcd"], flagged_clean, adv_test))
+    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, terms[0], guarded["gcd"], gcd, x,
+                                      grey, gcd_outputs, num_classes, bs, run_variant, adaptive_pgd, pgd_spec))
 
     if norm is Norm.L2:
         gcd_adv = results["gcd"]
@@ -313,13 +334,13 @@ def run_whitebox_stage(
     return metrics
 
 
-def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, adaptive_pgd, pgd_spec, run_variant, gcd_sets,
+def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, terms, adaptive_pgd, pgd_spec, run_variant, gcd_sets,
                             flagged_clean, adv_test: AdversarialSet) -> dict[str, float]:
     """GCD's success and robust accuracy at each fixed L∞ / L2 budget of ``threat.robustness``, and Tramèr's check.
 
     Each budget other than the attack's own runs ``AdaptivePGD`` in every mode of
     ``threat.robustness.modes``, and orthogonal PGD through ``surrogate_model`` (``DET_IS`` smoothed)
-    when there is one. An image counts as won at a budget when *any* attack of the stage on GCD, at
+    when there is one, each once per detector term of ``terms``. An image counts as won at a budget when *any* attack of the stage on GCD, at
     any budget or norm, succeeded with a perturbation inside that ball: the stage's own variants, the
     smaller budgets' results at the larger ones, an L2 result whose L∞ norm fits. So robust accuracy
     never rises with ε. Robust accuracy: clean image not flagged and attack failed
@@ -334,13 +355,15 @@ def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, adaptive_pgd
     for budget_norm, budget in budgets:
         if budget_norm is norm and abs(budget - eps) < 1e-12:  # the stage's own budget: its variants on GCD are there
             continue
-        for mode in threat.robustness.modes:
-            candidates.append(run_variant("gcd", Variant(f"robust_{mode}", adaptive_pgd(model, mode, budget_norm, budget),
-                                                         {"pgd": [mode, budget_norm.value, budget, pgd_spec]}, "gcd")))
-        if surrogate_model is not None:
-            candidates.append(run_variant("gcd", Variant("robust_surrogate", adaptive_pgd(surrogate_model, "orthogonal", budget_norm, budget),
-                                                         {"pgd": ["orthogonal", budget_norm.value, budget, pgd_spec],
-                                                          "surrogate": threat.adaptive.surrogate_beta}, "gcd")))
+        for term in terms:
+            for mode in threat.robustness.modes:
+                candidates.append(run_variant("gcd", Variant(suffixed(f"robust_{mode}", term), adaptive_pgd(model, mode, budget_norm, budget, term),
+                                                             {"pgd": [mode, budget_norm.value, budget, pgd_spec(term)]}, "gcd")))
+            if surrogate_model is not None:
+                candidates.append(run_variant("gcd", Variant(suffixed("robust_surrogate", term),
+                                                             adaptive_pgd(surrogate_model, "orthogonal", budget_norm, budget, term),
+                                                             {"pgd": ["orthogonal", budget_norm.value, budget, pgd_spec(term)],
+                                                              "surrogate": threat.adaptive.surrogate_beta}, "gcd")))
     metrics: dict[str, float] = {}
     for budget_norm, budget in budgets:
         won = torch.stack([s.success & within(s, budget_norm, budget) for s in candidates]).any(dim=0)
@@ -362,9 +385,11 @@ def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
     return size <= budget * (1 + 1e-5) + 1e-6
 
 
-def failure_indicators(gcd_sets, won, modes, model, gcd, x, grey, clean_outputs, num_classes, bs, run_variant, adaptive_pgd,
+def failure_indicators(gcd_sets, won, modes, term, model, gcd, x, grey, clean_outputs, num_classes, bs, run_variant, adaptive_pgd,
                        pgd_spec) -> dict[str, float]:
     """Pintor et al. (2022)'s indicators on the attacks against GCD: ``whitebox.indicator.<name>`` and ``.failed``.
+
+    Each indicator reads ``AdaptivePGD`` on the hinge of detector term ``term`` (the first configured).
 
     * ``silent``: images whose first gradient was zero or not finite (``AdaptivePGD``'s first mode);
     * ``incomplete``: ``AdaptivePGD``'s loss still falling over its last steps on the images that
@@ -375,15 +400,15 @@ def failure_indicators(gcd_sets, won, modes, model, gcd, x, grey, clean_outputs,
       check); GCD end to end is random by design (``random_end_to_end``, information only: it is
       attacked with EOT and judged over several draws).
     """
-    first = gcd_sets[modes[0]] if modes and modes[0] in gcd_sets else None
+    first = gcd_sets.get(suffixed(modes[0], term)) if modes else None
     values: dict[str, tuple[float, bool]] = {}
     if first is not None:
         silent = indicators.silent_share(first.extras["silent"])
         values["silent"] = (silent, silent > indicators.SILENT_MAX)
         incomplete = indicators.incomplete_optimisation(first.extras["loss"], won)
         values["incomplete"] = (incomplete, incomplete > indicators.INCOMPLETE_MAX)
-    unbounded = run_variant("gcd", Variant("unbounded", adaptive_pgd(model, "orthogonal", Norm.LINF, UNBOUNDED_LINF),
-                                           {"pgd": ["orthogonal", "linf", UNBOUNDED_LINF, pgd_spec]}, "gcd"))
+    unbounded = run_variant("gcd", Variant(suffixed("unbounded", term), adaptive_pgd(model, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term),
+                                           {"pgd": ["orthogonal", "linf", UNBOUNDED_LINF, pgd_spec(term)]}, "gcd"))
     rate = unbounded.success.float().mean().item()
     values["unbounded"] = (rate, rate < indicators.UNBOUNDED_MIN)
     decision = indicators.defended_decision(clean_outputs, num_classes, ensemble_flags(clean_outputs[:, num_classes:]))
