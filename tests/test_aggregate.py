@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.reporting.report import render
+from gcd_lightning.reporting.report import indicator_lines, render
 from gcd_lightning.reporting.aggregate import find_runs, latest
 from gcd_lightning.reporting.tables import (
     INDICATORS, Run, failed_indicators, laid_out, robustness, run_key, table2, table3, table5, timing,
@@ -153,6 +153,12 @@ def test_failed_indicators_names_the_failed_ones():
     assert failed_indicators(ok) == "none"
     assert failed_indicators({**ok, "whitebox.indicator.silent.failed": 1.0}) == "silent"
     assert failed_indicators(WHITE_OLD) is None  # a run from before the indicators: n/a
+    targets = {"whitebox.target_indicator.det_pd.unbounded": 0.0, "whitebox.target_indicator.det_pd.unbounded.failed": 1.0,
+               "whitebox.target_indicator.det_is.unbounded": 1.0, "whitebox.target_indicator.det_is.unbounded.failed": 0.0}
+    assert failed_indicators({**ok, **targets, "whitebox.indicator.silent.failed": 1.0}) == "silent, unbounded (det_pd)"
+    lines = "\n".join(indicator_lines({**{f"whitebox.indicator.{n}": 0.0 for n in INDICATORS}, **ok, **targets}))
+    assert "**WARNING** unbounded (det_pd): 0.0000" in lines and "ok: unbounded (det_is): 1.0000" in lines
+    assert "that detector's Table 3 cell may understate the attacker" in lines
 
 
 def test_aggregate_without_runs_says_what_it_expected(tmp_path):

@@ -246,6 +246,10 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     # GCD's detection is deterministic, its answer end to end random; a failed indicator is a warning in the report
     assert metrics["whitebox.indicator.random"] == 0.0 and metrics["whitebox.indicator.random_end_to_end"] == 1.0
     assert metrics["whitebox.indicator.unbounded.failed"] == float(metrics["whitebox.indicator.unbounded"] < 0.99)
+    for name in ("det_is", "det_org"):  # every detector target is checked unbounded too, judged by itself
+        rate = metrics[f"whitebox.target_indicator.{name}.unbounded"]
+        assert 0.0 <= rate <= 1.0 and any(f"_{name}_unbounded_" in p for p in cached_names)
+        assert metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] == float(rate < 0.99)
     robust = metrics["whitebox.robust_linf.0.3000.robust_acc"]
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
@@ -258,6 +262,7 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     assert "Indicators of attack failure" in report and "Tramèr" in report and "95%" in report
     for name in ("silent", "incomplete", "unbounded", "noise", "random"):
         assert (f"**WARNING** {name}:" in report) == bool(metrics[f"whitebox.indicator.{name}.failed"]), name
+    assert "unbounded (det_is):" in report and "unbounded (det_org):" in report
     again = run(rerun_config(cfg, tmp_path / "whitebox_again"))
     assert {k: v for k, v in again.items() if k.startswith("whitebox.") and "seconds" not in k} == pytest.approx(
         {k: v for k, v in metrics.items() if k.startswith("whitebox.") and "seconds" not in k}, nan_ok=True

@@ -200,15 +200,29 @@ INDICATORS = {
 """Pintor et al.'s (2022) indicators of attack failure (``whitebox.indicator.<name>``) and what each measures."""
 
 
+def target_indicators(metrics: dict[str, float]) -> dict[str, tuple[str, float, bool]]:
+    """The indicators run on each single-detector target (``whitebox.target_indicator.<target>.<name>``):
+    ``{"<name> (<target>)": (name, value, failed)}``."""
+    found = {}
+    for key, value in metrics.items():
+        if key.startswith("whitebox.target_indicator.") and not key.endswith(".failed"):
+            target, name = key.removeprefix("whitebox.target_indicator.").rsplit(".", 1)
+            found[f"{name} ({target})"] = (name, value, bool(metrics[f"{key}.failed"]))
+    return found
+
+
 def failed_indicators(metrics: dict[str, float]) -> str | None:
     """The indicators of attack failure (Pintor et al. 2022) that failed, e.g. ``unbounded, incomplete``; ``none``.
 
+    GCD's go by name, a single-detector target's with it, e.g. ``unbounded (det_pd)``.
     None (``n/a``) for runs from before the indicators.
     """
     found = [name for name in INDICATORS if f"whitebox.indicator.{name}.failed" in metrics]
     if not found:
         return None
-    return ", ".join(name for name in found if metrics[f"whitebox.indicator.{name}.failed"]) or "none"
+    failed = [name for name in found if metrics[f"whitebox.indicator.{name}.failed"]]
+    failed += [label for label, (_, _, bad) in target_indicators(metrics).items() if bad]
+    return ", ".join(failed) or "none"
 
 
 def table3(runs: Sequence[Run], cells: bool = False) -> Table:
