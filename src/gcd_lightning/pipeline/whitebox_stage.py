@@ -315,13 +315,14 @@ def run_whitebox_stage(
     metrics["whitebox.greybox.success.gcd"] = judges["gcd"](grey).float().mean().item()
     metrics["whitebox.greybox.success.end_to_end"] = end_to_end(grey, int(threat.judge_draws)).double().mean().item()
     gcd_outputs = outputs(guarded["gcd"], x, bs)  # the clean images through f and both detectors, once
-    hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, terms[0])
+    gcd_terms = target_terms(terms, parts["gcd"])  # the indicators and the loss figures read the first
+    hinge = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, gcd_terms[0])
     for point, out in (("clean", gcd_outputs), ("adv", outputs(guarded["gcd"], results["gcd"].x_adv, bs))):
         metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(out, labels).mean().item()
 
     flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
-    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, target_terms(terms, parts["gcd"]),
+    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, gcd_terms,
                                            adaptive_pgd, pgd_spec, run_variant, by_variant["gcd"], flagged_clean, adv_test))
     unbounded = {name: unbounded_success(name, attacked[name], target_terms(terms, dets)[0], adaptive_pgd, pgd_spec, run_variant)
                   for name, dets in parts.items()}
@@ -329,7 +330,7 @@ def run_whitebox_stage(
         if name != "gcd":  # GCD's is one of its failure indicators, below
             metrics[f"whitebox.target_indicator.{name}.unbounded"] = rate
             metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] = float(rate < indicators.UNBOUNDED_MIN)
-    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, terms[0], unbounded["gcd"],
+    metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, gcd_terms[0], unbounded["gcd"],
                                       guarded["gcd"], gcd, x, grey, gcd_outputs, num_classes, bs))
 
     if norm is Norm.L2:
@@ -406,7 +407,7 @@ def unbounded_success(name: str, model: nn.Module, term: str, adaptive_pgd, pgd_
 def failure_indicators(gcd_sets, won, modes, term, unbounded, model, gcd, x, grey, clean_outputs, num_classes, bs) -> dict[str, float]:
     """Pintor et al. (2022)'s indicators on the attacks against GCD: ``whitebox.indicator.<name>`` and ``.failed``.
 
-    Each indicator reads ``AdaptivePGD`` on the hinge of detector term ``term`` (the first configured).
+    Each indicator reads ``AdaptivePGD`` on the hinge of detector term ``term`` (GCD's first).
 
     * ``silent``: images whose first gradient was zero or not finite (``AdaptivePGD``'s first mode);
     * ``incomplete``: ``AdaptivePGD``'s loss still falling over its last steps on the images that

@@ -168,11 +168,11 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
     lines = ["## Indicators of attack failure (Pintor et al. 2022)", ""]
     targets = target_indicators(m)
     rows = [(name, name, m[f"whitebox.indicator.{name}"], m[f"whitebox.indicator.{name}.failed"]) for name in found]
-    for label, name, value, failed in rows + [(label, *found_target) for label, found_target in targets.items()]:
+    for label, name, value, failed in rows + targets:
         lines.append(f"- {'**WARNING** ' if failed else 'ok: '}{label}: {fmt(value)} ({INDICATORS[name]})")
     if m.get("whitebox.indicator.random_end_to_end"):
         lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
-    if any(failed for _, _, failed in targets.values()):
+    if any(failed for *_, failed in targets):
         lines += ["", "**An indicator failed on a single-detector target: that detector's Table 3 cell may understate the attacker.**"]
     if any(m[f"whitebox.indicator.{name}.failed"] for name in found):
         lines += ["", "**Some indicators failed: the attacks above may understate the attacker; read Table 3 as an upper bound "

@@ -200,14 +200,14 @@ INDICATORS = {
 """Pintor et al.'s (2022) indicators of attack failure (``whitebox.indicator.<name>``) and what each measures."""
 
 
-def target_indicators(metrics: dict[str, float]) -> dict[str, tuple[str, float, bool]]:
+def target_indicators(metrics: dict[str, float]) -> list[tuple[str, str, float, bool]]:
     """The indicators run on each single-detector target (``whitebox.target_indicator.<target>.<name>``):
-    ``{"<name> (<target>)": (name, value, failed)}``."""
-    found = {}
+    ``(label "<name> (<target>)", name, value, failed)`` each."""
+    found = []
     for key, value in metrics.items():
         if key.startswith("whitebox.target_indicator.") and not key.endswith(".failed"):
             target, name = key.removeprefix("whitebox.target_indicator.").rsplit(".", 1)
-            found[f"{name} ({target})"] = (name, value, bool(metrics[f"{key}.failed"]))
+            found.append((f"{name} ({target})", name, value, bool(metrics[f"{key}.failed"])))
     return found
 
 
@@ -221,7 +221,7 @@ def failed_indicators(metrics: dict[str, float]) -> str | None:
     if not found:
         return None
     failed = [name for name in found if metrics[f"whitebox.indicator.{name}.failed"]]
-    failed += [label for label, (_, _, bad) in target_indicators(metrics).items() if bad]
+    failed += [label for label, _, _, bad in target_indicators(metrics) if bad]
     return ", ".join(failed) or "none"
 
 
