@@ -202,7 +202,7 @@ def test_wandb_logger_writes_an_offline_run_with_tables_and_figures(first_run, t
 WHITEBOX_KEYS = [
     *(f"whitebox.success.{name}" for name in ("nodet", "det_is", "det_org", "gcd", "gcd_end_to_end", "bpda_eot", "bpda_eot_end_to_end")),
     *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
-    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "surrogate") for term in ("", "_sum")),
+    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "orthogonal_nonzero", "surrogate") for term in ("", "_sum")),
     "whitebox.variant.gcd.l1_target",
     "whitebox.variant.nodet.joint",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),

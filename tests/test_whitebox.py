@@ -308,6 +308,26 @@ def test_adaptive_pgd_stays_in_budget_and_evades_f_plus_det_is(mode, norm, eps):
     assert result["loss"].shape == (32, 31) and not result["silent"].any()
 
 
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.5)])
+def test_adaptive_pgd_on_the_nonzero_support_never_moves_a_zero_pixel_and_still_evades(norm, eps):
+    f = smooth_classifier().float()
+    model = GuardedClassifier(f, [sensitivity_detector(f).float()])
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4) * (torch.rand(32, 1, 4, 4) > 0.4)  # about 40% zero pixels ("background")
+    y = f(x).argmax(1)
+    objective = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=False)
+    attack = AdaptivePGD(model, objective, norm, eps, steps=30, restarts=2, mode="orthogonal", support="nonzero")
+    result = run_adaptive(attack, x, y, None, batch_size=16, seed=0, progress=False)
+    assert torch.equal(result["x_adv"][x == 0], x[x == 0])  # the first run, the random restarts and every step
+    delta = (result["x_adv"] - x).flatten(1)
+    assert ((delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)) <= eps + 1e-5).all()
+    with torch.no_grad():
+        assert torch.equal(objective.success(model(result["x_adv"]), y, False), result["success"])
+    assert result["success"].float().mean() >= 0.5
+    with pytest.raises(ValueError, match="unknown support 'sparse'"):
+        AdaptivePGD(model, objective, norm, eps, support="sparse")
+
+
 class RowCounter(nn.Module):
     """``model`` counting the images it is run on."""
 

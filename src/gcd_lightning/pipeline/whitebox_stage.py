@@ -21,6 +21,9 @@ strongest result (``strongest``), judged by the real decision rule:
   every detector's logit gap, confidence κ), once per β of ``threat.adaptive.betas``;
 * ``orthogonal`` / ``selective`` / ``joint``: ``AdaptivePGD`` (Bryniarski et al. 2022) at the
   attack's norm and budget (L2 attacks: ``threat.adaptive.l2_eps``), best iterate, restarts;
+* ``<mode>_nonzero``: ``AdaptivePGD`` on the input's non-zero pixels only (``threat.adaptive.support_modes``;
+  MNIST's strokes), which a density detector (``DET_PD``) does not price as it prices a dense change;
+  left out where no attacked image has a zero pixel (there it is the ordinary attack);
 * ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
   (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
 
@@ -85,7 +88,8 @@ def check_threat(threat: DictConfig) -> None:
     if not terms or len(set(terms)) < len(terms) or any(term not in DETECTOR_TERMS for term in terms):
         raise ValueError(f"threat.adaptive.detector_terms={terms} must list distinct terms from {DETECTOR_TERMS}, "
                          "e.g. [each, sum]")
-    for key, modes in (("adaptive.modes", adaptive.modes), ("robustness.modes", threat.robustness.modes)):
+    for key, modes in (("adaptive.modes", adaptive.modes), ("adaptive.support_modes", adaptive.support_modes),
+                       ("robustness.modes", threat.robustness.modes)):
         unknown = [mode for mode in modes if mode not in MODES]
         if unknown:
             raise ValueError(f"threat.{key}: unknown {unknown}; choose from {MODES}")
@@ -205,16 +209,19 @@ def run_whitebox_stage(
 
     terms = list(adaptive.detector_terms)
 
-    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float, term: str) -> Callable[[], Attack]:
+    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float, term: str, support: str = "all") -> Callable[[], Attack]:
         objective = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, term)
         return lambda: AdaptivePGD(model, objective, attack_norm.value, budget, adaptive.steps, adaptive.step_size,
-                                   adaptive.restarts, mode, targeted)
+                                   adaptive.restarts, mode, targeted, support)
 
     def pgd_spec(term: str) -> dict:
         return {"kappa": adaptive.kappa, "detector_term": term, **{key: adaptive[key] for key in ("steps", "step_size", "restarts")}}
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
+    support_modes = list(adaptive.support_modes) if bool((x == 0).any()) else []
+    if adaptive.support_modes and not support_modes:
+        log.info("white-box: no attacked image has a zero pixel; the non-zero-support variants would repeat the others and are left out")
 
     def detector_variants(name: str) -> list[Variant]:
         model = attacked[name]
@@ -234,6 +241,11 @@ def run_whitebox_stage(
             found += [
                 Variant(suffixed(mode, term), adaptive_pgd(model, mode, norm, eps, term), {"pgd": [mode, norm.value, eps, pgd_spec(term)]}, name)
                 for mode in adaptive.modes
+            ]
+            found += [
+                Variant(suffixed(f"{mode}_nonzero", term), adaptive_pgd(model, mode, norm, eps, term, "nonzero"),
+                        {"pgd": [mode, norm.value, eps, pgd_spec(term)], "support": "nonzero"}, name)
+                for mode in support_modes
             ]
             if surrogates[name] is not None:
                 found.append(Variant(suffixed("surrogate", term), adaptive_pgd(surrogates[name], "orthogonal", norm, eps, term),
