@@ -6,6 +6,7 @@ import copy
 import csv
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -248,8 +249,15 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     assert metrics["whitebox.indicator.unbounded.failed"] == float(metrics["whitebox.indicator.unbounded"] < 0.99)
     for name in ("det_is", "det_org"):  # every detector target is checked unbounded too, judged by itself
         rate = metrics[f"whitebox.target_indicator.{name}.unbounded"]
-        assert 0.0 <= rate <= 1.0 and any(f"_{name}_unbounded_" in p for p in cached_names)
         assert metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] == float(rate < 0.99)
+        # per image the stronger of the reaches in turn (every pixel, non-zero support, surrogate), each only while short
+        runs = {reach: [p for p in (Path(cfg.paths.cache_dir) / "whitebox").iterdir()
+                        if re.search(rf"_{name}_unbounded{reach}_[0-9a-f]+\.pt$", p.name)] for reach in ("", "_nonzero", "_surrogate")}
+        ran = [reach for reach, paths in runs.items() if paths]
+        assert ran == ["", "_nonzero", "_surrogate"][: len(ran)] and all(len(paths) <= 1 for paths in runs.values())
+        won = [AdversarialSet.load(runs[reach][0]).success for reach in ran]
+        assert rate == pytest.approx(torch.stack(won).any(dim=0).float().mean().item())
+        assert all(torch.stack(won[:k]).any(dim=0).float().mean() < 0.99 for k in range(1, len(won)))
     robust = metrics["whitebox.robust_linf.0.3000.robust_acc"]
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
