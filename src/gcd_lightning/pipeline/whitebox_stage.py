@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import hydra
 import torch
@@ -216,6 +216,16 @@ def run_whitebox_stage(
 
     def pgd_spec(term: str) -> dict:
         return {"kappa": adaptive.kappa, "detector_term": term, **{key: adaptive[key] for key in ("steps", "step_size", "restarts")}}
+
+    def pgd_variant(label: str, target_name: str, mode: str, attack_norm: Norm, budget: float, term: str, support: str = "all",
+                    surrogate: bool = False) -> Variant:
+        """``AdaptivePGD`` on ``target_name`` (through its ``surrogates`` copy with ``surrogate``), named and keyed:
+        ``label`` with ``_nonzero`` for the non-zero support and the term's suffix."""
+        model = surrogates[target_name] if surrogate else attacked[target_name]
+        spec = {"pgd": [mode, attack_norm.value, budget, pgd_spec(term)], **({} if support == "all" else {"support": support}),
+                **({"surrogate": adaptive.surrogate_beta} if surrogate else {})}
+        return Variant(suffixed(label + ("" if support == "all" else f"_{support}"), term),
+                       adaptive_pgd(model, mode, attack_norm, budget, term, support), spec, target_name)
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
@@ -238,18 +248,10 @@ def run_whitebox_stage(
                         {"attack": cfg.attack, "hinge": [adaptive.kappa, beta, term]}, name)
                 for beta in adaptive.betas
             ]
-            found += [
-                Variant(suffixed(mode, term), adaptive_pgd(model, mode, norm, eps, term), {"pgd": [mode, norm.value, eps, pgd_spec(term)]}, name)
-                for mode in adaptive.modes
-            ]
-            found += [
-                Variant(suffixed(f"{mode}_nonzero", term), adaptive_pgd(model, mode, norm, eps, term, "nonzero"),
-                        {"pgd": [mode, norm.value, eps, pgd_spec(term)], "support": "nonzero"}, name)
-                for mode in support_modes
-            ]
+            found += [pgd_variant(mode, name, mode, norm, eps, term) for mode in adaptive.modes]
+            found += [pgd_variant(mode, name, mode, norm, eps, term, "nonzero") for mode in support_modes]
             if surrogates[name] is not None:
-                found.append(Variant(suffixed("surrogate", term), adaptive_pgd(surrogates[name], "orthogonal", norm, eps, term),
-                                     {"pgd": ["orthogonal", norm.value, eps, pgd_spec(term)], "surrogate": adaptive.surrogate_beta}, name))
+                found.append(pgd_variant("surrogate", name, "orthogonal", norm, eps, term, surrogate=True))
         return found
 
     variants: dict[str, list[Variant]] = {
@@ -334,16 +336,17 @@ def run_whitebox_stage(
 
     flagged_clean = ensemble_flags(gcd_outputs[:, num_classes:])
     metrics["whitebox.flagged_clean.gcd"] = flagged_clean.float().mean().item()
-    metrics.update(fixed_budget_robustness(ctx, guarded["gcd"], surrogates["gcd"], norm, eps, gcd_terms,
-                                           adaptive_pgd, pgd_spec, run_variant, by_variant["gcd"], flagged_clean, adv_test))
+    metrics.update(fixed_budget_robustness(ctx, norm, eps, gcd_terms, pgd_variant, surrogates["gcd"] is not None, run_variant,
+                                           by_variant["gcd"], flagged_clean, adv_test))
 
-    def reaches(name: str) -> list[Reach]:
-        """The unbounded check's ways to ``name``: every pixel, the non-zero support, the surrogate (where the stage has them)."""
-        found = [Reach(attacked[name])] + [Reach(attacked[name], "nonzero", "_nonzero", {"support": "nonzero"})] * bool(support_modes)
-        return found + ([] if surrogates[name] is None else [Reach(surrogates[name], suffix="_surrogate",
-                                                                    spec={"surrogate": adaptive.surrogate_beta})])
+    def reaches(name: str, term: str) -> list[Variant]:
+        """The unbounded check's attacks on ``name``, in turn: every pixel, the non-zero support, the surrogate (where the stage has them)."""
+        supports = ["all", "nonzero"] if support_modes else ["all"]
+        found = [pgd_variant("unbounded", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, support) for support in supports]
+        return found + ([] if surrogates[name] is None else
+                        [pgd_variant("unbounded_surrogate", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, surrogate=True)])
 
-    unbounded = {name: unbounded_success(name, reaches(name), target_terms(terms, dets)[0], adaptive_pgd, pgd_spec, run_variant)
+    unbounded = {name: unbounded_success(run_variant(name, v) for v in reaches(name, target_terms(terms, dets)[0]))
                  for name, dets in parts.items()}
     for name, rate in unbounded.items():
         if name != "gcd":  # GCD's is one of its failure indicators, below
@@ -360,13 +363,13 @@ def run_whitebox_stage(
     return metrics
 
 
-def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, terms, adaptive_pgd, pgd_spec, run_variant, gcd_sets,
+def fixed_budget_robustness(ctx, norm, eps, terms, pgd_variant, has_surrogate: bool, run_variant, gcd_sets,
                             flagged_clean, adv_test: AdversarialSet) -> dict[str, float]:
     """GCD's success and robust accuracy at each fixed L∞ / L2 budget of ``threat.robustness``, and Tramèr's check.
 
     Each budget other than the attack's own runs ``AdaptivePGD`` in every mode of
-    ``threat.robustness.modes``, and orthogonal PGD through ``surrogate_model`` (``DET_IS`` smoothed)
-    when there is one, each once per detector term of ``terms``. An image counts as won at a budget when *any* attack of the stage on GCD, at
+    ``threat.robustness.modes`` on GCD (``pgd_variant``), and orthogonal PGD through its surrogate (``DET_IS``
+    smoothed) when it ``has_surrogate``, each once per detector term of ``terms``. An image counts as won at a budget when *any* attack of the stage on GCD, at
     any budget or norm, succeeded with a perturbation inside that ball: the stage's own variants, the
     smaller budgets' results at the larger ones, an L2 result whose L∞ norm fits. So robust accuracy
     never rises with ε. Robust accuracy: clean image not flagged and attack failed
@@ -382,14 +385,11 @@ def fixed_budget_robustness(ctx, model, surrogate_model, norm, eps, terms, adapt
         if budget_norm is norm and abs(budget - eps) < 1e-12:  # the stage's own budget: its variants on GCD are there
             continue
         for term in terms:
-            for mode in threat.robustness.modes:
-                candidates.append(run_variant("gcd", Variant(suffixed(f"robust_{mode}", term), adaptive_pgd(model, mode, budget_norm, budget, term),
-                                                             {"pgd": [mode, budget_norm.value, budget, pgd_spec(term)]}, "gcd")))
-            if surrogate_model is not None:
-                candidates.append(run_variant("gcd", Variant(suffixed("robust_surrogate", term),
-                                                             adaptive_pgd(surrogate_model, "orthogonal", budget_norm, budget, term),
-                                                             {"pgd": ["orthogonal", budget_norm.value, budget, pgd_spec(term)],
-                                                              "surrogate": threat.adaptive.surrogate_beta}, "gcd")))
+            candidates += [run_variant("gcd", pgd_variant(f"robust_{mode}", "gcd", mode, budget_norm, budget, term))
+                           for mode in threat.robustness.modes]
+            if has_surrogate:
+                candidates.append(run_variant("gcd", pgd_variant("robust_surrogate", "gcd", "orthogonal", budget_norm, budget, term,
+                                                                 surrogate=True)))
     metrics: dict[str, float] = {}
     for budget_norm, budget in budgets:
         won = torch.stack([s.success & within(s, budget_norm, budget) for s in candidates]).any(dim=0)
@@ -411,33 +411,18 @@ def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
     return size <= budget * (1 + 1e-5) + 1e-6
 
 
-@dataclasses.dataclass
-class Reach:
-    """One way the stage reaches a target: the model its gradients come from, the support it perturbs, and
-    what that adds to a variant's name and cache key."""
-
-    model: nn.Module
-    support: str = "all"
-    suffix: str = ""
-    spec: dict = dataclasses.field(default_factory=dict)
-
-
-def unbounded_success(name: str, reaches: list[Reach], term: str, adaptive_pgd, pgd_spec, run_variant) -> float:
-    """Success at L∞ ε = 1 (``UNBOUNDED_LINF``) on target ``name``, judged by the target itself: per image the
-    stronger of orthogonal PGD through each of ``reaches`` in turn (the exact gradient on every pixel first).
+def unbounded_success(results: Iterable[AdversarialSet]) -> float:
+    """Success at L∞ ε = 1 (``UNBOUNDED_LINF``), judged by the target itself: per image the stronger of
+    ``results``, the stage's attacks on it in turn, each taken only while the share is below
+    ``indicators.UNBOUNDED_MIN`` (``results`` is lazy, so a later attack runs only then).
 
     Every image is reachable there (a clean image of another class is inside the ball), so the stage's
-    attacks, if they work, must reach ~100% (Pintor et al. 2022's ``unbounded`` indicator). The next
-    reach runs only while the share is below ``indicators.UNBOUNDED_MIN``. It runs on every detector
-    target, as a detector can defeat the attacks without being robust.
+    attacks, if they work, must reach ~100% (Pintor et al. 2022's ``unbounded`` indicator). It runs on
+    every detector target, as a detector can defeat the attacks without being robust.
     """
     won = None
-    for reach in reaches:
-        variant = Variant(suffixed(f"unbounded{reach.suffix}", term),
-                          adaptive_pgd(reach.model, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, reach.support),
-                          {"pgd": ["orthogonal", "linf", UNBOUNDED_LINF, pgd_spec(term)], **reach.spec}, name)
-        success = run_variant(name, variant).success
-        won = success if won is None else won | success
+    for adv in results:
+        won = adv.success if won is None else won | adv.success
         if won.float().mean().item() >= indicators.UNBOUNDED_MIN:
             break
     return won.float().mean().item()
