@@ -203,7 +203,7 @@ def test_wandb_logger_writes_an_offline_run_with_tables_and_figures(first_run, t
 WHITEBOX_KEYS = [
     *(f"whitebox.success.{name}" for name in ("nodet", "det_is", "det_org", "gcd", "gcd_end_to_end", "bpda_eot", "bpda_eot_end_to_end")),
     *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
-    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "orthogonal_nonzero", "surrogate") for term in ("", "_sum")),
+    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "orthogonal_nonzero", "joint_adam", "surrogate") for term in ("", "_sum")),
     "whitebox.variant.gcd.l1_target",
     "whitebox.variant.nodet.joint",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),
@@ -215,6 +215,9 @@ WHITEBOX_KEYS = [
     "whitebox.seconds_per_image.nodet",
     "whitebox.seconds_per_image.gcd",
 ]
+
+
+REACHES = ("", "_nonzero", "_adam", "_surrogate")  # the unbounded check's attacks, in the order they run
 
 
 def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_run, tmp_path):
@@ -250,11 +253,11 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     for name in ("det_is", "det_org"):  # every detector target is checked unbounded too, judged by itself
         rate = metrics[f"whitebox.target_indicator.{name}.unbounded"]
         assert metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] == float(rate < 0.99)
-        # per image the stronger of the reaches in turn (every pixel, non-zero support, surrogate), each only while short
+        # per image the stronger of the reaches in turn (every pixel, non-zero support, Adam, surrogate), each only while short
         runs = {reach: [p for p in (Path(cfg.paths.cache_dir) / "whitebox").iterdir()
-                        if re.search(rf"_{name}_unbounded{reach}_[0-9a-f]+\.pt$", p.name)] for reach in ("", "_nonzero", "_surrogate")}
+                        if re.search(rf"_{name}_unbounded{reach}_[0-9a-f]+\.pt$", p.name)] for reach in REACHES}
         ran = [reach for reach, paths in runs.items() if paths]
-        assert ran == ["", "_nonzero", "_surrogate"][: len(ran)] and all(len(paths) <= 1 for paths in runs.values())
+        assert ran == list(REACHES[: len(ran)]) and all(len(paths) <= 1 for paths in runs.values())
         won = [AdversarialSet.load(runs[reach][0]).success for reach in ran]
         assert rate == pytest.approx(torch.stack(won).any(dim=0).float().mean().item())
         assert all(torch.stack(won[:k]).any(dim=0).float().mean() < 0.99 for k in range(1, len(won)))

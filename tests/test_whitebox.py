@@ -20,7 +20,7 @@ from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
-from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_projection, project_out, run_adaptive
+from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_map, ball_preimage, ball_projection, project_out, run_adaptive
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
 from gcd_lightning.whitebox.objectives import (
     UNTARGETED_LOSSES,
@@ -326,6 +326,65 @@ def test_adaptive_pgd_on_the_nonzero_support_never_moves_a_zero_pixel_and_still_
     assert result["success"].float().mean() >= 0.5
     with pytest.raises(ValueError, match="unknown support 'sparse'"):
         AdaptivePGD(model, objective, norm, eps, support="sparse")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.5)])
+def test_adaptive_pgd_with_adams_update_stays_in_budget_and_evades_f_plus_det_is(mode, norm, eps):
+    f = smooth_classifier().float()
+    model = GuardedClassifier(f, [sensitivity_detector(f).float()])
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    y = f(x).argmax(1)
+    objective = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=False)
+    result = run_adaptive(AdaptivePGD(model, objective, norm, eps, steps=30, restarts=2, mode=mode, update="adam"),
+                          x, y, None, batch_size=16, seed=0, progress=False)
+    delta = (result["x_adv"] - x).flatten(1)
+    assert ((delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)) <= eps + 1e-5).all()
+    assert ((result["x_adv"] >= 0) & (result["x_adv"] <= 1)).all()
+    with torch.no_grad():
+        assert torch.equal(objective.success(model(result["x_adv"]), y, False), result["success"])
+    assert result["success"].float().mean() >= 0.5 and not result["silent"].any()
+    with pytest.raises(ValueError, match="unknown update 'lbfgs'"):
+        AdaptivePGD(model, objective, norm, eps, update="lbfgs")
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.5)])
+def test_ball_map_stays_in_the_ball_and_its_preimage_inverts_it(norm, eps):
+    torch.manual_seed(0)
+    w = torch.randn(6, 1, 4, 4) * 3
+    size = ball_map(w, Norm(norm), eps).flatten(1)
+    assert ((size.norm(dim=1) if norm == "l2" else size.abs().amax(1)) <= eps + 1e-6).all()
+    delta = ball_projection(torch.randn(6, 1, 4, 4), torch.full((6, 1, 4, 4), 0.5), Norm(norm), eps * 0.9)
+    assert torch.allclose(ball_map(ball_preimage(delta, Norm(norm), eps), Norm(norm), eps), delta, atol=1e-5)
+
+
+class MovedPixels(nn.Module):
+    """A density-like detector: its "adversarial" logit counts the faintly lit pixels (0 < v < 0.45), about
+    one per pixel moved off a black background; clean images (pixels 0 or ≥ 0.5) score 0 against a benign 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = (torch.tanh(x.relu() / 0.02) * torch.sigmoid((0.45 - x) / 0.02)).flatten(1).sum(1)
+        return torch.stack([torch.full_like(moved, 2.0), moved], dim=1)
+
+
+def test_adams_update_keeps_the_background_black_where_sign_steps_light_it():
+    """The sticky box of ``update="adam"`` (module docstring of ``opgd``): a background pixel pushed below 0 stays
+    at 0, so against a detector that counts moved background pixels it evades more often than sign steps."""
+    f = smooth_classifier().float()
+    model = GuardedClassifier(f, [MovedPixels()]).eval()
+    torch.manual_seed(0)
+    x = (0.5 + 0.5 * torch.rand(64, 1, 4, 4)) * (torch.rand(64, 1, 4, 4) > 0.5)  # strokes on a black background
+    y = f(x).argmax(1)
+    objective = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=False)
+    with torch.no_grad():
+        assert not ensemble_flags(model(x)[:, L:]).any()  # no clean image is flagged
+    runs = {update: run_adaptive(AdaptivePGD(model, objective, "linf", 0.3, steps=30, restarts=2, mode="joint", update=update),
+                                 x, y, None, batch_size=32, seed=0, progress=False) for update in ("steepest", "adam")}
+    kept = {update: (r["x_adv"][x == 0] == 0).float().mean().item() for update, r in runs.items()}
+    won = {update: r["success"].float().mean().item() for update, r in runs.items()}
+    assert kept["adam"] >= 0.97 and kept["steepest"] <= 0.92
+    assert won["adam"] >= won["steepest"] + 0.05
 
 
 class RowCounter(nn.Module):

@@ -24,6 +24,8 @@ strongest result (``strongest``), judged by the real decision rule:
 * ``<mode>_nonzero``: ``AdaptivePGD`` on the input's non-zero pixels only (``threat.adaptive.support_modes``;
   MNIST's strokes), which a density detector (``DET_PD``) does not price as it prices a dense change;
   left out where no attacked image has a zero pixel (there it is the ordinary attack);
+* ``<mode>_adam``: ``AdaptivePGD`` with C&W's optimiser in the ball (``update="adam"``, ``threat.adaptive.adam_modes``):
+  Adam through a smooth map into the ball with a sticky box, so it picks a sparse support of its own;
 * ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
   (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
 
@@ -89,7 +91,7 @@ def check_threat(threat: DictConfig) -> None:
         raise ValueError(f"threat.adaptive.detector_terms={terms} must list distinct terms from {DETECTOR_TERMS}, "
                          "e.g. [each, sum]")
     for key, modes in (("adaptive.modes", adaptive.modes), ("adaptive.support_modes", adaptive.support_modes),
-                       ("robustness.modes", threat.robustness.modes)):
+                       ("adaptive.adam_modes", adaptive.adam_modes), ("robustness.modes", threat.robustness.modes)):
         unknown = [mode for mode in modes if mode not in MODES]
         if unknown:
             raise ValueError(f"threat.{key}: unknown {unknown}; choose from {MODES}")
@@ -209,23 +211,24 @@ def run_whitebox_stage(
 
     terms = list(adaptive.detector_terms)
 
-    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float, term: str, support: str = "all") -> Callable[[], Attack]:
+    def adaptive_pgd(model: nn.Module, mode: str, attack_norm: Norm, budget: float, term: str, support: str = "all",
+                     update: str = "steepest") -> Callable[[], Attack]:
         objective = HingeEvasion(num_classes, adaptive.kappa, 1.0, targeted, term)
         return lambda: AdaptivePGD(model, objective, attack_norm.value, budget, adaptive.steps, adaptive.step_size,
-                                   adaptive.restarts, mode, targeted, support)
+                                   adaptive.restarts, mode, targeted, support, update)
 
     def pgd_spec(term: str) -> dict:
         return {"kappa": adaptive.kappa, "detector_term": term, **{key: adaptive[key] for key in ("steps", "step_size", "restarts")}}
 
     def pgd_variant(label: str, target_name: str, mode: str, attack_norm: Norm, budget: float, term: str, support: str = "all",
-                    surrogate: bool = False) -> Variant:
+                    surrogate: bool = False, update: str = "steepest") -> Variant:
         """``AdaptivePGD`` on ``target_name`` (through its ``surrogates`` copy with ``surrogate``), named and keyed:
-        ``label`` with ``_nonzero`` for the non-zero support and the term's suffix."""
+        ``label`` with ``_nonzero`` for the non-zero support, ``_adam`` for Adam's update, and the term's suffix."""
         model = surrogates[target_name] if surrogate else attacked[target_name]
         spec = {"pgd": [mode, attack_norm.value, budget, pgd_spec(term)], **({} if support == "all" else {"support": support}),
-                **({"surrogate": adaptive.surrogate_beta} if surrogate else {})}
-        return Variant(suffixed(label + ("" if support == "all" else f"_{support}"), term),
-                       adaptive_pgd(model, mode, attack_norm, budget, term, support), spec, target_name)
+                **({"surrogate": adaptive.surrogate_beta} if surrogate else {}), **({} if update == "steepest" else {"update": update})}
+        name = label + ("" if support == "all" else f"_{support}") + ("" if update == "steepest" else f"_{update}")
+        return Variant(suffixed(name, term), adaptive_pgd(model, mode, attack_norm, budget, term, support, update), spec, target_name)
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
@@ -250,6 +253,7 @@ def run_whitebox_stage(
             ]
             found += [pgd_variant(mode, name, mode, norm, eps, term) for mode in adaptive.modes]
             found += [pgd_variant(mode, name, mode, norm, eps, term, "nonzero") for mode in support_modes]
+            found += [pgd_variant(mode, name, mode, norm, eps, term, update="adam") for mode in adaptive.adam_modes]
             if surrogates[name] is not None:
                 found.append(pgd_variant("surrogate", name, "orthogonal", norm, eps, term, surrogate=True))
         return found
@@ -340,9 +344,11 @@ def run_whitebox_stage(
                                            by_variant["gcd"], flagged_clean, adv_test))
 
     def reaches(name: str, term: str) -> list[Variant]:
-        """The unbounded check's attacks on ``name``, in turn: every pixel, the non-zero support, the surrogate (where the stage has them)."""
+        """The unbounded check's attacks on ``name``, in turn (where the stage has them): orthogonal PGD on every pixel,
+        on the non-zero support, Adam's update in the first of ``adam_modes``, through the surrogate."""
         supports = ["all", "nonzero"] if support_modes else ["all"]
         found = [pgd_variant("unbounded", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, support) for support in supports]
+        found += [pgd_variant("unbounded", name, mode, Norm.LINF, UNBOUNDED_LINF, term, update="adam") for mode in adaptive.adam_modes[:1]]
         return found + ([] if surrogates[name] is None else
                         [pgd_variant("unbounded_surrogate", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, surrogate=True)])
 

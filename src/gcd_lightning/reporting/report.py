@@ -98,7 +98,9 @@ def whitebox_tables(run: Run) -> list[str]:
         f"{fmt(m['whitebox.adaptive.restarts'], 0)} restarts; surrogate: orthogonal PGD with DET_IS differentiated through "
         "a softplus copy of f (BPDA), beside the exact double backprop. Suffix `_sum`: the same attack with one hinge on the sum "
         "of the detectors' gaps (eq. 11's boundary) instead of one hinge per detector. Suffix `_nonzero`: the same PGD "
-        "perturbing only the input's non-zero pixels (MNIST's strokes), which a density model prices far below a dense change.",
+        "perturbing only the input's non-zero pixels (MNIST's strokes), which a density model prices far below a dense change. "
+        "Suffix `_adam`: the same PGD with C&W's optimiser in the ball (Adam through a tanh map, a sticky box), which picks a "
+        "sparse support of its own.",
         "",
         "| attack | " + " | ".join(names[t] for t in attacked) + " |",
         "|---|" + "---:|" * len(attacked),
