@@ -608,6 +608,31 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert network_file(ctx, "f", "pgd", pgd) == network_file(RunContext.build(cfg), "f", "pgd", pgd)
 
 
+def test_whitebox_attacks_table5s_classifiers_through_bpda_eot(first_run, tmp_path):
+    """After the test above (its networks) and the white-box one (GCD's attacks): their caches keep it short."""
+    tmp, first_cfg, _ = first_run
+    cfg = rerun_config(first_cfg, tmp_path / "whitebox_rectifier_baselines")
+    with open_dict(cfg):
+        cfg.threat = compose_config(["threat=whitebox"], tmp).threat
+        cfg.threat.rectifier_baselines = ["pgd", "tvm"]
+        cfg.rectifier_baseline = compose_config(["rectifier_baseline=[pgd,tvm]"], tmp).rectifier_baseline
+        for name in ("pgd", "tvm"):
+            cfg.rectifier_baseline[name].max_epochs, cfg.rectifier_baseline[name].limit_train_batches = 1, 20
+    metrics = run(shrink_whitebox(cfg))
+    for name in ("pgd", "tvm"):
+        rate, low, high = (metrics[f"whitebox.success{part}.rec_{name}{end}"] for part, end in (("", ""), ("_ci", ".low"), ("_ci", ".high")))
+        assert low <= rate <= high and metrics[f"whitebox.linf_max.rec_{name}"] <= cfg.dataset.linf_eps + 1e-6
+        clean, attacked = (metrics[f"whitebox.rectifier_baseline.{name}.acc.{k}"] for k in ("clean", "adv"))
+        assert clean >= 0.5 and attacked <= clean - 0.3, name  # white-box PGD-T at L∞ 0.3 breaks both
+    # TVM is random: through BPDA + EOT the attack beats the grey-box transfer from f on the same kind of pairs
+    assert metrics["whitebox.rectifier_baseline.tvm.acc.adv"] < metrics["rectifier_baseline.tvm.acc.adv"]
+    report = (tmp_path / "whitebox_rectifier_baselines" / "report.md").read_text()
+    assert "### Table 5's defended classifiers under white-box attack" in report
+    assert "| PGD classifier |" in next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
+    cached = [p.name for p in (Path(cfg.paths.cache_dir) / "whitebox").glob("*_rec_*.pt")]
+    assert sorted(name.split("_rec_")[1].rsplit("_", 1)[0] for name in cached) == ["pgd_joint", "pgd_plain", "tvm_joint", "tvm_plain"]
+
+
 def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "pixeldefend")

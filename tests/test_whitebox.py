@@ -19,7 +19,8 @@ from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
-from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
+from gcd_lightning.defense.baselines.robust_training import Preprocessed
+from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_map, ball_preimage, ball_projection, project_out, run_adaptive
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
 from gcd_lightning.whitebox.objectives import (
@@ -385,6 +386,67 @@ def test_adams_update_keeps_the_background_black_where_sign_steps_light_it():
     won = {update: r["success"].float().mean().item() for update, r in runs.items()}
     assert kept["adam"] >= 0.97 and kept["steepest"] <= 0.92
     assert won["adam"] >= won["steepest"] + 0.05
+
+
+class Rounded(nn.Module):
+    """A purifier that is not differentiable: every pixel snapped to 0 or 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+
+class Noisy(nn.Module):
+    """A random purifier: uniform noise of ±0.2, clipped to the box."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + (torch.rand_like(x) - 0.5) * 0.4).clamp(0, 1)
+
+
+def test_purified_classifier_passes_the_purifier_with_bpda():
+    f = smooth_classifier()
+    model = PurifiedClassifier(Preprocessed(f, Rounded()), eot_samples=1)
+    x = torch.rand(5, 1, 4, 4, dtype=torch.double, requires_grad=True)
+    out = model(x)
+    z = x.detach().round().requires_grad_(True)
+    expected = torch.log_softmax(f(z), dim=1)
+    assert torch.allclose(out, expected)  # the forward pass is the real defended classifier's
+    weights = torch.randn(5, L, dtype=torch.double)
+    (g,) = torch.autograd.grad((out * weights).sum(), x)
+    (g_at_purified,) = torch.autograd.grad((expected * weights).sum(), z)
+    assert torch.allclose(g, g_at_purified) and g.abs().sum() > 0  # backward: the purifier is the identity (BPDA)
+
+
+def test_purified_classifier_averages_its_draws_eot_and_refuses_a_classifier_without_purifier():
+    f = smooth_classifier()
+    model = PurifiedClassifier(Preprocessed(f, Noisy()), eot_samples=3)
+    x = torch.rand(4, 1, 4, 4, dtype=torch.double)
+    torch.manual_seed(5)
+    out = model(x)
+    torch.manual_seed(5)
+    draws = Noisy()(x.repeat(3, 1, 1, 1))
+    expected = torch.softmax(f(draws), dim=1).view(3, 4, L).mean(dim=0).log()
+    assert torch.allclose(out, expected)
+    with pytest.raises(ValueError, match="has no purifier; attack its network itself"):
+        PurifiedClassifier(Preprocessed(f), eot_samples=2)
+    with pytest.raises(ValueError, match="eot_samples must be at least 1"):
+        PurifiedClassifier(Preprocessed(f, Noisy()), eot_samples=0)
+
+
+def test_pgd_through_bpda_fools_a_classifier_behind_a_purifier_that_masks_its_gradient():
+    """Rounding has a zero gradient everywhere, so PGD on the defended classifier as it is cannot move; through BPDA
+    it fools it, within the budget, judged by the real defended classifier."""
+    f = smooth_classifier().float()
+    defense = Preprocessed(f, Rounded())
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 4, 4).round()  # binary images: rounding keeps them
+    y = defense(x).argmax(1)
+    masked = run_attack(PGD(defense, eps=0.6, nb_iter=20, eps_iter=0.1, rand_init=False), x, y, batch_size=64, progress=False)
+    bpda = run_attack(PGD(PurifiedClassifier(defense, 1), eps=0.6, nb_iter=20, eps_iter=0.1, rand_init=False), x, y,
+                      batch_size=64, progress=False)
+    assert torch.equal(masked, x)  # no gradient: no step
+    assert (bpda - x).abs().amax() <= 0.6 + 1e-6
+    with torch.no_grad():
+        assert (defense(bpda).argmax(1) != y).float().mean() >= 0.5
 
 
 class RowCounter(nn.Module):

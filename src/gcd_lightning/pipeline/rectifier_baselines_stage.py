@@ -21,7 +21,7 @@ from torch import nn
 
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
-from gcd_lightning.defense.baselines.robust_training import RobustRecipe, RobustTraining
+from gcd_lightning.defense.baselines.robust_training import Preprocessed, RobustRecipe, RobustTraining
 from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.density import density_identity, provide_density
@@ -74,10 +74,16 @@ def clean_accuracy(ctx: RunContext, defense: nn.Module, weights: Path, name: str
     return result
 
 
-def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_test: AdversarialSet) -> dict[str, float]:
-    """Train (or load) and evaluate every defended classifier of ``cfg.rectifier_baseline``; returns their metrics."""
+def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_test: AdversarialSet
+                                  ) -> tuple[dict[str, float], dict[str, tuple[Preprocessed, str]]]:
+    """Train (or load) and evaluate every defended classifier of ``cfg.rectifier_baseline``.
+
+    Returns their metrics, and each defended classifier with its identity (its weights' file name: ``f``,
+    the recipe, the density model, the trainer, the seed), for the white-box stage to attack.
+    """
     cfg = ctx.cfg
     metrics: dict[str, float] = {}
+    defended: dict[str, tuple[Preprocessed, str]] = {}
     for name, spec in (cfg.get("rectifier_baseline") or {}).items():
         recipe: RobustRecipe = hydra.utils.instantiate(spec)
         if recipe.preprocess is not None:
@@ -92,6 +98,7 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
             summary, cached = load_or_train(network, weights, weights.with_suffix(".json"),
                                             lambda resume: train(ctx, recipe, module, resume, name), f"{PREFIX} {name}")
         defense = recipe.defense(network.eval().to(ctx.device))
+        defended[name] = defense, weights.stem
         clean = clean_accuracy(ctx, defense, weights, name, recipe.max_images)
         seed_stage(cfg.seed, f"{PREFIX} {name} adversarial")
         start = time.perf_counter()
@@ -111,4 +118,4 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
             f"{key}.adv_seconds": time.perf_counter() - start,
             f"{key}.cached": float(cached),
         })
-    return metrics
+    return metrics, defended

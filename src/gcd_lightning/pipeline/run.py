@@ -155,7 +155,8 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
         baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
     with ctx.timed("rectifier_baselines"):
-        metrics.update(run_rectifier_baselines_stage(ctx, model, classifier_id, adv_test))
+        rectifier_baseline_metrics, defended = run_rectifier_baselines_stage(ctx, model, classifier_id, adv_test)
+    metrics.update(rectifier_baseline_metrics)
     if ctx.cfg.evaluate.transfer_attacks:  # other attacks' test sets against the same f, from the cache or built
         with ctx.timed("transfer"):
             test_sets = {name: run_attack_stage(ctx.with_attack(name), model, classifier_id, splits=("test",))[0]["test"][0]
@@ -164,7 +165,8 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
             save_memos(ctx, baselines, classifier_id)
     if ctx.cfg.threat.name == "whitebox":
         with ctx.timed("whitebox"):
-            metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines))
+            metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines,
+                                              defended))
     return metrics
 
 

@@ -9,7 +9,10 @@ The first ``threat.n_test`` images of the grey-box test set are attacked against
   through its differentiable ``surrogate()``, BPDA/EOT, and judged by itself);
 * ``gcd``: ``f`` guarded by the defense's detection (GCD's ensemble, eq. 10-11). Success: ``f`` fooled
   and the input not flagged (Table 3's "Our");
-* ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end.
+* ``bpda_eot``: the whole randomised GCD with its rectifier (``RandomizedGCD``), judged end to end;
+* ``rec_<name>`` for each Table 5 baseline of ``threat.rectifier_baselines`` that the run builds
+  (``rectifier_baseline=[...]``): the defended classifier, attacked like NoDET, through BPDA + EOT where a
+  purifier (TVM, PixelDefend) stands in front of it (``PurifiedClassifier``), judged by itself.
 
 Each detector target is attacked by several attacks ("variants"), and each image counts the
 strongest result (``strongest``), judged by the real decision rule:
@@ -57,15 +60,16 @@ from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbat
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
 from gcd_lightning.defense.base import Detector
+from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.intervals import mean_interval, rate_interval
 from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
-from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
+from gcd_lightning.pipeline.context import CODE_VERSIONS, CONF_DIR, RunContext
 from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.utils.hashing import spec_hash, state_dict_hash
 from gcd_lightning.whitebox import indicators
-from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, RandomizedGCD
+from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, run_adaptive
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
@@ -102,6 +106,10 @@ def check_threat(threat: DictConfig) -> None:
     budgets = [adaptive.l2_eps, *threat.robustness.linf_eps, *threat.robustness.l2_eps]
     if any(not float(b) > 0 for b in budgets) or any(float(b) > 1 for b in threat.robustness.linf_eps):
         raise ValueError(f"threat budgets must be > 0 (L∞ ones at most 1): adaptive.l2_eps, robustness.linf_eps, robustness.l2_eps = {budgets}")
+    unknown = [name for name in threat.rectifier_baselines if not (CONF_DIR / "rectifier_baseline" / f"{name}.yaml").is_file()]
+    if unknown:
+        known = sorted(p.stem for p in (CONF_DIR / "rectifier_baseline").glob("*.yaml"))
+        raise ValueError(f"threat.rectifier_baselines: unknown {unknown}; choose from {known}")
     if adaptive.kappa < 0 or any(b < 0 for b in adaptive.betas) or (adaptive.surrogate_beta is not None and adaptive.surrogate_beta <= 0):
         raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
 
@@ -150,12 +158,15 @@ def run_whitebox_stage(
     detectors_id: str,
     adv_test: AdversarialSet,
     baselines: dict[str, Detector] | None = None,
+    defended: dict[str, tuple[Preprocessed, str]] | None = None,
 ) -> dict[str, float]:
     """Attack every target with every variant, judge every result; returns the flat ``whitebox.*`` metrics.
 
     ``baselines`` (``baseline=[...]``): more detectors, each a target ``det_<name>`` of its own
     attacked like ``DET_org`` and ``DET_IS`` (keyed in the cache by its fitted state); one that is not
     differentiable is attacked through its ``surrogate()`` (BPDA/EOT) and judged by itself.
+    ``defended`` (``rectifier_baseline=[...]``): Table 5's defended classifiers with their identities; those
+    named in ``threat.rectifier_baselines`` are targets ``rec_<name>`` (module docstring).
     """
     cfg, threat = ctx.cfg, ctx.cfg.threat  # checked by run() before any training (check_threat)
     adaptive = threat.adaptive
@@ -194,8 +205,17 @@ def run_whitebox_stage(
         """(draws, N) bool: GCD's final answer is fooled, under ``draws`` draws of its masks (judging seeds)."""
         return torch.stack([fooled(run_gcd(gcd, x_adv, bs, JUDGE_SEED + d * JUDGE_STRIDE)["label"]) for d in range(draws)])
 
+    def judged_labels(model: nn.Module, x_adv: torch.Tensor) -> torch.Tensor:
+        """``model``'s labels for ``x_adv``, its randomness (TVM's dropout) drawn from the judging seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(JUDGE_SEED)
+            return predict(model, x_adv, bs)
+
+    table5 = {name: entry for name, entry in (defended or {}).items() if name in threat.rectifier_baselines}
     judges: dict[str, Judge] = {"nodet": lambda x_adv: fooled(predict(classifier, x_adv, bs)),
                                 **{name: evades(model) for name, model in guarded.items()},
+                                **{f"rec_{name}": (lambda x_adv, d=defense: fooled(judged_labels(d, x_adv)))
+                                   for name, (defense, _) in table5.items()},
                                 "end_to_end": lambda x_adv: end_to_end(x_adv)[0]}
     base_spec = {
         "version": CODE_VERSIONS["whitebox"],
@@ -258,10 +278,19 @@ def run_whitebox_stage(
                 found.append(pgd_variant("surrogate", name, "orthogonal", norm, eps, term, surrogate=True))
         return found
 
+    def rectifier_baseline_variants(name: str, defense: Preprocessed, identity: str) -> list[Variant]:
+        """NoDET's two attacks on a Table 5 baseline: its network, or BPDA + EOT through its purifier."""
+        model = defense.network if defense.preprocess is None else PurifiedClassifier(defense, threat.eot_samples)
+        key = {"rectifier_baseline": identity, **({} if defense.preprocess is None else {"eot": threat.eot_samples})}
+        return [Variant("plain", configured(model, PLAIN), {"attack": cfg.attack, **key}, f"rec_{name}"),
+                Variant("joint", adaptive_pgd(GuardedClassifier(model, []), "joint", norm, eps, "each"),
+                        {"pgd": ["joint", norm.value, eps, pgd_spec("each")], **key}, f"rec_{name}")]
+
     variants: dict[str, list[Variant]] = {
         "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
                   Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps, "each"),
                           {"pgd": ["joint", norm.value, eps, pgd_spec("each")]}, "nodet")],
+        **{f"rec_{name}": rectifier_baseline_variants(name, defense, identity) for name, (defense, identity) in table5.items()},
         **{name: detector_variants(name) for name in parts},
         "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
                              {"attack": cfg.attack, "rectifier": rectifier_id, "eot": threat.eot_samples,
@@ -319,6 +348,10 @@ def run_whitebox_stage(
         metrics[f"whitebox.l2_median.{name}"] = adv.l2[won].median().item() if won.any() else float("nan")
         metrics[f"whitebox.linf_max.{name}"] = adv.linf.max().item()
         metrics[f"whitebox.seconds_per_image.{name}"] = adv.seconds / n
+
+    for name, (defense, _) in table5.items():  # Table 5's cells under white-box attack, beside their clean accuracy
+        metrics[f"whitebox.rectifier_baseline.{name}.acc.clean"] = (judged_labels(defense, x) == y).double().mean().item()
+        metrics[f"whitebox.rectifier_baseline.{name}.acc.adv"] = (judged_labels(defense, results[f"rec_{name}"].x_adv) == y).double().mean().item()
 
     # GCD end to end, randomised: every image over judge_draws mask draws (seeds disjoint from the attacks')
     for name in ("gcd", "bpda_eot"):

@@ -238,10 +238,12 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     after the rate, with ``cells=True`` (Markdown) in the rate's cell, ``rate [low, high]``
     (``with_interval``). ``failed indicators``: ``failed_indicators``. Metrics a run lacks
     (runs from before them) give ``n/a``. A baseline detector attacked in any run (``det_<name>``)
-    adds its rate after GCD's.
+    adds its rate after GCD's, and so does a Table 5 baseline (``rec_<name>``, e.g. ``TVM classifier``).
     """
     rates = [*TABLE3_RATES, *(Rate(BASELINE_COLUMNS.get(name, name), f"whitebox.success.det_{name}",
-                                   f"whitebox.success_ci.det_{name}") for name in baseline_names(runs, "whitebox.success.det_"))]
+                                   f"whitebox.success_ci.det_{name}") for name in baseline_names(runs, "whitebox.success.det_")),
+             *(Rate(f"{RECTIFIER_COLUMNS.get(name, name)} classifier", f"whitebox.success.rec_{name}", f"whitebox.success_ci.rec_{name}")
+               for name in baseline_names(runs, "whitebox.success.rec_", order=tuple(RECTIFIER_COLUMNS)))]
     columns = ["dataset", "attack", "threat", "n"]
     for rate in rates:
         columns.append(rate.column)

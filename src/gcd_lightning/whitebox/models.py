@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.guided_masking import GuidedMasking
@@ -59,6 +60,49 @@ class GuardedClassifier(nn.Module):
         return torch.cat([self.classifier(x), *(detector(x) for detector in self.detectors)], dim=1)
 
 
+def bpda_eot_probabilities(network: nn.Module, x: torch.Tensor, transformed: torch.Tensor, samples: int) -> torch.Tensor:
+    """``(1/K)·Σ_k softmax(network(t_k(x)))`` (N, L): ``transformed`` holds the ``K = samples`` draws ``t_k(x)``
+    (K·N rows, draw-major), each passed with BPDA, ``∂t_k(x)/∂x := I`` (Athalye et al. 2018):
+    ``x + (t_k(x) − x).detach()``; the mean over draws is EOT's."""
+    x_rep = x.repeat(samples, *([1] * (x.dim() - 1)))
+    bpda = x_rep + (transformed - x_rep).detach()
+    return torch.softmax(network(bpda), dim=1).view(samples, len(x), -1).mean(dim=0)
+
+
+def log_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """``log p``, with zeros lifted to the smallest positive float, so that cross entropy and margins apply unchanged."""
+    return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+
+class PurifiedClassifier(nn.Module):
+    """A classifier behind an input purifier (TVM, PixelDefend: Table 5's ``Preprocessed``) for BPDA + EOT.
+
+    The log of ``(1/K)·Σ_k softmax(network(p_k(x)))`` over ``K`` draws of the purifier ``p`` (TVM's random
+    pixel dropout; PixelDefend is deterministic), each passed with BPDA (``bpda_eot_probabilities``): the
+    purifier is neither differentiable (TVM's solver, PixelDefend's greedy argmax) nor meant to be, and
+    Athalye et al. (2018) broke both this way. Success is judged on the real defended classifier.
+
+    Args:
+        defense: ``network(preprocess(x))`` with a ``preprocess``.
+        eot_samples: ``K``, purifier draws averaged per forward pass.
+    """
+
+    def __init__(self, defense: Preprocessed, eot_samples: int) -> None:
+        super().__init__()
+        if defense.preprocess is None:
+            raise ValueError("PurifiedClassifier: the defended classifier has no purifier; attack its network itself")
+        if eot_samples < 1:
+            raise ValueError(f"PurifiedClassifier: eot_samples must be at least 1, got {eot_samples}")
+        self.defense = defense
+        self.eot_samples = int(eot_samples)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            purified = self.defense.preprocess(x.detach().repeat(self.eot_samples, *([1] * (x.dim() - 1))))
+        return log_probabilities(bpda_eot_probabilities(self.defense.network, x, purified, self.eot_samples))
+
+
 class RandomizedGCD(nn.Module):
     """The whole GCD, rectifier path included, as log-probabilities over the L classes for BPDA + EOT.
 
@@ -93,9 +137,6 @@ class RandomizedGCD(nn.Module):
         result = self.gcd.detect(x)
         rectifier = self.gcd.rectifier
         masked = rectifier.mask(x, self.gcd.saliency(x.detach(), result.decided), self.eot_samples)
-        x_rep = x.repeat(self.eot_samples, 1, 1, 1)
-        bpda = x_rep + (masked - x_rep).detach()
-        rec = torch.softmax(rectifier.network(bpda), dim=1).view(self.eot_samples, len(x), -1).mean(dim=0)
+        rec = bpda_eot_probabilities(rectifier.network, x, masked, self.eot_samples)
         clean = torch.softmax(self.gcd.classifier(x), dim=1)
-        expected = result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec
-        return expected.clamp_min(torch.finfo(expected.dtype).tiny).log()
+        return log_probabilities(result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec)
