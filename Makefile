@@ -49,11 +49,14 @@ WHITEBOX_ARGS ?= threat.n_test=100 threat.cw.binary_search_steps=4 threat.cw.max
 WHITEBOX_ROBUSTNESS ?= pgd_untargeted ddn_untargeted
 # baseline detectors attacked beside GCD's (each a Table 3 target det_<name>); empty: GCD's detectors only
 WHITEBOX_BASELINES ?=
+# Table 5's defended classifiers attacked white-box (targets rec_<name>, BPDA + EOT behind a purifier), e.g. [pgd,ddn,tvm]
+WHITEBOX_RECTIFIERS ?=
 whitebox: install data
 	for attack in $(WHITEBOX_ATTACKS); do \
 	  case " $(WHITEBOX_ROBUSTNESS) " in *" $$attack "*) skip="";; *) skip="threat.robustness.linf_eps=[] threat.robustness.l2_eps=[]";; esac; \
 	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack threat=whitebox progress=false $(WHITEBOX_ARGS) $$skip \
-	    $(if $(WHITEBOX_BASELINES),'baseline=$(WHITEBOX_BASELINES)') hydra.run.dir=outputs/whitebox/mnist_$$attack || exit 1; \
+	    $(if $(WHITEBOX_BASELINES),'baseline=$(WHITEBOX_BASELINES)') $(if $(WHITEBOX_RECTIFIERS),'rectifier_baseline=$(WHITEBOX_RECTIFIERS)') \
+	    hydra.run.dir=outputs/whitebox/mnist_$$attack || exit 1; \
 	done
 	$(BIN)/python scripts/aggregate.py outputs/whitebox
 
