@@ -212,6 +212,9 @@ def run_whitebox_stage(
             return predict(model, x_adv, bs)
 
     table5 = {name: entry for name, entry in (defended or {}).items() if name in threat.rectifier_baselines}
+    if set(defended or {}) - set(table5):
+        log.info("white-box: rectifier baselines %s are not attacked (threat.rectifier_baselines=%s)",
+                 sorted(set(defended) - set(table5)), list(threat.rectifier_baselines))
     judges: dict[str, Judge] = {"nodet": lambda x_adv: fooled(predict(classifier, x_adv, bs)),
                                 **{name: evades(model) for name, model in guarded.items()},
                                 **{f"rec_{name}": (lambda x_adv, d=defense: fooled(judged_labels(d, x_adv)))
@@ -278,18 +281,22 @@ def run_whitebox_stage(
                 found.append(pgd_variant("surrogate", name, "orthogonal", norm, eps, term, surrogate=True))
         return found
 
-    def rectifier_baseline_variants(name: str, defense: Preprocessed, identity: str) -> list[Variant]:
-        """NoDET's two attacks on a Table 5 baseline: its network, or BPDA + EOT through its purifier."""
-        model = defense.network if defense.preprocess is None else PurifiedClassifier(defense, threat.eot_samples)
-        key = {"rectifier_baseline": identity, **({} if defense.preprocess is None else {"eot": threat.eot_samples})}
-        return [Variant("plain", configured(model, PLAIN), {"attack": cfg.attack, **key}, f"rec_{name}"),
+    def undetected_variants(target_name: str, model: nn.Module, key: dict, previous: bool = False) -> list[Variant]:
+        """NoDET's two attacks on a classifier without a detector: the configured attack (``previous``: one of the
+        stage's earlier attacks) and joint PGD on its hinge; ``key`` adds to their cache keys."""
+        return [Variant("plain", configured(model, PLAIN), {"attack": cfg.attack, **key}, target_name, previous=previous),
                 Variant("joint", adaptive_pgd(GuardedClassifier(model, []), "joint", norm, eps, "each"),
-                        {"pgd": ["joint", norm.value, eps, pgd_spec("each")], **key}, f"rec_{name}")]
+                        {"pgd": ["joint", norm.value, eps, pgd_spec("each")], **key}, target_name)]
+
+    def rectifier_baseline_variants(name: str, defense: Preprocessed, identity: str) -> list[Variant]:
+        """NoDET's attacks on a Table 5 baseline: on its network, or with BPDA + EOT through its purifier."""
+        if defense.preprocess is None:
+            return undetected_variants(f"rec_{name}", defense.network, {"rectifier_baseline": identity})
+        return undetected_variants(f"rec_{name}", PurifiedClassifier(defense, threat.eot_samples),
+                                   {"rectifier_baseline": identity, "eot": threat.eot_samples})
 
     variants: dict[str, list[Variant]] = {
-        "nodet": [Variant("plain", configured(classifier, PLAIN), {"attack": cfg.attack}, "nodet", previous=True),
-                  Variant("joint", adaptive_pgd(GuardedClassifier(classifier, []), "joint", norm, eps, "each"),
-                          {"pgd": ["joint", norm.value, eps, pgd_spec("each")]}, "nodet")],
+        "nodet": undetected_variants("nodet", classifier, {}, previous=True),
         **{f"rec_{name}": rectifier_baseline_variants(name, defense, identity) for name, (defense, identity) in table5.items()},
         **{name: detector_variants(name) for name in parts},
         "bpda_eot": [Variant("bpda_eot", configured(RandomizedGCD(gcd, threat.eot_samples), PLAIN),
