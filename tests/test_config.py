@@ -136,6 +136,7 @@ def test_unknown_train_split_names_the_config_key(tmp_path):
         ("threat=whitebox threat.adaptive.detector_terms=[max]", r"detector_terms=\['max'\] must list distinct terms from \('each', 'sum'\)"),
         ("threat=whitebox threat.adaptive.support_modes=[sparse]", r"threat\.adaptive\.support_modes: unknown \['sparse'\]; choose from"),
         ("threat=whitebox threat.adaptive.adam_modes=[newton]", r"threat\.adaptive\.adam_modes: unknown \[.newton.\]; choose from"),
+        ("threat=whitebox threat.adaptive.blend.candidates=0", r"threat\.adaptive\.blend: donors must be >= 0 \(0: off\), candidates and steps >= 1"),
         ("threat=whitebox threat.rectifier_baselines=[tvn]", r"threat\.rectifier_baselines: unknown \[.tvn.\]; choose from \[.ddn., .pd., .pgd., .tvm.\]"),
         ("model.net.width=0", r"model\.net: SmallCNN: width must be at least 1, got 0 \(model\.net\.\* in the config\)"),
         ("model.optimizer.lr=-1", r"model\.optimizer: Invalid learning rate: -1"),

@@ -205,6 +205,8 @@ WHITEBOX_KEYS = [
     *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
     *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "orthogonal_nonzero", "joint_adam", "surrogate") for term in ("", "_sum")),
     "whitebox.variant.gcd.l1_target",
+    *(f"whitebox.variant.{name}.blend" for name in ("det_is", "det_org", "gcd")),
+    *(f"whitebox.blend_unbounded{kind}.{name}" for kind in ("", "_linf") for name in ("det_is", "det_org", "gcd")),
     "whitebox.variant.nodet.joint",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),
     "whitebox.robust_linf.0.3000.robust_acc",
@@ -261,6 +263,11 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
         won = [AdversarialSet.load(runs[reach][0]).success for reach in ran]
         assert rate == pytest.approx(torch.stack(won).any(dim=0).float().mean().item())
         assert all(torch.stack(won[:k]).any(dim=0).float().mean() < 0.99 for k in range(1, len(won)))
+    for name in ("det_is", "det_org", "gcd"):  # BlendSearch, no gradient: unbounded it wins wherever a donor is accepted
+        reach = AdversarialSet.load(next((Path(cfg.paths.cache_dir) / "whitebox").glob(f"*_{name}_unbounded_blend_*.pt")))
+        assert metrics[f"whitebox.blend_unbounded.{name}"] == reach.success.float().mean().item() >= 0.5
+        assert metrics[f"whitebox.blend_unbounded_linf.{name}"] == reach.linf[reach.success].median().item() <= 1.0
+        assert torch.equal(reach.success, reach.l2 > 0)  # an image moves only where it is won
     robust = metrics["whitebox.robust_linf.0.3000.robust_acc"]
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
@@ -273,7 +280,7 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     assert "Indicators of attack failure" in report and "Tramèr" in report and "95%" in report
     for name in ("silent", "incomplete", "unbounded", "noise", "random"):
         assert (f"**WARNING** {name}:" in report) == bool(metrics[f"whitebox.indicator.{name}.failed"]), name
-    assert "unbounded (det_is):" in report and "unbounded (det_org):" in report
+    assert "unbounded (det_is):" in report and "unbounded (det_org):" in report and "reach (det_is):" in report
     again = run(rerun_config(cfg, tmp_path / "whitebox_again"))
     assert {k: v for k, v in again.items() if k.startswith("whitebox.") and "seconds" not in k} == pytest.approx(
         {k: v for k, v in metrics.items() if k.startswith("whitebox.") and "seconds" not in k}, nan_ok=True

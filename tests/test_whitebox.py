@@ -20,6 +20,7 @@ from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interval
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
+from gcd_lightning.whitebox.blend import BlendSearch
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_map, ball_preimage, ball_projection, project_out, run_adaptive
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
@@ -522,3 +523,70 @@ def test_failure_indicators_and_tramers_check():
     assert check["radius"] == pytest.approx(0.15) and check["reference"] == 0.9 and check["plausible"] == 0.0
     assert indicators.tramer_check(0.95, 0.2, refs)["plausible"] == 1.0  # at 0.1 "b" reaches 0.99
     assert math.isnan(indicators.tramer_check(0.5, 2.0, [])["plausible"])
+
+
+def linear_pair(seed: int = 0) -> tuple[nn.Module, torch.Tensor, float]:
+    """A two-class linear classifier ``[0, w·x − b]`` on 4×4 images, with its ``w`` and ``b``."""
+    torch.manual_seed(seed)
+    w = torch.randn(16)
+    b = float(w.sum() / 2)  # the boundary through the cube's centre
+    f = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        f[1].weight.copy_(torch.stack([torch.zeros(16), w]))
+        f[1].bias.copy_(torch.tensor([0.0, -b]))
+    return f.eval(), w, b
+
+
+def test_blend_search_finds_the_linear_boundary_toward_the_nearest_donors():
+    """Against the analytic crossing ``t* = (b − w·x) / (w·(d − x))`` of a linear boundary on each segment, over
+    the ``candidates`` nearest donors of the other class (by L2): the result is the nearest crossing, within the
+    bisection's tolerance, wins for the real decision, and stays inside the budget."""
+    f, w, b = linear_pair()
+    model = GuardedClassifier(f, []).eval()
+    objective = HingeEvasion(2, kappa=0.0, beta=1.0, targeted=False)
+    torch.manual_seed(1)
+    pool = torch.rand(400, 1, 4, 4)
+    score = pool.flatten(1) @ w - b
+    x, donors = pool[score < 0][:20], pool[score > 0][:150]  # class 0 to attack, class-1 donors (every one accepted)
+    y = torch.zeros(len(x), dtype=torch.long)
+    steps, candidates = 14, 3
+    result = BlendSearch(model, objective, donors, "l2", 100.0, candidates, steps).perturb(x, y)
+    with torch.no_grad():
+        assert objective.success(model(result), y, False).all()
+    found = (result - x).flatten(1).norm(dim=1)
+    distance = torch.cdist(x.flatten(1), donors.flatten(1))
+    nearest = distance.topk(candidates, dim=1, largest=False).indices
+    diff = donors[nearest].flatten(2) - x.flatten(1)[:, None]  # (N, candidates, 16)
+    t_star = (b - x.flatten(1) @ w)[:, None] / (diff @ w)
+    expected = (t_star * diff.norm(dim=2)).min(dim=1).values
+    assert torch.allclose(found, expected, atol=diff.norm(dim=2).max().item() * 2.0**-steps + 1e-5)
+    # a budget below the crossing: nothing is won, the images come back unchanged
+    small = BlendSearch(model, objective, donors, "l2", float(expected.min()) * 0.9, candidates, steps).perturb(x, y)
+    assert torch.equal(small, x)
+    # in L∞, the budget holds and only images whose crossing fits are won
+    linf = BlendSearch(model, objective, donors, "linf", 0.2, candidates, steps).perturb(x, y)
+    assert ((linf - x).flatten(1).abs().amax(1) <= 0.2 + 1e-6).all()
+    with torch.no_grad():
+        won = objective.success(model(linf), y, False)
+    assert won.any() and not won.all() and torch.equal(won, (linf != x).flatten(1).any(1))
+
+
+def test_blend_search_reads_the_detector_and_the_target():
+    """A detector that flags every input leaves no accepted donor (nothing moves); a targeted search ends in the
+    target class; donors of another image shape are refused."""
+    f = smooth_classifier().float()
+    torch.manual_seed(0)
+    x, donors = torch.rand(16, 1, 4, 4), torch.rand(300, 1, 4, 4)
+    y = f(x).argmax(1)
+    flagged = GuardedClassifier(f, [flagging_detector().float()]).eval()
+    objective = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=False)
+    assert torch.equal(BlendSearch(flagged, objective, donors, "linf", 1.0).perturb(x, y), x)
+    target = (y + 1) % L
+    targeted = HingeEvasion(L, kappa=0.0, beta=1.0, targeted=True)
+    result = BlendSearch(GuardedClassifier(f, []).eval(), targeted, donors, "linf", 1.0, targeted=True).perturb(x, y, target)
+    moved = (result != x).flatten(1).any(1)
+    assert moved.float().mean() >= 0.5 and torch.equal(f(result[moved]).argmax(1), target[moved])
+    with pytest.raises(ValueError, match="donors of shape"):
+        BlendSearch(flagged, objective, torch.rand(5, 1, 3, 3), "linf", 1.0).perturb(x, y)
+    with pytest.raises(ValueError, match="non-empty float"):
+        BlendSearch(flagged, objective, torch.zeros(0, 1, 4, 4), "linf", 1.0)

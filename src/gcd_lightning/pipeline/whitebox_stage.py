@@ -30,13 +30,17 @@ strongest result (``strongest``), judged by the real decision rule:
 * ``<mode>_adam``: ``AdaptivePGD`` with C&W's optimiser in the ball (``update="adam"``, ``threat.adaptive.adam_modes``):
   Adam through a smooth map into the ball with a sticky box, so it picks a sparse support of its own;
 * ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
-  (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop.
+  (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop;
+* ``blend``: ``BlendSearch``, decision-based, no gradient: bisection toward the nearest validation images
+  (``threat.adaptive.blend``) that the real target classifies as wanted and does not flag.
 
 The hinge and PGD variants run once per detector term of ``threat.adaptive.detector_terms``
 (``detector_hinge``): ``each`` (no suffix) and ``sum`` (suffix ``_sum``, eq. 11's own boundary).
 On a target with one detector both terms are the same loss, attacked once as ``each``.
 
-Around them: fixed-budget robustness of GCD (success and robust accuracy at each L∞ and L2 ε of
+Around them: the unbounded check on every detector target (gradient attacks at L∞ ε = 1), with
+``BlendSearch`` at L∞ ε = 1 beside it (how far toward an accepted image of another class a win lies),
+fixed-budget robustness of GCD (success and robust accuracy at each L∞ and L2 ε of
 ``threat.robustness``, Tramèr's check), indicators of attack failure (Pintor et al. 2022), GCD
 end to end over ``threat.judge_draws`` mask draws with seeds disjoint from the attacks', and a
 Wilson 95% interval on every success rate. Each attack's output is cached like the grey-box sets
@@ -67,8 +71,9 @@ from gcd_lightning.intervals import mean_interval, rate_interval
 from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
 from gcd_lightning.pipeline.context import CODE_VERSIONS, CONF_DIR, RunContext
 from gcd_lightning.pipeline.components import run_gcd
-from gcd_lightning.utils.hashing import spec_hash, state_dict_hash
+from gcd_lightning.utils.hashing import spec_hash, state_dict_hash, tensor_hash
 from gcd_lightning.whitebox import indicators
+from gcd_lightning.whitebox.blend import BlendSearch
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, run_adaptive
@@ -110,6 +115,9 @@ def check_threat(threat: DictConfig) -> None:
     if unknown:
         known = sorted(p.stem for p in (CONF_DIR / "rectifier_baseline").glob("*.yaml"))
         raise ValueError(f"threat.rectifier_baselines: unknown {unknown}; choose from {known}")
+    if int(adaptive.blend.donors) < 0 or int(adaptive.blend.candidates) < 1 or int(adaptive.blend.steps) < 1:
+        raise ValueError(f"threat.adaptive.blend: donors must be >= 0 (0: off), candidates and steps >= 1; got "
+                         f"{dict(adaptive.blend)}")
     if adaptive.kappa < 0 or any(b < 0 for b in adaptive.betas) or (adaptive.surrogate_beta is not None and adaptive.surrogate_beta <= 0):
         raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
 
@@ -255,6 +263,15 @@ def run_whitebox_stage(
     losses = [None] if targeted else (list(UNTARGETED_LOSSES) if threat.untargeted_loss == "both" else [threat.untargeted_loss])
 
     surrogates = {name: smoothed(classifier, dets, adaptive.surrogate_beta) for name, dets in parts.items()}
+    val = ctx.datamodule.dataset("val")
+    donors = stack(val, torch.arange(min(int(adaptive.blend.donors), len(val))))[0] if adaptive.blend.donors else None
+    blend_key = None if donors is None else [tensor_hash(donors), adaptive.blend.candidates, adaptive.blend.steps]
+
+    def blend_variant(label: str, target_name: str, attack_norm: Norm, budget: float) -> Variant:
+        """``BlendSearch`` on the real target (the judge's model and decision), named ``label``."""
+        return Variant(label, lambda: BlendSearch(guarded[target_name], judge_objective, donors, attack_norm.value, budget,
+                                                  adaptive.blend.candidates, adaptive.blend.steps, targeted),
+                       {"blend": [attack_norm.value, budget, blend_key]}, target_name)
     support_modes = list(adaptive.support_modes) if bool((x == 0).any()) else []
     if adaptive.support_modes and not support_modes:
         log.info("white-box: no attacked image has a zero pixel; the non-zero-support variants would repeat the others and are left out")
@@ -279,7 +296,7 @@ def run_whitebox_stage(
             found += [pgd_variant(mode, name, mode, norm, eps, term, update="adam") for mode in adaptive.adam_modes]
             if surrogates[name] is not None:
                 found.append(pgd_variant("surrogate", name, "orthogonal", norm, eps, term, surrogate=True))
-        return found
+        return found + ([] if donors is None else [blend_variant("blend", name, norm, eps)])
 
     def undetected_variants(target_name: str, model: nn.Module, key: dict, previous: bool = False) -> list[Variant]:
         """NoDET's two attacks on a classifier without a detector: the configured attack (``previous``: one of the
@@ -398,6 +415,10 @@ def run_whitebox_stage(
         if name != "gcd":  # GCD's is one of its failure indicators, below
             metrics[f"whitebox.target_indicator.{name}.unbounded"] = rate
             metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] = float(rate < indicators.UNBOUNDED_MIN)
+        if donors is not None:  # where the target's accepted inputs of another class lie: no gradient, no budget
+            reach = run_variant(name, blend_variant("unbounded_blend", name, Norm.LINF, UNBOUNDED_LINF))
+            metrics[f"whitebox.blend_unbounded.{name}"] = reach.success.float().mean().item()
+            metrics[f"whitebox.blend_unbounded_linf.{name}"] = reach.linf[reach.success].median().item() if reach.success.any() else float("nan")
     metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, gcd_terms[0], unbounded["gcd"],
                                       guarded["gcd"], gcd, x, grey, gcd_outputs, num_classes, bs))
 

@@ -196,6 +196,10 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
     rows = [(name, name, m[f"whitebox.indicator.{name}"], m[f"whitebox.indicator.{name}.failed"]) for name in found]
     for label, name, value, failed in rows + targets:
         lines.append(f"- {'**WARNING** ' if failed else 'ok: '}{label}: {fmt(value)} ({INDICATORS[name]})")
+    for target in sorted(key.removeprefix("whitebox.blend_unbounded.") for key in m if key.startswith("whitebox.blend_unbounded.")):
+        lines.append(f"- reach ({target}): {fmt(m[f'whitebox.blend_unbounded.{target}'])} won at L∞ ε = 1 by BlendSearch, "
+                     f"no gradient, at median L∞ {fmt(m[f'whitebox.blend_unbounded_linf.{target}'])} toward an accepted image "
+                     "of another class (near 1: the target flags the blends between its accepted images)")
     if m.get("whitebox.indicator.random_end_to_end"):
         lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
     if any(failed for *_, failed in targets):

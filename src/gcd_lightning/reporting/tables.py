@@ -193,8 +193,8 @@ def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
 INDICATORS = {
     "silent": "images whose first gradient was zero or not finite (gradient masking)",
     "incomplete": "relative fall of the loss over the last 10% of the steps, on the images the attack lost",
-    "unbounded": "success at L∞ ε = 1, per image the stronger of orthogonal PGD on every pixel, on the non-zero support "
-                 "and through the surrogate (must reach ~1: every image is reachable)",
+    "unbounded": "success at L∞ ε = 1, per image the strongest of orthogonal PGD on every pixel, on the non-zero support, "
+                 "Adam's update and through the surrogate (must reach ~1: every image is reachable)",
     "noise": "clean images whose decision (label, flag) changes under ±1e-3 uniform noise",
     "random": "the detected classifier answers the same input differently (AutoAttack's check)",
 }

@@ -35,6 +35,20 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def tensor_hash(tensor: torch.Tensor, length: int = 16) -> str:
+    """Hex SHA-256 of a tensor's dtype, shape and values (as ``state_dict_hash`` reads each entry)."""
+    digest = hashlib.sha256()
+    update_with_tensor(digest, tensor)
+    return digest.hexdigest()[:length]
+
+
+def update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and values, on the CPU, into ``digest``."""
+    value = tensor.detach().cpu().contiguous()
+    digest.update(f"{value.dtype}|{tuple(value.shape)}|".encode())
+    digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def state_dict_hash(module: torch.nn.Module, length: int = 16) -> str:
     """Hex SHA-256 of a module's weights: every state-dict entry's name, dtype, shape and values, in name order.
 
@@ -43,7 +57,6 @@ def state_dict_hash(module: torch.nn.Module, length: int = 16) -> str:
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(f"{name}|".encode())
+        update_with_tensor(digest, tensor)
     return digest.hexdigest()[:length]
