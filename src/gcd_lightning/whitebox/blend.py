@@ -20,14 +20,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gcd_lightning.adversarial import perturbation_norms
 from gcd_lightning.attacks.base import Attack, Norm
 from gcd_lightning.whitebox.objectives import HingeEvasion
 
 
-def norms(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """(N,) the size of each example of ``delta`` in ``norm``."""
-    flat = delta.flatten(1)
-    return flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(dim=1)
+def size(x: torch.Tensor, x_adv: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """(N,) the size of each perturbation ``x_adv − x`` in ``norm`` (``perturbation_norms``)."""
+    l2, linf = perturbation_norms(x, x_adv)
+    return linf if norm is Norm.LINF else l2
 
 
 class BlendSearch(Attack):
@@ -76,23 +77,22 @@ class BlendSearch(Attack):
             raise ValueError(f"BlendSearch: donors of shape {tuple(self.donors.shape[1:])} for images of shape {tuple(x.shape[1:])}")
         labels = target if self.targeted else y
         donors = self.donors.to(x.device, x.dtype)
-        distance = torch.stack([norms(donors - image, Norm.L2) for image in x])  # (N, D)
+        distance = torch.cdist(x.flatten(1), donors.flatten(1))  # (N, D), L2
         distance = torch.where(self.accepted(labels), distance, torch.inf)
+        nearest = distance.topk(min(self.candidates, len(donors)), dim=1, largest=False)
         best, best_size = x.clone(), torch.full((len(x),), torch.inf, device=x.device, dtype=x.dtype)
-        for rank in range(min(self.candidates, len(donors))):
-            nearest = distance.topk(rank + 1, dim=1, largest=False)
-            usable = nearest.values[:, rank].isfinite()
+        shape = (-1, *([1] * (x.dim() - 1)))
+        for rank in range(nearest.indices.shape[1]):
             diff = donors[nearest.indices[:, rank]] - x
-            shape = (-1, *([1] * (x.dim() - 1)))
-            high = (self.eps / norms(diff, self.norm).clamp_min(1e-12)).clamp(max=1.0)
-            usable &= self._wins(x + high.view(shape) * diff, labels)
+            high = (self.eps / size(x, x + diff, self.norm).clamp_min(1e-12)).clamp(max=1.0)
+            usable = nearest.values[:, rank].isfinite() & self._wins(x + high.view(shape) * diff, labels)
             low = torch.zeros_like(high)
             for _ in range(self.steps):
                 middle = (low + high) / 2
                 won = self._wins(x + middle.view(shape) * diff, labels)
                 high, low = torch.where(won, middle, high), torch.where(won, low, middle)
             point = (x + high.view(shape) * diff).clamp(0.0, 1.0)
-            size = norms(point - x, self.norm)
-            better = usable & (size < best_size)
-            best[better], best_size[better] = point[better], size[better]
+            point_size = size(x, point, self.norm)
+            better = usable & (point_size < best_size)
+            best[better], best_size[better] = point[better], point_size[better]
         return best
