@@ -57,6 +57,7 @@ def shrink_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
         threat.cw.binary_search_steps, threat.cw.max_iterations = 2, 20
         threat.adaptive.steps, threat.adaptive.restarts = 10, 1
         threat.adaptive.blend.donors, threat.adaptive.blend.steps = 100, 8
+        threat.adaptive.boundary.iterations, threat.adaptive.boundary.init_evals, threat.adaptive.boundary.max_evals = 3, 10, 20
         threat.robustness.linf_eps, threat.robustness.l2_eps = [0.1, 0.3], [1.0]
     return cfg
 

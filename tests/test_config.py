@@ -137,6 +137,8 @@ def test_unknown_train_split_names_the_config_key(tmp_path):
         ("threat=whitebox threat.adaptive.support_modes=[sparse]", r"threat\.adaptive\.support_modes: unknown \['sparse'\]; choose from"),
         ("threat=whitebox threat.adaptive.adam_modes=[newton]", r"threat\.adaptive\.adam_modes: unknown \[.newton.\]; choose from"),
         ("threat=whitebox threat.adaptive.blend.candidates=0", r"threat\.adaptive\.blend: donors must be >= 0 \(0: off\), candidates and steps >= 1"),
+        ("threat=whitebox threat.adaptive.boundary.init_evals=200", r"threat\.adaptive\.boundary: .*1 <= init_evals <= max_evals"),
+        ("threat=whitebox threat.adaptive.boundary.targets=some", r"threat\.adaptive\.boundary: .*targets one of \('failed', 'all'\)"),
         ("threat=whitebox threat.rectifier_baselines=[tvn]", r"threat\.rectifier_baselines: unknown \[.tvn.\]; choose from \[.ddn., .pd., .pgd., .tvm.\]"),
         ("model.net.width=0", r"model\.net: SmallCNN: width must be at least 1, got 0 \(model\.net\.\* in the config\)"),
         ("model.optimizer.lr=-1", r"model\.optimizer: Invalid learning rate: -1"),

@@ -227,6 +227,7 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     cfg = rerun_config(cfg, tmp_path / "whitebox")
     with open_dict(cfg):
         cfg.threat = compose_config(["threat=whitebox"], tmp).threat
+        cfg.threat.adaptive.boundary.targets = "all"  # HopSkipJump on every detector target, not only where the check fails
     metrics = run(shrink_whitebox(cfg))
     for key in WHITEBOX_KEYS:
         assert key in metrics, key
@@ -268,6 +269,13 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
         assert metrics[f"whitebox.blend_unbounded.{name}"] == reach.success.float().mean().item() >= 0.5
         assert metrics[f"whitebox.blend_unbounded_linf.{name}"] == reach.linf[reach.success].median().item() <= 1.0
         assert torch.equal(reach.success, reach.l2 > 0)  # an image moves only where it is won
+        # HopSkipJump starts from those wins and walks along the boundary: never farther, then cut at the budget
+        walk = AdversarialSet.load(next((Path(cfg.paths.cache_dir) / "whitebox").glob(f"*_{name}_unbounded_boundary_*.pt")))
+        assert (walk.success <= reach.success).all() and walk.success.sum() >= reach.success.sum() - 1  # boundary points: float ties
+        assert (walk.linf[walk.success] <= reach.linf[walk.success] + 1e-6).all()
+        assert metrics[f"whitebox.boundary_linf.{name}"] == walk.linf[walk.success].median().item()
+        inside = walk.success & (walk.linf <= cfg.dataset.linf_eps * (1 + 1e-5) + 1e-6)
+        assert metrics[f"whitebox.variant.{name}.boundary"] == inside.float().mean().item()
     robust = metrics["whitebox.robust_linf.0.3000.robust_acc"]
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
@@ -281,6 +289,7 @@ def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_
     for name in ("silent", "incomplete", "unbounded", "noise", "random"):
         assert (f"**WARNING** {name}:" in report) == bool(metrics[f"whitebox.indicator.{name}.failed"]), name
     assert "unbounded (det_is):" in report and "unbounded (det_org):" in report and "reach (det_is):" in report
+    assert "boundary walk (gcd):" in report
     again = run(rerun_config(cfg, tmp_path / "whitebox_again"))
     assert {k: v for k, v in again.items() if k.startswith("whitebox.") and "seconds" not in k} == pytest.approx(
         {k: v for k, v in metrics.items() if k.startswith("whitebox.") and "seconds" not in k}, nan_ok=True

@@ -32,7 +32,10 @@ strongest result (``strongest``), judged by the real decision rule:
 * ``surrogate``: orthogonal PGD with the backward pass of ``DET_IS`` (``DET_sal``) through a softplus copy of ``f``
   (``threat.adaptive.surrogate_beta``; BPDA), beside the exact double backprop;
 * ``blend``: ``BlendSearch``, decision-based, no gradient: bisection toward the nearest validation images
-  (``threat.adaptive.blend``) that the real target classifies as wanted and does not flag.
+  (``threat.adaptive.blend``) that the real target classifies as wanted and does not flag;
+* ``boundary``: ``HopSkipJump`` from ``BlendSearch``'s unbounded wins (``threat.adaptive.boundary``), decision-based,
+  on a target whose gradient attacks fail the unbounded check below (there a gradient may mislead; a walk along
+  the real decision boundary does not; ``targets: all`` on every detector target), unbounded, then cut at the budget.
 
 The hinge and PGD variants run once per detector term of ``threat.adaptive.detector_terms``
 (``detector_hinge``): ``each`` (no suffix) and ``sum`` (suffix ``_sum``, eq. 11's own boundary).
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -74,6 +78,7 @@ from gcd_lightning.pipeline.components import run_gcd
 from gcd_lightning.utils.hashing import spec_hash, state_dict_hash, tensor_hash
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.blend import BlendSearch
+from gcd_lightning.whitebox.hopskipjump import HopSkipJump
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, run_adaptive
@@ -85,6 +90,7 @@ log = logging.getLogger(__name__)
 # a seed an attack uses (seed + i for a few thousand batches at most)
 JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
+WALK_TARGETS = ("failed", "all")  # threat.adaptive.boundary.targets: where the gradient attacks fail the unbounded check, or every detector target
 
 Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
@@ -118,6 +124,10 @@ def check_threat(threat: DictConfig) -> None:
     if int(adaptive.blend.donors) < 0 or int(adaptive.blend.candidates) < 1 or int(adaptive.blend.steps) < 1:
         raise ValueError(f"threat.adaptive.blend: donors must be >= 0 (0: off), candidates and steps >= 1; got "
                          f"{dict(adaptive.blend)}")
+    walk = adaptive.boundary
+    if int(walk.iterations) < 0 or not 1 <= int(walk.init_evals) <= int(walk.max_evals) or walk.targets not in WALK_TARGETS:
+        raise ValueError("threat.adaptive.boundary: iterations must be >= 0 (0: off), 1 <= init_evals <= max_evals and targets "
+                         f"one of {WALK_TARGETS}; got {dict(walk)}")
     if adaptive.kappa < 0 or any(b < 0 for b in adaptive.betas) or (adaptive.surrogate_beta is not None and adaptive.surrogate_beta <= 0):
         raise ValueError("threat.adaptive: kappa and betas must be >= 0, surrogate_beta > 0 or null")
 
@@ -272,6 +282,16 @@ def run_whitebox_stage(
         return Variant(label, lambda: BlendSearch(guarded[target_name], judge_objective, donors, attack_norm.value, budget,
                                                   adaptive.blend.candidates, adaptive.blend.steps, targeted),
                        {"blend": [attack_norm.value, budget, blend_key]}, target_name)
+
+    def boundary_variant(target_name: str) -> Variant:
+        """``HopSkipJump`` on the real target in the row's norm, unbounded, from ``BlendSearch``'s wins at L∞ ε = 1."""
+        walk = adaptive.boundary
+        return Variant("unbounded_boundary",
+                       lambda: HopSkipJump(guarded[target_name], judge_objective,
+                                           BlendSearch(guarded[target_name], judge_objective, donors, Norm.LINF.value, UNBOUNDED_LINF,
+                                                       adaptive.blend.candidates, adaptive.blend.steps, targeted),
+                                           norm.value, math.inf, walk.iterations, walk.init_evals, walk.max_evals, targeted),
+                       {"boundary": [norm.value, blend_key, walk.iterations, walk.init_evals, walk.max_evals]}, target_name)
     support_modes = list(adaptive.support_modes) if bool((x == 0).any()) else []
     if adaptive.support_modes and not support_modes:
         log.info("white-box: no attacked image has a zero pixel; the non-zero-support variants would repeat the others and are left out")
@@ -353,15 +373,33 @@ def run_whitebox_stage(
         **{f"whitebox.adaptive.term.{term}": float(term in terms) for term in DETECTOR_TERMS},
         "whitebox.judge_draws": float(threat.judge_draws),
     }
+
+    def reaches(name: str, term: str) -> list[Variant]:
+        """The unbounded check's attacks on ``name``, in turn (where the stage has them): orthogonal PGD on every pixel,
+        on the non-zero support, Adam's update in the first of ``adam_modes``, through the surrogate."""
+        supports = ["all", "nonzero"] if support_modes else ["all"]
+        found = [pgd_variant("unbounded", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, support) for support in supports]
+        found += [pgd_variant("unbounded", name, mode, Norm.LINF, UNBOUNDED_LINF, term, update="adam") for mode in adaptive.adam_modes[:1]]
+        return found + ([] if surrogates[name] is None else
+                        [pgd_variant("unbounded_surrogate", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, surrogate=True)])
+
+    unbounded = {name: unbounded_success(run_variant(name, v) for v in reaches(name, target_terms(terms, dets)[0]))
+                 for name, dets in parts.items()}
+    # where the gradient attacks fail the unbounded check (or everywhere), the walk along the real decision joins the attacks
+    walking = donors is not None and adaptive.boundary.iterations > 0
+    walks = {name: run_variant(name, boundary_variant(name)) for name, rate in unbounded.items()
+             if walking and (adaptive.boundary.targets == "all" or rate < indicators.UNBOUNDED_MIN)}
     by_variant = {name: {v.name: run_variant(name, v) for v in found} for name, found in variants.items()}
+    for name, walk in walks.items():
+        by_variant[name]["boundary"] = within_budget(walk, x, norm, eps)
     results = {name: strongest(list(sets.values())) for name, sets in by_variant.items()}
     for name, sets in by_variant.items():
-        found = {v.name: v for v in variants[name]}
+        previous = {v.name for v in variants[name] if v.previous}
         for variant_name, adv in sets.items():
             metrics[f"whitebox.variant.{name}.{variant_name}"] = adv.success.float().mean().item()
             metrics[f"whitebox.variant_seconds.{name}.{variant_name}"] = adv.seconds / n
         for group, keep in (("previous", True), ("new", False)):
-            chosen = [adv for variant_name, adv in sets.items() if found[variant_name].previous is keep]
+            chosen = [adv for variant_name, adv in sets.items() if (variant_name in previous) is keep]
             if chosen and len(chosen) < len(sets):
                 metrics[f"whitebox.success_{group}.{name}"] = strongest(chosen).success.float().mean().item()
     for name, adv in results.items():
@@ -400,17 +438,6 @@ def run_whitebox_stage(
     metrics.update(fixed_budget_robustness(ctx, norm, eps, gcd_terms, pgd_variant, surrogates["gcd"] is not None, run_variant,
                                            by_variant["gcd"], flagged_clean, adv_test))
 
-    def reaches(name: str, term: str) -> list[Variant]:
-        """The unbounded check's attacks on ``name``, in turn (where the stage has them): orthogonal PGD on every pixel,
-        on the non-zero support, Adam's update in the first of ``adam_modes``, through the surrogate."""
-        supports = ["all", "nonzero"] if support_modes else ["all"]
-        found = [pgd_variant("unbounded", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, support) for support in supports]
-        found += [pgd_variant("unbounded", name, mode, Norm.LINF, UNBOUNDED_LINF, term, update="adam") for mode in adaptive.adam_modes[:1]]
-        return found + ([] if surrogates[name] is None else
-                        [pgd_variant("unbounded_surrogate", name, "orthogonal", Norm.LINF, UNBOUNDED_LINF, term, surrogate=True)])
-
-    unbounded = {name: unbounded_success(run_variant(name, v) for v in reaches(name, target_terms(terms, dets)[0]))
-                 for name, dets in parts.items()}
     for name, rate in unbounded.items():
         if name != "gcd":  # GCD's is one of its failure indicators, below
             metrics[f"whitebox.target_indicator.{name}.unbounded"] = rate
@@ -419,6 +446,9 @@ def run_whitebox_stage(
             reach = run_variant(name, blend_variant("unbounded_blend", name, Norm.LINF, UNBOUNDED_LINF))
             metrics[f"whitebox.blend_unbounded.{name}"] = reach.success.float().mean().item()
             metrics[f"whitebox.blend_unbounded_linf.{name}"] = reach.linf[reach.success].median().item() if reach.success.any() else float("nan")
+    for name, walk in walks.items():  # how near the walk came, in the row's norm (BlendSearch's start: the reach above)
+        sizes = walk.linf if norm is Norm.LINF else walk.l2
+        metrics[f"whitebox.boundary_{norm.value}.{name}"] = sizes[walk.success].median().item() if walk.success.any() else float("nan")
     metrics.update(failure_indicators(by_variant["gcd"], results["gcd"].success, adaptive.modes, gcd_terms[0], unbounded["gcd"],
                                       guarded["gcd"], gcd, x, grey, gcd_outputs, num_classes, bs))
 
@@ -476,6 +506,14 @@ def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
     """(N,) bool: the perturbation is inside the ``norm`` ball of radius ``budget`` (a float32 tolerance)."""
     size = adv.linf if norm is Norm.LINF else adv.l2
     return size <= budget * (1 + 1e-5) + 1e-6
+
+
+def within_budget(adv: AdversarialSet, x: torch.Tensor, norm: Norm, budget: float) -> AdversarialSet:
+    """``adv`` (a minimum-norm attack's result) cut at the ``norm`` ball of radius ``budget``: outside it, ``x`` and lost."""
+    inside = within(adv, norm, budget)
+    return dataclasses.replace(adv, x_adv=torch.where(inside.view(-1, *([1] * (x.dim() - 1))), adv.x_adv, x),
+                               success=adv.success & inside, l2=torch.where(inside, adv.l2, 0.0),
+                               linf=torch.where(inside, adv.linf, 0.0))
 
 
 def unbounded_success(results: Iterable[AdversarialSet]) -> float:

@@ -200,6 +200,11 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
         lines.append(f"- reach ({target}): {fmt(m[f'whitebox.blend_unbounded.{target}'])} won at L∞ ε = 1 by BlendSearch, "
                      f"no gradient, at median L∞ {fmt(m[f'whitebox.blend_unbounded_linf.{target}'])} toward an accepted image "
                      "of another class (near 1: the target flags the blends between its accepted images)")
+    for key in sorted(k for k in m if k.startswith("whitebox.boundary_")):
+        norm, target = key.removeprefix("whitebox.boundary_").split(".", 1)
+        lines.append(f"- boundary walk ({target}): HopSkipJump from those wins, no gradient, came to a median "
+                     f"{'L∞' if norm == 'linf' else 'L2'} of {fmt(m[key])}; within the budget it won "
+                     f"{fmt(m.get(f'whitebox.variant.{target}.boundary', float('nan')))}")
     if m.get("whitebox.indicator.random_end_to_end"):
         lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
     if any(failed for *_, failed in targets):
