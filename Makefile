@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench bench-tvm whitebox baselines baselines-agnostic clean-cache
+.PHONY: install data demo test bench bench-tvm bench-hsj whitebox baselines baselines-agnostic clean-cache
 
 install: $(INSTALLED)
 
@@ -40,6 +40,12 @@ bench: install data
 bench-tvm: install data
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_tvm.py --data-root data --n 100 $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --out outputs/bench_tvm
+
+# our HopSkipJump against ART's from the same starts on f, 100 MNIST test images, L2 and L∞ (installs ART)
+bench-hsj: install data
+	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python scripts/bench_hsj.py --checkpoint $(CHECKPOINT) --data-root data --n 100 --out outputs/bench_hsj
 
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
