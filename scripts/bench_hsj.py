@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from bench_attacks import compose_config, count_images, load_classifier
+from bench_tvm import save_measures
 from gcd_lightning.adversarial import predict, select_correct, stack
 from gcd_lightning.attacks import Norm, run_attack
-from gcd_lightning.utils.files import save_json, save_text
 from gcd_lightning.whitebox.blend import BlendSearch, size
 from gcd_lightning.whitebox.hopskipjump import HopSkipJump
 from gcd_lightning.whitebox.models import GuardedClassifier
@@ -115,12 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{norm.value}.art_queries_per_image": art_queries / len(x),
             f"{norm.value}.ours_seconds": ours_seconds, f"{norm.value}.art_seconds": art_seconds,
         }
-    out = Path(args.out)
-    save_json(result, out / "bench_hsj.json")
-    lines = ["| measure | value |", "|---|---|", *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                                   for k, v in result.items())]
-    save_text("\n".join(lines) + "\n", out / "bench_hsj.md")
-    print("\n".join(lines))
+    save_measures(result, Path(args.out), "bench_hsj")
     return 0
 
 

@@ -62,6 +62,15 @@ def art_reconstruct(x: torch.Tensor, keep: torch.Tensor, weight: float, steps: i
     return torch.from_numpy(np.clip(out, 0.0, 1.0)).permute(0, 3, 1, 2).float()
 
 
+def save_measures(result: dict, out: Path, stem: str) -> None:
+    """Write ``result`` to ``out/<stem>.json`` and as a two-column Markdown table to ``out/<stem>.md``, and print the table."""
+    save_json(result, out / f"{stem}.json")
+    lines = ["| measure | value |", "|---|---|", *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                                                   for k, v in result.items())]
+    save_text("\n".join(lines) + "\n", out / f"{stem}.md")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -105,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         labels_ours, labels_art = predict(f, ours, 100), predict(f, theirs, 100)
         result |= {"label_agreement": (labels_ours == labels_art).float().mean().item(),
                    "acc_ours": (labels_ours == y).float().mean().item(), "acc_art": (labels_art == y).float().mean().item()}
-    out = Path(args.out)
-    save_json(result, out / "bench_tvm.json")
-    lines = ["| measure | value |", "|---|---|", *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                                   for k, v in result.items())]
-    save_text("\n".join(lines) + "\n", out / "bench_tvm.md")
-    print("\n".join(lines))
+    save_measures(result, Path(args.out), "bench_tvm")
     return 0
 
 
