@@ -529,6 +529,8 @@ def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path
     report = (tmp_path / "whitebox_baseline" / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
     assert "| Squeeze |" in header
+    # each attack's success on every target the run attacked, the baselines included
+    assert "| attack | NoDET | DET_IS | GCD | DET_org | BPDA+EOT | DET_TWS | Squeeze |" in report
 
 
 def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_path):

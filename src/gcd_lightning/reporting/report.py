@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gcd_lightning.reporting.paper import RECTIFIER_COLUMNS, TABLE4
-from gcd_lightning.reporting.tables import INDICATORS, Run, fmt, markdown, robustness, table2, table3, table5, target_indicators
+from gcd_lightning.reporting.paper import BASELINE_COLUMNS, RECTIFIER_COLUMNS, TABLE4
+from gcd_lightning.reporting.tables import (INDICATORS, Run, baseline_names, fmt, markdown, robustness, table2, table3, table5,
+                                           target_indicators)
 from gcd_lightning.utils.files import save_json, save_text
 
 
@@ -90,9 +91,12 @@ def whitebox_tables(run: Run) -> list[str]:
     m = run.metrics
     paper4 = TABLE4.get(run.attack)
     targets = ("nodet", "det_is", "gcd", "det_org")
-    attacked = (*targets, "bpda_eot")
+    names = {"nodet": "NoDET", "det_is": "DET_IS", "gcd": "GCD", "det_org": "DET_org", "bpda_eot": "BPDA+EOT",
+             **{f"det_{name}": BASELINE_COLUMNS.get(name, name) for name in baseline_names([run], "whitebox.success.det_")},
+             **{f"rec_{name}": f"{RECTIFIER_COLUMNS.get(name, name)} classifier"
+                for name in baseline_names([run], "whitebox.success.rec_", order=tuple(RECTIFIER_COLUMNS))}}
+    attacked = list(names)  # GCD's targets, then each baseline detector and defended classifier the run attacked
     variants = sorted({k.split(".")[3] for k in m if k.startswith("whitebox.variant.")})
-    names = {"nodet": "NoDET", "det_is": "DET_IS", "gcd": "GCD", "det_org": "DET_org", "bpda_eot": "BPDA+EOT"}
 
     def variant_cell(target: str, variant: str) -> str:
         key = f"whitebox.variant.{target}.{variant}"
@@ -123,7 +127,9 @@ def whitebox_tables(run: Run) -> list[str]:
         "of the detectors' gaps (eq. 11's boundary) instead of one hinge per detector. Suffix `_nonzero`: the same PGD "
         "perturbing only the input's non-zero pixels (MNIST's strokes), which a density model prices far below a dense change. "
         "Suffix `_adam`: the same PGD with C&W's optimiser in the ball (Adam through a tanh map, a sticky box), which picks a "
-        "sparse support of its own.",
+        "sparse support of its own. `blend`: BlendSearch, no gradient, toward accepted images of another class; `boundary`: "
+        "HopSkipJump from BlendSearch's unbounded wins along the target's real decision, cut at the budget (on a target whose "
+        "gradient attacks fail the unbounded check).",
         "",
         "| attack | " + " | ".join(names[t] for t in attacked) + " |",
         "|---|" + "---:|" * len(attacked),
