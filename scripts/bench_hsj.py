@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import platform
 import sys
 import time
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"n": len(x), "iterations": args.iterations, "init_evals": args.init_evals, "max_evals": args.max_evals,
                     "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     for norm in (Norm.L2, Norm.LINF):
-        ours_attack = HopSkipJump(judge, objective, blend, norm.value, math.inf, args.iterations, args.init_evals, args.max_evals)
+        ours_attack = HopSkipJump(blend, norm.value, args.iterations, args.init_evals, args.max_evals)
         began = time.perf_counter()
         with count_images(last_child(model)) as ours_queries:
             ours = run_attack(ours_attack, x, y, batch_size=len(x), progress=False, seed=args.seed)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, strongest
+from gcd_lightning.adversarial import AdversarialSet, perturbation_norms, strongest
 from gcd_lightning.attacks import PGD, DDN, Norm, run_attack
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.detector import SubDetector
@@ -22,6 +22,7 @@ from gcd_lightning.intervals import mean_interval, rate_interval, wilson_interva
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.whitebox.blend import BlendSearch, size
 from gcd_lightning.whitebox.hopskipjump import HopSkipJump
+from gcd_lightning.pipeline.whitebox_stage import within_budget
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, ball_map, ball_preimage, ball_projection, project_out, run_adaptive
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
@@ -577,7 +578,7 @@ def test_hopskipjump_walks_from_the_blend_to_the_nearest_point_of_a_linear_bound
     """On a linear boundary the nearest win is known: ``|w·x − b| / ‖w‖₂`` in L2 and ``/ ‖w‖₁`` in L∞ (the points stay
     inside the box here). From ``BlendSearch``'s wins, over three times farther, the walk comes within a few percent (L2)
     and within half again (L∞, the median), never below the minimum, never farther than its start; cut at a
-    budget, it wins exactly the images whose walk ended inside."""
+    budget (the stage's ``within_budget``), it wins exactly the images whose walk ended inside."""
     f, w, b = linear_pair(side=8)
     model = GuardedClassifier(f, []).eval()
     objective = HingeEvasion(2, kappa=0.0, beta=1.0, targeted=False)
@@ -591,23 +592,23 @@ def test_hopskipjump_walks_from_the_blend_to_the_nearest_point_of_a_linear_bound
     for norm, dual in (("l2", w.norm()), ("linf", w.abs().sum())):
         nearest = (b - x.flatten(1) @ w) / dual
         torch.manual_seed(2)
-        walk = HopSkipJump(model, objective, start, norm, math.inf, iterations=20).perturb(x, y)
+        walk = HopSkipJump(start, norm, iterations=20).perturb(x, y)
         found, began = size(x, walk, Norm(norm)), size(x, blend, Norm(norm))
         with torch.no_grad():
             assert objective.success(model(walk), y, False).all()
         assert (found >= nearest * (1 - 1e-3)).all() and (found <= began + 1e-6).all()
         ratio = found / nearest
         assert (began / nearest).median() > 3 and (ratio.max() < 1.15 if norm == "l2" else ratio.median() < 1.5), (norm, ratio)
-    budget = float(found.median())
-    torch.manual_seed(2)
-    cut = HopSkipJump(model, objective, start, "linf", budget, iterations=20).perturb(x, y)
+    budget = float(found.median())  # the stage's cut at the budget (the walk itself is minimum-norm)
+    l2, linf = perturbation_norms(x, walk)
+    walked = AdversarialSet(index=torch.arange(len(x)), x_adv=walk, y=y, target=torch.full_like(y, -1),
+                            success=torch.ones(len(x), dtype=torch.bool), l2=l2, linf=linf, n_examined=len(x), seconds=0.0)
+    cut = within_budget(walked, x, Norm.LINF, budget)
     inside = found <= budget
-    assert torch.equal((cut != x).flatten(1).any(1), inside) and 0 < inside.sum() < len(x)
-    assert torch.allclose(cut[inside], walk[inside])
+    assert torch.equal((cut.x_adv != x).flatten(1).any(1), inside) and torch.equal(cut.success, inside) and 0 < inside.sum() < len(x)
+    assert torch.allclose(cut.x_adv[inside], walk[inside])
     with pytest.raises(ValueError, match="init_evals <= max_evals"):
-        HopSkipJump(model, objective, start, "l2", 1.0, init_evals=200, max_evals=100)
-    with pytest.raises(ValueError, match="disagrees"):
-        HopSkipJump(model, HingeEvasion(2, kappa=0.0, beta=1.0, targeted=True), start, "l2", 1.0, targeted=True)
+        HopSkipJump(start, "l2", init_evals=200, max_evals=100)
 
 
 def test_blend_search_reads_the_detector_and_the_target():

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -287,10 +286,9 @@ def run_whitebox_stage(
         """``HopSkipJump`` on the real target in the row's norm, unbounded, from ``BlendSearch``'s wins at L∞ ε = 1."""
         walk = adaptive.boundary
         return Variant("unbounded_boundary",
-                       lambda: HopSkipJump(guarded[target_name], judge_objective,
-                                           BlendSearch(guarded[target_name], judge_objective, donors, Norm.LINF.value, UNBOUNDED_LINF,
+                       lambda: HopSkipJump(BlendSearch(guarded[target_name], judge_objective, donors, Norm.LINF.value, UNBOUNDED_LINF,
                                                        adaptive.blend.candidates, adaptive.blend.steps, targeted),
-                                           norm.value, math.inf, walk.iterations, walk.init_evals, walk.max_evals, targeted),
+                                           norm.value, walk.iterations, walk.init_evals, walk.max_evals),
                        {"boundary": [norm.value, blend_key, walk.iterations, walk.init_evals, walk.max_evals]}, target_name)
     support_modes = list(adaptive.support_modes) if bool((x == 0).any()) else []
     if adaptive.support_modes and not support_modes:

@@ -210,7 +210,7 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
         norm, target = key.removeprefix("whitebox.boundary_").split(".", 1)
         lines.append(f"- boundary walk ({target}): HopSkipJump from those wins, no gradient, came to a median "
                      f"{'L∞' if norm == 'linf' else 'L2'} of {fmt(m[key])}; within the budget it won "
-                     f"{fmt(m.get(f'whitebox.variant.{target}.boundary', float('nan')))}")
+                     f"{fmt(m[f'whitebox.variant.{target}.boundary'])}")
     if m.get("whitebox.indicator.random_end_to_end"):
         lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
     if any(failed for *_, failed in targets):

@@ -60,7 +60,8 @@ class BlendSearch(Attack):
         self.norm, self.eps, self.candidates, self.steps = Norm(norm), float(eps), int(candidates), int(steps)
         self._donor_outputs: torch.Tensor | None = None
 
-    def _wins(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def wins(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the target's real decision on ``x`` is the attack's win (also ``HopSkipJump``'s decision)."""
         with torch.no_grad():
             return self.objective.success(self.model(x), labels, self.targeted)
 
@@ -85,11 +86,11 @@ class BlendSearch(Attack):
         for rank in range(nearest.indices.shape[1]):
             diff = donors[nearest.indices[:, rank]] - x
             high = (self.eps / size(x, x + diff, self.norm).clamp_min(1e-12)).clamp(max=1.0)
-            usable = nearest.values[:, rank].isfinite() & self._wins(x + high.view(shape) * diff, labels)
+            usable = nearest.values[:, rank].isfinite() & self.wins(x + high.view(shape) * diff, labels)
             low = torch.zeros_like(high)
             for _ in range(self.steps):
                 middle = (low + high) / 2
-                won = self._wins(x + middle.view(shape) * diff, labels)
+                won = self.wins(x + middle.view(shape) * diff, labels)
                 high, low = torch.where(won, middle, high), torch.where(won, low, middle)
             point = (x + high.view(shape) * diff).clamp(0.0, 1.0)
             point_size = size(x, point, self.norm)

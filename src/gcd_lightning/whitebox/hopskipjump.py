@@ -15,8 +15,8 @@ final decision ``φ(x') ∈ {won, lost}``. Each iteration ``t``:
    ``Σ (φ_i − mean φ)·u_i`` (eq. 9 of the paper), normalised (L2) or its sign (L∞);
 3. *step*: ``ξ = dist/√t`` along it, halved until the point wins (the geometric progression of the paper).
 
-The attack is minimum-norm: ``perturb`` returns its nearest win where that lies within ``eps`` and ``x``
-elsewhere, as ``BlendSearch`` does.
+The attack is minimum-norm: ``perturb`` returns its nearest win (``x`` where the start won nothing), whatever
+its size; the white-box stage cuts it at the row's budget (``within_budget``).
 """
 
 from __future__ import annotations
@@ -24,44 +24,31 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-
 from gcd_lightning.attacks.base import Attack, Norm
 from gcd_lightning.whitebox.blend import BlendSearch, size
-from gcd_lightning.whitebox.objectives import HingeEvasion
 
 HALVINGS = 20  # the step search gives up (the image keeps its point) below dist·2^-20
 QUERY_BATCH = 2000  # images per forward pass of a direction estimate (memory; part of what the draws are)
 
 
 class HopSkipJump(Attack):
-    """The walk of the module docstring, from the wins of ``start``.
+    """The walk of the module docstring, from the wins of ``start``, on its target with its decision.
 
     Args:
-        model: the target as the judge sees it (a ``GuardedClassifier``).
-        objective: the judge's ``HingeEvasion`` (its ``success`` is the target's real decision).
-        start: a ``BlendSearch`` on the same target and objective with an unbounded budget: the walk begins at its wins.
-        norm: ``"linf"`` or ``"l2"``: the distance the walk shrinks and the budget's norm.
-        eps: the budget, > 0: a win farther than ``eps`` returns ``x``.
+        start: a ``BlendSearch`` with an unbounded budget: the walk begins at its wins, and reads the target (its
+            model), the judge's decision (``start.wins``) and whether the attack is targeted from it.
+        norm: ``"linf"`` or ``"l2"``: the distance the walk shrinks.
         iterations: boundary steps, ≥ 1.
         init_evals, max_evals: decisions per direction estimate at the first step and at most (1 ≤ init ≤ max).
-        targeted: reach ``target`` (must match the objective and ``start``).
     """
 
-    def __init__(self, model: nn.Module, objective: HingeEvasion, start: BlendSearch, norm: str, eps: float,
-                 iterations: int = 10, init_evals: int = 25, max_evals: int = 100, targeted: bool = False) -> None:
-        super().__init__(model, targeted, objective)
-        if objective.targeted != bool(targeted) or start.targeted != bool(targeted):
-            raise ValueError(f"HopSkipJump: targeted={targeted} but the objective or the start disagrees")
-        if not eps > 0 or iterations < 1 or not 1 <= init_evals <= max_evals:
-            raise ValueError("HopSkipJump: need eps > 0, iterations >= 1 and 1 <= init_evals <= max_evals; "
-                             f"got {eps}, {iterations}, {init_evals}, {max_evals}")
-        self.start, self.norm, self.eps = start, Norm(norm), float(eps)
+    def __init__(self, start: BlendSearch, norm: str, iterations: int = 10, init_evals: int = 25, max_evals: int = 100) -> None:
+        super().__init__(start.model, start.targeted, start.objective)
+        if iterations < 1 or not 1 <= init_evals <= max_evals:
+            raise ValueError(f"HopSkipJump: need iterations >= 1 and 1 <= init_evals <= max_evals; got {iterations}, {init_evals}, "
+                             f"{max_evals}")
+        self.start, self.norm = start, Norm(norm)
         self.iterations, self.init_evals, self.max_evals = int(iterations), int(init_evals), int(max_evals)
-
-    def _wins(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.objective.success(self.model(x), labels, self.targeted)
 
     def _toward(self, x: torch.Tensor, adv: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The point a fraction ``s`` (N,) of the way from ``x`` to ``adv``: on the segment (L2), or ``adv`` clipped to the
@@ -82,7 +69,7 @@ class HopSkipJump(Attack):
         low, high = torch.zeros(len(x), device=x.device), torch.ones(len(x), device=x.device)
         for _ in range(self.bisections(x[0].numel())):
             middle = (low + high) / 2
-            won = self._wins(self._toward(x, adv, middle), labels)
+            won = self.start.wins(self._toward(x, adv, middle), labels)
             high, low = torch.where(won, middle, high), torch.where(won, low, middle)
         return self._toward(x, adv, high)
 
@@ -100,7 +87,7 @@ class HopSkipJump(Attack):
             scale = delta.view(n, 1, *([1] * len(shape)))
             probe = (boundary.unsqueeze(1) + scale * u).clamp(0.0, 1.0)
             u = (probe - boundary.unsqueeze(1)) / scale  # what the box left of each probe
-            phi = self._wins(probe.flatten(0, 1), labels.repeat_interleave(count)).view(n, count).to(boundary.dtype) * 2 - 1
+            phi = self.start.wins(probe.flatten(0, 1), labels.repeat_interleave(count)).view(n, count).to(boundary.dtype) * 2 - 1
             weighted += (phi.view(n, count, *([1] * len(shape))) * u).sum(1)
             total_u += u.sum(1)
             total_phi += phi.sum(1)
@@ -115,7 +102,7 @@ class HopSkipJump(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         labels = target if self.targeted else y
         start = self.start.perturb(x, y, target)
-        active = self._wins(start, labels)
+        active = self.start.wins(start, labels)
         result = x.clone()
         if not active.any():
             return result
@@ -130,7 +117,7 @@ class HopSkipJump(Attack):
             candidate = boundary.clone()
             for _ in range(HALVINGS):
                 trial = (boundary + step.view(shape) * direction).clamp(0.0, 1.0)
-                take = ~found & self._wins(trial, labels)
+                take = ~found & self.start.wins(trial, labels)
                 candidate[take], found = trial[take], found | take
                 if found.all():
                     break
@@ -138,6 +125,5 @@ class HopSkipJump(Attack):
             walked = self._bisect(x, candidate, labels)
             nearer = size(x, walked, self.norm) < dist
             boundary[nearer] = walked[nearer]
-        inside = size(x, boundary, self.norm) <= self.eps
-        result[active] = torch.where(inside.view(shape), boundary, x)
+        result[active] = boundary
         return result
