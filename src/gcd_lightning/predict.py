@@ -7,7 +7,7 @@ the rectifier (empty where ``f`` answered). An image that cannot be read or does
 defense (size, channels, range, NaN/inf) gets its reason in the ``error`` column and the others
 are still answered; with ``nonfinite=flag`` an image with NaN/inf values is flagged instead,
 with no label. Options: ``batch_size=256``, ``device=auto|cpu|cuda``, ``progress=true``,
-``nonfinite=refuse|flag``.
+``nonfinite=refuse|flag``, ``trust_code=false`` (``true`` builds a folder's own classes: ``load_defense``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from gcd_lightning.defense.export import load_defense
 from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.defense.trust import UntrustedCode
 from gcd_lightning.inputs import check_inputs
 from gcd_lightning.utils.files import load_torch, save_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".pt", ".npy")
 OPTIONS = {"defense": None, "inputs": None, "out": None, "batch_size": "256", "device": "auto", "progress": "true",
-           "nonfinite": "refuse"}
+           "nonfinite": "refuse", "trust_code": "false"}
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
@@ -46,6 +47,14 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
     if missing:
         raise SystemExit(f"predict: missing {', '.join(f'{key}=' for key in missing)}\n{__doc__}")
     return args
+
+
+def flag(args: dict[str, str], key: str) -> bool:
+    """A ``true`` / ``false`` option, or an error naming it."""
+    value = args[key].lower()
+    if value not in ("true", "false"):
+        raise SystemExit(f"predict: {key}={args[key]} must be true or false")
+    return value == "true"
 
 
 def read_image(path: Path, input_shape: Sequence[int]) -> torch.Tensor:
@@ -172,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     device = torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
     if args["nonfinite"] not in ("refuse", "flag"):
         raise SystemExit(f"predict: nonfinite={args['nonfinite']} is unknown; choose refuse or flag")
-    defense = load_defense(args["defense"], device=device)
+    try:
+        defense = load_defense(args["defense"], device=device, trust_code=flag(args, "trust_code"))
+    except UntrustedCode as err:
+        raise SystemExit(f"predict: {err}") from None
     rows = predict_folder(defense, Path(args["inputs"]), batch_size, device, args["progress"].lower() == "true", args["nonfinite"])
     out = save_text(to_csv(rows, defense.detector_names), args["out"])
     failed = sum(1 for row in rows if row["error"])

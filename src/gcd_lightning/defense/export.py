@@ -5,7 +5,8 @@ normalisation, the number of classes, the input shape, the content hash of the c
 detectors were trained for) and one state dict per part. ``f``'s own weights are included when
 the run trained ``f``; a user's own classifier (``model=external``) is not copied: it is passed at
 load time, or rebuilt from the user's file that its recorded config names. Weights load with
-``weights_only=True``.
+``weights_only=True``, and opening a folder runs no code of its own: every ``_target_`` in ``defense.yaml``
+must be the package's (``defense.trust``) unless the user passes ``trust_code=True``.
 
 The classifier in the file and the one passed to ``load_defense`` is the network *behind* the
 recorded normalisation (``normalization.mean/std``): ``load_defense`` puts that normalisation in
@@ -27,6 +28,7 @@ import yaml
 from torch import nn
 
 from gcd_lightning.defense.gcd import GCD
+from gcd_lightning.defense.trust import check_trusted
 from gcd_lightning.models.normalize import normalized
 from gcd_lightning.utils.files import load_torch, umask_mode
 from gcd_lightning.utils.hashing import state_dict_hash, to_plain
@@ -129,6 +131,7 @@ def load_defense(
     classifier: nn.Module | None = None,
     strict: bool = True,
     device: str | torch.device = "cpu",
+    trust_code: bool = False,
 ) -> GCD:
     """The exported defense in ``folder`` as a ``GCD`` module in eval mode on ``device``.
 
@@ -143,9 +146,13 @@ def load_defense(
         strict: refuse a classifier whose weights differ from those the detectors were trained
             for (content hash); ``False`` loads it anyway (the detectors may then be meaningless).
         device: where the modules go.
+        trust_code: build whatever ``defense.yaml`` names (a user's own detector or network class); by default
+            only the package's own modules, and a folder naming anything else is refused before it is imported
+            (``defense.trust``).
     """
     folder = Path(folder)
     description = read_description(folder)
+    check_trusted(description, str(folder / DESCRIPTION), trust_code)
     recorded = description["classifier"]
     if classifier is None and recorded["weights"] is None:
         try:
