@@ -291,7 +291,7 @@ def test_projections_are_orthogonal_and_respect_the_balls():
     assert projected.norm().item() == pytest.approx(0.4, rel=1e-5) and torch.allclose(projected / 0.4, d / d.norm(), atol=1e-6)
 
 
-@pytest.mark.parametrize("update", ["steepest", "adam"])
+@pytest.mark.parametrize("update", ["steepest", "adam", "apgd"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.5)])
 def test_adaptive_pgd_stays_in_budget_and_evades_f_plus_det_is(mode, norm, eps, update):
@@ -521,9 +521,11 @@ def test_failure_indicators_and_tramers_check():
     flagged, success = torch.tensor([True, False, False, False]), torch.tensor([False, True, False, False])
     assert indicators.robust_accuracy(flagged, success) == 0.5  # a flagged clean image is an error too
     refs = [("a", 0.3, 0.9), ("b", 0.1, 0.99)]
-    check = indicators.tramer_check(0.95, 0.3, refs)  # at 0.15 only "a" (robust at 0.3) is known to hold
-    assert check["radius"] == pytest.approx(0.15) and check["reference"] == 0.9 and check["plausible"] == 0.0
+    check = indicators.tramer_check(0.95, 0.6, refs)  # at 0.3 "a" was evaluated: 0.95 asks for more than it
+    assert check["radius"] == pytest.approx(0.3) and check["reference"] == 0.9 and check["plausible"] == 0.0
     assert indicators.tramer_check(0.95, 0.2, refs)["plausible"] == 1.0  # at 0.1 "b" reaches 0.99
+    # at 0.15 nothing was evaluated: "a" at 0.3 does at least 0.9 there, which bounds nothing, so no verdict
+    assert math.isnan(indicators.tramer_check(0.95, 0.3, refs)["plausible"])
     assert math.isnan(indicators.tramer_check(0.5, 2.0, [])["plausible"])
 
 

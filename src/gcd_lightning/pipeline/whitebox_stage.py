@@ -85,9 +85,7 @@ from gcd_lightning.whitebox.surrogate import SurrogateGradient
 
 log = logging.getLogger(__name__)
 
-# end-to-end judging: draw d of GCD's masks seeds batch i with JUDGE_SEED + d·JUDGE_STRIDE + i, never
-# a seed an attack uses (seed + i for a few thousand batches at most)
-JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
+JUDGE_SEED, JUDGE_STRIDE = indicators.JUDGE_SEED, indicators.JUDGE_STRIDE  # end-to-end judging: seeds no attack uses
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 WALK_TARGETS = ("failed", "all")  # threat.adaptive.boundary.targets: where the gradient attacks fail the unbounded check, or every detector target
 

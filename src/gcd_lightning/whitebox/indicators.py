@@ -6,6 +6,8 @@ doubt, and the report prints it as a warning. Thresholds are module constants, n
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 SILENT_MAX = 0.01
@@ -17,6 +19,24 @@ UNBOUNDED_MIN = 0.99
 """An attack with an unbounded budget (L∞ ε = 1 reaches every image) must win at least this share."""
 NOISE_MAX = 0.01
 """Share of clean images whose defended decision may change under tiny noise before we warn."""
+NOISE = 1e-3
+"""The noise of the ``noise`` check: uniform in ±``NOISE`` per pixel."""
+# judging seeds: draw d of a random defense's randomness (GCD's masks) seeds batch i with JUDGE_SEED + d·JUDGE_STRIDE + i,
+# never a seed an attack uses (seed + i for a few thousand batches at most)
+JUDGE_SEED, JUDGE_STRIDE = 10**9, 10**6
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One check of an evaluation (Pintor et al. 2022's indicators, AutoAttack's, Tramèr's): its value and verdict.
+
+    ``failed`` means the evaluation, not the defense, is in doubt: a report prints it as a warning.
+    """
+
+    name: str
+    value: float
+    failed: bool
+    meaning: str
 
 
 def silent_share(silent: torch.Tensor) -> float:
@@ -66,14 +86,15 @@ def robust_accuracy(flagged_clean: torch.Tensor, success: torch.Tensor) -> float
 def tramer_check(robust: float, eps: float, references: list[tuple[str, float, float]]) -> dict[str, float | str]:
     """Tramèr (2022): a detector robust at ε with accuracy R implies an (inefficient) classifier robust at ε/2 with accuracy R.
 
-    ``references`` lists published robust classifiers as ``(name, radius, accuracy)``; one robust
-    at a radius ≥ ε/2 is robust at ε/2, so the best of those bounds what is known to be reachable
-    there. Returns the implied radius, the best reference at or above it, and ``plausible``: 1 when
-    R does not exceed that reference (the claim asks for no classifier better than published ones),
-    0 when it does (a claim to attack harder), nan when no reference covers ε/2.
+    ``references`` lists robust classifiers as ``(name, radius, accuracy)``, each evaluated at its radius. The
+    claim is compared with what is known at ε/2 itself: only references evaluated there count. One evaluated
+    at a larger radius would understate what it reaches at ε/2 (it does at least as well there), and a claim
+    above it would be called implausible when it is not. Returns the implied radius, the best reference
+    evaluated there, and ``plausible``: 1 when R does not exceed it (the claim asks for no classifier better
+    than known ones), 0 when it does (a claim to attack harder), nan when no reference was evaluated at ε/2.
     """
     half = eps / 2
-    covering = [(accuracy, name) for name, radius, accuracy in references if radius >= half - 1e-12]
+    covering = [(accuracy, name) for name, radius, accuracy in references if abs(radius - half) <= 1e-9 * max(1.0, half)]
     if not covering:
         return {"radius": half, "reference": float("nan"), "reference_name": "", "plausible": float("nan")}
     best, name = max(covering)

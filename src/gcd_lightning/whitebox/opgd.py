@@ -27,6 +27,12 @@ below 0) has a zero gradient there and stays clean, while a projected iterate is
 boundary and moves off it again at the next step. The attack so chooses its own sparse support, which
 a density detector (``DET_PD``) prices far lower than a dense change.
 
+``update="apgd"`` makes the attack step-size free in the manner of APGD (Croce & Hein 2020, algorithm 1): the
+step ``η`` starts at ``2ε`` per image, a momentum of 0.75 mixes each projected step with the last one, and at
+checkpoints ``w_j`` (``apgd_checkpoints``) the step halves and the iterate restarts from the image's best point
+when fewer than ρ = 75% of the steps since the last checkpoint lowered the loss, or when neither the step nor
+the best loss moved since then. ``step_size`` and the fixed halving schedule are not used.
+
 Every iterate is judged by the real decision (the objective's ``success``). An image leaves the
 batch at its first success, which it keeps, or when its loss reaches zero (its gradient is zero:
 it cannot move); otherwise it keeps its iterate of lowest loss. So an image's result does not
@@ -35,6 +41,8 @@ not yet won.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -45,8 +53,19 @@ from gcd_lightning.whitebox.objectives import HingeEvasion
 
 MODES = ("joint", "orthogonal", "selective")
 SUPPORTS = ("all", "nonzero")
-UPDATES = ("steepest", "adam")
+UPDATES = ("steepest", "adam", "apgd")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-12
+APGD_MOMENTUM, APGD_RHO, APGD_FIRST_STEP = 0.75, 0.75, 2.0  # α, ρ and η⁽⁰⁾/ε of Croce & Hein (2020)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """APGD's checkpoints ``w_j = ⌈p_j·N⌉`` for ``N = steps`` (Croce & Hein 2020, section 3.2), ``w_0 = 0`` excluded:
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)``, up to ``N`` (22, 41, 57, 70, 80, 87,
+    93, 99 for N = 100, as AutoAttack's code counts them)."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] < 1:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    return sorted({min(steps, math.ceil(p * steps - 1e-9)) for p in fractions[1:]} - {0})
 
 
 def project_out(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -122,6 +141,49 @@ def random_start(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     return ball_projection(delta, x, norm, eps)
 
 
+class ApgdState:
+    """Per-image state of APGD's step-size control (module docstring), for the images still in the batch."""
+
+    def __init__(self, delta: torch.Tensor, eps: float, steps: int) -> None:
+        n = len(delta)
+        self.checkpoints = apgd_checkpoints(steps)
+        self.eta = torch.full((n,), APGD_FIRST_STEP * eps, device=delta.device, dtype=delta.dtype)
+        self.previous = delta.clone()
+        self.best_delta, self.best_loss = delta.clone(), torch.full((n,), torch.inf, device=delta.device, dtype=delta.dtype)
+        self.last_loss = torch.full_like(self.best_loss, torch.inf)
+        self.improved = torch.zeros(n, device=delta.device)
+        self.eta_at_checkpoint, self.best_at_checkpoint = self.eta.clone(), self.best_loss.clone()
+        self.last_checkpoint = 0
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only the images at ``rows`` (bool) stay in the batch."""
+        for name in ("eta", "previous", "best_delta", "best_loss", "last_loss", "improved", "eta_at_checkpoint", "best_at_checkpoint"):
+            setattr(self, name, getattr(self, name)[rows])
+
+    def step(self, delta: torch.Tensor, g: torch.Tensor, loss: torch.Tensor, step: int, x: torch.Tensor, norm: Norm,
+             eps: float) -> torch.Tensor:
+        """The next ``delta`` from the current one, its descent gradient ``g`` and loss, at iteration ``step`` (from 0)."""
+        shape = (-1, *([1] * (delta.dim() - 1)))
+        if step > 0:
+            self.improved += (loss < self.last_loss).float()
+        self.last_loss = loss
+        better = loss < self.best_loss
+        self.best_loss, self.best_delta[better] = torch.where(better, loss, self.best_loss), delta[better]
+        if step in self.checkpoints:
+            span = step - self.last_checkpoint
+            stalled = (self.improved < APGD_RHO * span) | ((self.eta == self.eta_at_checkpoint) & (self.best_loss == self.best_at_checkpoint))
+            self.eta = torch.where(stalled, self.eta / 2, self.eta)
+            delta = torch.where(stalled.view(shape), self.best_delta, delta)  # restart from the best point
+            self.previous = torch.where(stalled.view(shape), self.best_delta, self.previous)
+            self.improved.zero_()
+            self.eta_at_checkpoint, self.best_at_checkpoint, self.last_checkpoint = self.eta.clone(), self.best_loss.clone(), step
+        z = ball_projection(delta - self.eta.view(shape) * ascent_direction(g, norm), x, norm, eps)
+        momentum = 1.0 if step == 0 else APGD_MOMENTUM
+        following = ball_projection(delta + momentum * (z - delta) + (1 - momentum) * (delta - self.previous), x, norm, eps)
+        self.previous = delta
+        return following
+
+
 class AdaptivePGD(Attack):
     """PGD on ``HingeEvasion`` in L∞ or L2, ``joint``, ``orthogonal`` or ``selective`` (module docstring).
 
@@ -136,8 +198,9 @@ class AdaptivePGD(Attack):
         mode: one of ``MODES``.
         targeted: reach ``target`` (must match the objective).
         support: ``"all"``, or ``"nonzero"``: perturb only the elements where the input is not zero.
-        update: ``"steepest"``, projected steps ``sign(g)`` (L∞) or ``g/‖g‖₂`` (L2); or ``"adam"``, Adam on
-            the free variable of the module docstring, ``step_size`` its learning rate (``w`` in units of ``eps``).
+        update: ``"steepest"``, projected steps ``sign(g)`` (L∞) or ``g/‖g‖₂`` (L2); ``"adam"``, Adam on
+            the free variable of the module docstring, ``step_size`` its learning rate (``w`` in units of ``eps``);
+            or ``"apgd"``, APGD's step-size control and momentum (``step_size`` unused).
     """
 
     def __init__(
@@ -210,11 +273,12 @@ class AdaptivePGD(Attack):
                 break
             xs, ls = x[rows], labels[rows]
             delta = torch.zeros_like(xs) if restart == 0 else random_start(xs, self.norm, self.eps) * self._free(xs)
-            w = delta if self.update == "steepest" else ball_preimage(delta, self.norm, self.eps)  # the variable stepped
+            w = delta if self.update != "adam" else ball_preimage(delta, self.norm, self.eps)  # the variable stepped
             moments = torch.zeros_like(xs), torch.zeros_like(xs)  # Adam's, per element
+            apgd = ApgdState(delta, self.eps, self.steps) if self.update == "apgd" else None
             for step in range(self.steps + 1):
                 w.requires_grad_(True)
-                delta = w if self.update == "steepest" else (xs + ball_map(w, self.norm, self.eps)).clamp(0.0, 1.0) - xs
+                delta = w if self.update != "adam" else (xs + ball_map(w, self.norm, self.eps)).clamp(0.0, 1.0) - xs
                 outputs = self.model(xs + delta)
                 class_loss = self.objective.class_loss(outputs, ls)
                 detector_loss = self.objective.detector_loss(outputs)
@@ -238,11 +302,15 @@ class AdaptivePGD(Attack):
                     if self.update == "steepest":
                         w = ball_projection(w - self.eps * self.step_size * halved * ascent_direction(g.nan_to_num(0.0), self.norm),
                                             xs, self.norm, self.eps)
+                    elif apgd is not None:
+                        w = apgd.step(w.detach(), g.nan_to_num(0.0), total.detach(), step, xs, self.norm, self.eps)
                     else:
                         direction, moments = adam_direction(g.nan_to_num(0.0), moments, step + 1, self.norm)
                         w = w - self.step_size * halved * direction
                 rows, xs, ls, w = rows[moving], xs[moving], ls[moving], w[moving]
                 moments = moments[0][moving], moments[1][moving]
+                if apgd is not None:
+                    apgd.keep(moving)
         return {"x_adv": best_x, "success": best_success, "loss": trace, "silent": silent}
 
     def _free(self, x: torch.Tensor) -> torch.Tensor | float:

@@ -1,0 +1,352 @@
+"""The adaptive suite: a fixed cascade of step-size-free attacks on a detection defense (AutoAttack's shape).
+
+AutoAttack (Croce & Hein 2020) made a standard of robustness evaluation by fixing a small ensemble of
+parameter-free attacks and running it as a cascade: each attack sees only the points that are still
+robust, and the log shows the robust accuracy after each attack. A ``Suite`` does the same for a
+classifier guarded by detectors:
+
+* its attacks (``SuiteAttack``, read from ``conf/suite/<name>.yaml``) run in order, cheap ones first;
+  an image leaves the cascade at its first win, which it keeps;
+* every result is judged by the target's real decision (``Target.judge``: ``f`` fooled and, for GCD,
+  the entropy ensemble of eq. 10-11 not flagging), never by the loss the attack climbed;
+* the gradient attacks are ``AdaptivePGD`` with APGD's step-size control (``update="apgd"``), on the
+  hinge of ``f``'s margin and the detectors' gaps (``HingeEvasion``; ``term: sum`` is eq. 11's own
+  boundary), jointly or orthogonal / selective (Bryniarski et al. 2022); ``classes: k`` runs the
+  attack targeted at each of ``f``'s ``k`` most likely other classes in turn (APGD-T's);
+* the *unbounded check* then attacks the images still robust with the first gradient attack at
+  L∞ ε = 1, where every image is reachable; when it wins fewer than ``UNBOUNDED_MIN`` of them the
+  gradient misleads, and the decision-based attacks (``kind: blend``, then ``kind: boundary``,
+  ``fallback: true``) join the cascade: they read only the real decision (``BlendSearch``,
+  ``HopSkipJump``), and need the attacker's own clean images (``donors``).
+
+``run_suite`` returns every image's strongest result and the log (``AttackRecord``: which attack won
+which images that no earlier one did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from gcd_lightning.adversarial import outputs, perturbation_norms
+from gcd_lightning.attacks.base import Norm
+from gcd_lightning.attacks.runner import run_attack
+from gcd_lightning.whitebox import indicators
+from gcd_lightning.whitebox.blend import BlendSearch
+from gcd_lightning.whitebox.hopskipjump import HopSkipJump
+from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, HingeEvasion
+from gcd_lightning.whitebox.opgd import MODES, SUPPORTS, UPDATES, AdaptivePGD, run_adaptive
+
+KINDS = ("apgd", "blend", "boundary")
+UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
+CLEAN = -2  # SuiteResult.by of an image won at its clean version
+KAPPA = 1.0  # confidence of the hinges the gradient attacks descend (an image leaves at its first judged win, so it only shapes the loss)
+SUITE_DIR = Path(__file__).resolve().parents[1] / "conf" / "suite"
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteAttack:
+    """One attack of a suite, with fixed settings (no per-row knobs).
+
+    Attributes:
+        name: its name in the log.
+        kind: ``apgd`` (``AdaptivePGD``), ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
+            ``BlendSearch``'s unbounded wins, cut at the budget).
+        mode, term, support, update: ``AdaptivePGD``'s (``apgd`` only).
+        classes: 0, or targeted at each of ``f``'s ``classes`` most likely other classes in turn (untargeted goals).
+        steps, restarts: iterations per run and runs per image (``apgd``; ``boundary``: its iterations).
+        fallback: decision-based; runs only where the gradient attacks fail the unbounded check.
+    """
+
+    name: str
+    kind: str = "apgd"
+    mode: str = "joint"
+    term: str = "sum"
+    support: str = "all"
+    update: str = "apgd"
+    classes: int = 0
+    steps: int = 100
+    restarts: int = 1
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        checks = (("kind", self.kind, KINDS), ("mode", self.mode, MODES), ("term", self.term, DETECTOR_TERMS),
+                  ("support", self.support, SUPPORTS), ("update", self.update, UPDATES))
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"suite attack {self.name!r}: {key}={value!r} is unknown; choose one of {allowed}")
+        if self.steps < 1 or self.restarts < 1 or self.classes < 0:
+            raise ValueError(f"suite attack {self.name!r}: steps and restarts must be >= 1, classes >= 0; got "
+                             f"{self.steps}, {self.restarts}, {self.classes}")
+        if (self.kind != "apgd") != self.fallback:
+            raise ValueError(f"suite attack {self.name!r}: the decision-based kinds (blend, boundary) and only they are "
+                             "fallback: true")
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """An ordered cascade of attacks (``SuiteAttack``), gradient attacks before the decision-based fallback.
+
+    ``eot_samples`` > 0 makes it a suite for a randomised target (``rand``): its gradient is the mean over
+    that many draws of the target's randomness (EOT), which the target's ``attacked`` model computes.
+    """
+
+    name: str
+    attacks: tuple[SuiteAttack, ...]
+    eot_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.attacks or self.attacks[0].kind != "apgd":
+            raise ValueError(f"suite {self.name!r}: its first attack must be a gradient attack (kind: apgd), the one the "
+                             "unbounded check repeats")
+        names = [attack.name for attack in self.attacks]
+        if len(set(names)) < len(names):
+            raise ValueError(f"suite {self.name!r}: attack names must differ, got {names}")
+        fallback = [attack.fallback for attack in self.attacks]
+        if fallback != sorted(fallback):
+            raise ValueError(f"suite {self.name!r}: the decision-based attacks (fallback) come after the gradient attacks")
+
+
+def suite_names() -> list[str]:
+    """The suites shipped in ``conf/suite``."""
+    return sorted(path.stem for path in SUITE_DIR.glob("*.yaml"))
+
+
+def load_suite(name: str | Path | Mapping[str, Any]) -> Suite:
+    """A suite by name (``conf/suite/<name>.yaml``), from a YAML file of your own, or from its mapping."""
+    if isinstance(name, Mapping):
+        spec = dict(name)
+    else:
+        path = Path(name) if str(name).endswith((".yaml", ".yml")) else SUITE_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise ValueError(f"suite={name}: no such suite; choose one of {suite_names()} or give a .yaml file of your own")
+        spec = yaml.safe_load(path.read_text())
+    unknown = set(spec) - {"name", "attacks", "eot_samples"}
+    if unknown:
+        raise ValueError(f"suite {spec.get('name', name)!r}: unknown keys {sorted(unknown)}; a suite has name, attacks, eot_samples")
+    fields = {field.name for field in dataclasses.fields(SuiteAttack)}
+    attacks = []
+    for entry in spec.get("attacks") or []:
+        bad = set(entry) - fields
+        if bad:
+            raise ValueError(f"suite {spec.get('name')!r}, attack {entry.get('name')!r}: unknown keys {sorted(bad)}; choose from "
+                             f"{sorted(fields)}")
+        attacks.append(SuiteAttack(**entry))
+    return Suite(str(spec.get("name", name)), tuple(attacks), int(spec.get("eot_samples", 0)))
+
+
+Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(adversarial images, labels) -> (N,) bool: the target's real decision is the attacker's win."""
+
+
+@dataclasses.dataclass
+class Target:
+    """What the suite attacks and who judges it.
+
+    Attributes:
+        name: its name in the log (``gcd``, ``det_is``, ``nodet``, ...).
+        attacked: the model the gradient attacks differentiate, outputs as ``GuardedClassifier``'s
+            (``f``'s L logits, then each detector's two): the target itself, or a stand-in (a surrogate of a
+            detector that is not differentiable; the randomised GCD's expected answer under EOT).
+        judge: the target's real decision; with ``judged`` its model for the decision-based attacks.
+        judged: the model whose outputs the judge reads (``GuardedClassifier``), or None when the judge is
+            random (GCD end to end): the decision-based attacks then do not run.
+        num_classes: L.
+    """
+
+    name: str
+    attacked: nn.Module
+    judge: Judge
+    num_classes: int
+    judged: nn.Module | None = None
+
+
+def guarded_target(name: str, model: nn.Module, num_classes: int, targeted: bool, batch_size: int = 100,
+                   attacked: nn.Module | None = None) -> Target:
+    """A ``GuardedClassifier`` judged by its own outputs: ``f`` fooled, and not flagged by its detectors (eq. 10-11)."""
+    rule = HingeEvasion(num_classes, 0.0, 1.0, targeted)
+
+    def judge(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return rule.success(outputs(model, x_adv, batch_size), labels, targeted)
+
+    return Target(name, model if attacked is None else attacked, judge, num_classes, judged=model)
+
+
+@dataclasses.dataclass
+class AttackRecord:
+    """One line of the cascade's log."""
+
+    name: str
+    attacked: int        # images it was run on (those still robust)
+    won: int             # images it won that no earlier attack did
+    robust_after: float  # share of all images still robust after it
+    seconds: float
+    note: str = ""       # why it did not run, where it did not
+
+
+@dataclasses.dataclass
+class SuiteResult:
+    """Every image's strongest result under a suite, and how the cascade got there.
+
+    Attributes:
+        won: (N,) bool, the image was won within the budget.
+        by: (N,) int64, the index in ``attacks`` of the attack that won it, ``CLEAN`` (-2) where the clean image
+            itself is a win (``f`` wrong and not flagged; never attacked), -1 where nothing won.
+        attacks: the names of the suite's attacks, in order.
+        x_adv: (N, C, H, W) the winning example, ``x`` where nothing won.
+        l2, linf: (N,) the size of ``x_adv − x``.
+        log: one ``AttackRecord`` per attack that ran.
+        unbounded: share of all images won at L∞ ε = 1 (the budget's wins, then the first gradient attack
+            again on the rest).
+        silent, incomplete: the first gradient attack's share of images with a zero first gradient, and its
+            loss still falling at the end on the images it lost (``indicators``).
+        seconds: the cascade's wall time.
+    """
+
+    won: torch.Tensor
+    by: torch.Tensor
+    attacks: list[str]
+    x_adv: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    log: list[AttackRecord]
+    unbounded: float
+    silent: float
+    incomplete: float
+    seconds: float
+
+
+def within(x: torch.Tensor, x_adv: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """(N,) bool: ``x_adv`` lies in the box and in the ``norm`` ball of radius ``eps`` around ``x`` (a float32 tolerance)."""
+    l2, linf = perturbation_norms(x, x_adv)
+    size = linf if norm is Norm.LINF else l2
+    in_box = ((x_adv >= 0) & (x_adv <= 1)).flatten(1).all(dim=1)
+    return in_box & (size <= eps * (1 + 1e-5) + 1e-6)
+
+
+def likely_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, num_classes: int, batch_size: int) -> torch.Tensor:
+    """(N, k) ``f``'s ``k`` most likely classes other than ``y`` at the clean images (APGD-T's targets)."""
+    logits = outputs(model, x, batch_size)[:, :num_classes].clone()
+    logits[torch.arange(len(y)), y] = -torch.inf
+    return logits.topk(min(k, num_classes - 1), dim=1).indices
+
+
+def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float, targeted: bool) -> AdaptivePGD:
+    objective = HingeEvasion(target.num_classes, KAPPA, 1.0, targeted, attack.term)
+    return AdaptivePGD(target.attacked, objective, norm.value, eps, attack.steps, 0.1, attack.restarts, attack.mode, targeted,
+                       attack.support, attack.update)
+
+
+def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
+                 norm: Norm, eps: float, seed: int, batch_size: int, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping its first judged win."""
+    if not attack.classes or goal is not None:
+        result = run_adaptive(gradient_attack(target, attack, norm, eps, goal is not None), x, y, goal, batch_size, seed, progress,
+                              f"{target.name} {attack.name}")
+        return result.pop("x_adv"), result
+    classes = likely_classes(target.attacked, x, y, attack.classes, target.num_classes, batch_size)
+    x_adv, won, first = x.clone(), torch.zeros(len(x), dtype=torch.bool), {}
+    for rank in range(classes.shape[1]):
+        rows = (~won).nonzero().flatten()
+        if len(rows) == 0:
+            break
+        result = run_adaptive(gradient_attack(target, attack, norm, eps, True), x[rows], y[rows], classes[rows, rank], batch_size,
+                              seed + rank, progress, f"{target.name} {attack.name} (class {rank + 1})")
+        first = first or result
+        hit = target.judge(result["x_adv"], y[rows])
+        x_adv[rows[hit]], won[rows[hit]] = result["x_adv"][hit], True
+    return x_adv, first
+
+
+def run_decision(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
+                 norm: Norm, eps: float, donors: torch.Tensor, seed: int, batch_size: int, progress: bool) -> torch.Tensor:
+    """``BlendSearch`` at the budget, or ``HopSkipJump`` from its unbounded wins cut at the budget, on the real decision."""
+    targeted = goal is not None
+    rule = HingeEvasion(target.num_classes, 0.0, 1.0, targeted)
+    if attack.kind == "blend":
+        search = BlendSearch(target.judged, rule, donors, norm.value, eps, targeted=targeted)
+    else:
+        start = BlendSearch(target.judged, rule, donors, Norm.LINF.value, UNBOUNDED_LINF, targeted=targeted)
+        search = HopSkipJump(start, norm.value, attack.steps)
+    return run_attack(search, x, y, goal, batch_size=batch_size, progress=progress, desc=f"{target.name} {attack.name}", seed=seed)
+
+
+def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, norm: Norm | str, eps: float, *,
+              goal: torch.Tensor | None = None, donors: torch.Tensor | None = None, seed: int = 0, batch_size: int = 100,
+              progress: bool = False) -> SuiteResult:
+    """Run ``suite`` on ``target`` as a cascade (module docstring).
+
+    Args:
+        x, y: (N, C, H, W) images in [0, 1] and their true labels.
+        norm, eps: the threat model.
+        goal: (N,) target classes of a targeted attack, None for untargeted.
+        donors: the attacker's clean images for the decision-based fallback; None leaves it out.
+    """
+    norm = Norm(norm)
+    if not eps > 0 or (norm is Norm.LINF and eps > 1):
+        raise ValueError(f"run_suite: eps={eps} must be > 0 (at most 1 in L∞)")
+    labels = y if goal is None else goal
+    start = time.perf_counter()
+    n = len(x)
+    won = target.judge(x, labels)  # won without a perturbation (f wrong and not flagged): never attacked, as AutoAttack does
+    by, x_adv = torch.where(won, CLEAN, -1), x.clone()
+    log: list[AttackRecord] = []
+    silent = incomplete = float("nan")
+    unbounded = float("nan")
+
+    def take(i: int, rows: torch.Tensor, found: torch.Tensor, began: float) -> None:
+        hit = target.judge(found, labels[rows]) & within(x[rows], found, norm, eps)
+        new = rows[hit]
+        won[new], by[new], x_adv[new] = True, i, found[hit]
+        log.append(AttackRecord(suite.attacks[i].name, len(rows), int(hit.sum()), 1 - won.float().mean().item(),
+                                time.perf_counter() - began))
+
+    for i, attack in enumerate(suite.attacks):
+        rows = (~won).nonzero().flatten()
+        if len(rows) == 0:
+            log.append(AttackRecord(attack.name, 0, 0, 0.0, 0.0, "skipped: every image already won"))
+            continue
+        if attack.fallback:
+            if unbounded != unbounded:  # nan: the unbounded check has not run yet
+                unbounded = unbounded_check(target, suite.attacks[0], x, y, goal, won, seed, batch_size, progress)
+            skip = ("the gradient attacks pass the unbounded check" if unbounded >= indicators.UNBOUNDED_MIN else
+                    "no donors (the attacker's clean images)" if donors is None else
+                    "a random judge (no decision to walk along)" if target.judged is None else "")
+            if skip:
+                log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0, f"skipped: {skip}"))
+                continue
+        began = time.perf_counter()
+        args = (target, attack, x[rows], y[rows], None if goal is None else goal[rows])
+        if attack.kind == "apgd":
+            found, extras = run_gradient(*args, norm, eps, seed, batch_size, progress)
+            if i == 0:
+                silent = indicators.silent_share(extras["silent"])
+                incomplete = indicators.incomplete_optimisation(extras["loss"], extras["success"])
+        else:
+            found = run_decision(*args, norm, eps, donors, seed, batch_size, progress)
+        take(i, rows, found, began)
+    if unbounded != unbounded:
+        unbounded = unbounded_check(target, suite.attacks[0], x, y, goal, won, seed, batch_size, progress)
+    l2, linf = perturbation_norms(x, x_adv)
+    return SuiteResult(won, by, [a.name for a in suite.attacks], x_adv, l2, linf, log, unbounded, silent, incomplete,
+                       time.perf_counter() - start)
+
+
+def unbounded_check(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
+                    won: torch.Tensor, seed: int, batch_size: int, progress: bool) -> float:
+    """Share of all images won at L∞ ε = 1: those won at the budget, and the rest attacked there by ``attack``
+    (Pintor et al. 2022: every image is reachable there, so a working attack wins nearly all)."""
+    rows = (~won).nonzero().flatten()
+    if len(rows) == 0:
+        return 1.0
+    labels = y if goal is None else goal
+    found, _ = run_gradient(target, attack, x[rows], y[rows], None if goal is None else goal[rows], Norm.LINF, UNBOUNDED_LINF,
+                            seed, batch_size, progress)
+    return (won.sum().item() + target.judge(found, labels[rows]).sum().item()) / len(won)
