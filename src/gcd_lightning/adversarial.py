@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from gcd_lightning import distributed
 from gcd_lightning.attacks import Attack, random_targets, run_attack
 from gcd_lightning.utils.files import load_torch, save_json, save_torch
+from gcd_lightning.utils.locks import entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +282,15 @@ def cached(path: Path, spec: dict, build: Callable[[], AdversarialSet]) -> tuple
 
     ``spec`` (what the key hashes) is written beside the set as JSON, for people to read. In a
     DDP run every rank follows rank 0's look at the cache and builds (``build`` may shard its
-    work); rank 0 alone writes, and the others wait for it.
+    work); rank 0 alone writes, and the others wait for it. The entry's lock (``utils.locks``) is held
+    throughout, so two runs that miss it at once build it once.
     """
-    if distributed.broadcast(path.is_file()):
-        log.info("adversarial set: cache hit %s", path)
-        return AdversarialSet.load(path), True
-    log.info("adversarial set: cache miss, building %s", path)
-    adv = build()
-    distributed.write_on_rank_zero(adv.save, path)
-    distributed.write_on_rank_zero(save_json, spec, path.with_suffix(".json"))
-    return adv, False
+    with entry_lock(path, "adversarial set"):
+        if distributed.broadcast(path.is_file()):
+            log.info("adversarial set: cache hit %s", path)
+            return AdversarialSet.load(path), True
+        log.info("adversarial set: cache miss, building %s", path)
+        adv = build()
+        distributed.write_on_rank_zero(save_json, spec, path.with_suffix(".json"))
+        distributed.write_on_rank_zero(adv.save, path)
+        return adv, False

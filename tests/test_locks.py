@@ -1,0 +1,63 @@
+"""Runs that share a cache build each artefact once: one lock per cache entry (utils/locks.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import CONF, DATA
+from gcd_lightning.utils.locks import entry_lock
+
+HOLD = """
+import logging, sys, time
+from gcd_lightning.utils.locks import entry_lock
+logging.basicConfig(level=logging.INFO)
+with entry_lock(sys.argv[1], "test"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holder_never_blocks_the_next_process(tmp_path):
+    entry = tmp_path / "cache" / "model.pt"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(entry)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        probe = subprocess.Popen([sys.executable, "-c", HOLD.replace("600", "0"), str(entry)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert "another process is building" in probe.stderr.readline()  # it says who waits ...
+        time.sleep(1)
+        assert probe.poll() is None  # ... and waits for the holder
+        os.kill(holder.pid, signal.SIGKILL)
+        out, err = probe.communicate(timeout=60)
+        assert probe.returncode == 0 and out.strip() == "held", err
+    finally:
+        holder.kill()
+    with entry_lock(entry, "test"):  # free again
+        pass
+
+
+RUN = [sys.executable, "-m", "gcd_lightning", "+experiment=mnist_ddn_targeted", "stage=attack", "logger=none", "progress=false",
+       "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=3", "+trainer.enable_model_summary=false",
+       "classifier.max_epochs=1", "adversarial.n_train=40", "adversarial.n_test=20", "adversarial.batch_size=20"]
+
+
+def test_two_runs_started_at_once_on_an_empty_cache_train_f_once_and_share_it(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        args = [*RUN, f"paths.data_dir={DATA}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / name}"]
+        runs.append(subprocess.Popen(args, cwd=CONF.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("a", "b")]
+    assert sorted(m["classifier.cached"] for m in metrics) == [0.0, 1.0]  # one trained f, the other waited and loaded it
+    assert sorted(m["attack.train.cached"] for m in metrics) == [0.0, 1.0]  # and the same for each adversarial set
+    assert sorted(m["attack.test.cached"] for m in metrics) == [0.0, 1.0]
+    assert metrics[0]["classifier.test_acc"] == metrics[1]["classifier.test_acc"]
+    assert len(list((tmp_path / "cache" / "classifier").glob("*/model.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "adversarial").glob("*.pt"))) == 2  # one train set, one test set, of one f
+    assert any("another process is building" in log for log in logs)
