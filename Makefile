@@ -8,15 +8,16 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench bench-tvm bench-hsj whitebox baselines baselines-agnostic clean-cache
+.PHONY: install data demo test bench bench-tvm bench-hsj bench-suite whitebox baselines baselines-agnostic clean-cache
 
 install: $(INSTALLED)
 
-# (re)install when pyproject.toml changes; dev extras so the same venv runs the tests
-$(INSTALLED): pyproject.toml
+# (re)install when pyproject.toml or constraints.txt changes: the tested versions (constraints.txt) of the ranges
+# pyproject.toml declares, dev extras (pytest, the sweep launchers) so the same venv runs the tests
+$(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 data: $(MNIST)
@@ -38,14 +39,20 @@ bench: install data
 
 # our batched TVM against ART's TotalVarMin on the same 100 MNIST test images and masks (installs ART)
 bench-tvm: install data
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_tvm.py --data-root data --n 100 $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --out outputs/bench_tvm
 
 # our HopSkipJump against ART's from the same starts on f, 100 MNIST test images, L2 and L∞ (installs ART)
 bench-hsj: install data
 	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_hsj.py --checkpoint $(CHECKPOINT) --data-root data --n 100 --out outputs/bench_hsj
+
+# the standard suite against AutoAttack's APGD-CE + APGD-T (pyautoattack) on f, 200 MNIST test images, L∞ 0.1-0.3, L2 1-2
+bench-suite: install data
+	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python scripts/bench_suite.py --checkpoint $(CHECKPOINT) --data-root data --n 200 --out outputs/bench_suite
 
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README

@@ -41,23 +41,24 @@ def test_a_killed_holder_never_blocks_the_next_process(tmp_path):
         pass
 
 
-RUN = [sys.executable, "-m", "gcd_lightning", "+experiment=mnist_ddn_targeted", "stage=attack", "logger=none", "progress=false",
-       "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=3", "+trainer.enable_model_summary=false",
-       "classifier.max_epochs=1", "adversarial.n_train=40", "adversarial.n_test=20", "adversarial.batch_size=20"]
+SWEEP = [sys.executable, "-m", "gcd_lightning", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "+experiment=mnist_ddn_targeted", "rectifier.alpha=0.5,0.6", "stage=attack", "logger=none", "progress=false",
+         "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=3", "+trainer.enable_model_summary=false",
+         "classifier.max_epochs=1", "adversarial.n_train=40", "adversarial.n_test=20", "adversarial.batch_size=20"]
 
 
-def test_two_runs_started_at_once_on_an_empty_cache_train_f_once_and_share_it(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        args = [*RUN, f"paths.data_dir={DATA}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / name}"]
-        runs.append(subprocess.Popen(args, cwd=CONF.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [run.communicate(timeout=600)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], logs
-    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("a", "b")]
+def test_a_parallel_sweep_on_an_empty_cache_trains_f_once_and_its_jobs_share_it(tmp_path):
+    """Two jobs of one sweep started at once by the joblib launcher, each in its own process: the first builds
+    f and the adversarial sets, the other waits for the lock and loads them."""
+    done = subprocess.run([*SWEEP, f"paths.data_dir={DATA}", f"paths.cache_dir={tmp_path / 'cache'}",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=CONF.parent, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads((tmp_path / "sweep" / job / "metrics.json").read_text()) for job in ("0", "1")]
     assert sorted(m["classifier.cached"] for m in metrics) == [0.0, 1.0]  # one trained f, the other waited and loaded it
     assert sorted(m["attack.train.cached"] for m in metrics) == [0.0, 1.0]  # and the same for each adversarial set
     assert sorted(m["attack.test.cached"] for m in metrics) == [0.0, 1.0]
     assert metrics[0]["classifier.test_acc"] == metrics[1]["classifier.test_acc"]
     assert len(list((tmp_path / "cache" / "classifier").glob("*/model.pt"))) == 1
     assert len(list((tmp_path / "cache" / "adversarial").glob("*.pt"))) == 2  # one train set, one test set, of one f
-    assert any("another process is building" in log for log in logs)
+    logs = [(tmp_path / "sweep" / job / "__main__.log").read_text() for job in ("0", "1")]
+    assert any("another process is building" in log for log in logs)  # they ran at once

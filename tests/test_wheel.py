@@ -11,17 +11,43 @@ from pathlib import Path
 from conftest import DATA, REPO
 
 
-def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(tmp_path):
+def build_wheel(tmp_path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
                    check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("gcd_lightning-*.whl")
-    venv = tmp_path / "venv"
+    return wheel
+
+
+def fresh_venv(venv: Path) -> tuple[Path, Path]:
+    """A new venv whose dependencies (torch, Lightning, Hydra ...) come from this environment: its python and site folder."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    # the dependencies (torch, Lightning, Hydra ...) come from this environment; gcd_lightning only from the wheel
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # the venv's own old setuptools would hide this environment's, which torch requires
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True, capture_output=True)
+    return python, site
+
+
+def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_without_it(tmp_path):
+    wheel = build_wheel(tmp_path)
+    for name, constraints in (("pinned", ["-c", str(REPO / "constraints.txt")]), ("ranges", [])):
+        python, _ = fresh_venv(tmp_path / name)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", *constraints, str(wheel)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]  # every dependency resolved (offline: against the tested versions)
+        assert subprocess.run([str(python), "-m", "pip", "check"], capture_output=True).returncode == 0
+    requires = json.loads(subprocess.run([str(python), "-c", "import importlib.metadata as m, json; print(json.dumps(m.requires('gcd-lightning')))"],
+                                         capture_output=True, text=True, check=True).stdout)
+    pins = [r for r in requires if r.split("==")[0] in ("torch", "torchvision", "pytorch-lightning")]
+    assert "torch>=2.1" in requires and not pins  # ranges for users, the tested pins only in constraints.txt
+
+
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(tmp_path):
+    wheel = build_wheel(tmp_path)
+    venv = tmp_path / "venv"
+    python, site = fresh_venv(venv)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
                    capture_output=True)
     outside = tmp_path / "elsewhere"

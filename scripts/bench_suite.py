@@ -1,0 +1,97 @@
+"""Benchmark the standard suite against AutoAttack's APGD-CE + APGD-T (``pyautoattack``) on a classifier (not part of the tests).
+
+On a classifier without a detector the suite's attacks are APGD on ``f``'s margin hinge (joint; orthogonal and
+selective are the same loss there), then targeted at ``f``'s most likely other classes; AutoAttack's APGD-CE and
+APGD-T run with its standard version's settings. Both run on the same correctly classified test images at the same budget; reported per
+budget: the robust accuracy each leaves, the images only one of them won, and the wall time of each. AutoAttack is
+an independent implementation of APGD (Croce & Hein 2020): a suite that leaves clearly more robust accuracy is
+weaker than the standard. Needs ``pyautoattack`` (``pip install -e '.[bench]'``; ``make bench-suite`` does).
+
+Example (the classifier ``make demo`` trained, or Table 5's PGD-trained one)::
+
+    python scripts/bench_suite.py --checkpoint cache/classifier/<f>/model.pt --data-root data --n 200 --out outputs/bench_suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bench_attacks import compose_config, load_classifier
+from bench_tvm import save_measures
+from gcd_lightning.adversarial import select_correct, stack
+from gcd_lightning.evaluate import evaluate
+
+BUDGETS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0]}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the classifier's weights (normalised network state dict)")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--n", type=int, default=200, help="correctly classified test images")
+    parser.add_argument("--norms", nargs="+", default=["linf", "l2"])
+    parser.add_argument("--suite", default="standard")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="outputs/bench_suite")
+    parser.add_argument("overrides", nargs="*", help="further Hydra overrides")
+    return parser.parse_args(argv)
+
+
+def autoattack_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, seed: int) -> torch.Tensor:
+    """(N,) bool: AutoAttack's APGD-CE then APGD-T, with its standard version's settings (one restart, 9 target
+    classes), leave the image classified right."""
+    from pyautoattack import AutoAttack
+
+    adversary = AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=eps, version="custom",
+                           attacks=["apgd-ce", "apgd-t"], seed=seed)
+    adversary.verbose = False
+    adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 1, 9
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    with torch.no_grad():
+        right = model(x_adv).argmax(1) == y
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    if (size > eps * (1 + 1e-4) + 1e-6).any():
+        raise RuntimeError(f"AutoAttack left the {norm} ball of radius {eps}: largest {size.max().item()}")
+    return right
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = compose_config("pgd_untargeted", args)
+    model = load_classifier(cfg, args.checkpoint, torch.device("cpu"))
+    datamodule = __import__("hydra").utils.instantiate(cfg.dataset.datamodule)
+    datamodule.prepare_data()
+    datamodule.setup()
+    test = datamodule.dataset("test")
+    index, _ = select_correct(model, test, args.n, args.seed, 250)
+    x, y = stack(test, index)
+    result: dict = {"checkpoint": str(args.checkpoint), "n": len(x), "suite": args.suite, "machine": platform.node(),
+                    "threads": torch.get_num_threads()}
+    for norm in args.norms:
+        for eps in BUDGETS[norm]:
+            start = time.perf_counter()
+            ours = evaluate(model, x, y, norm=norm, eps=eps, suite=args.suite, seed=args.seed)
+            ours_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            theirs = autoattack_robust(model, x, y, norm, eps, args.seed)
+            theirs_seconds = time.perf_counter() - start
+            key = f"{norm}_{eps:g}"
+            result[f"{key}.robust_ours"] = ours.robust.float().mean().item()
+            result[f"{key}.robust_autoattack"] = theirs.float().mean().item()
+            result[f"{key}.won_only_by_ours"] = int((ours.result.won & theirs).sum())
+            result[f"{key}.won_only_by_autoattack"] = int((~ours.result.won & ~theirs).sum())
+            result[f"{key}.seconds_ours"], result[f"{key}.seconds_autoattack"] = ours_seconds, theirs_seconds
+    save_measures(result, Path(args.out), f"bench_suite_{args.checkpoint.parent.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
