@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 from omegaconf import open_dict
 from omegaconf.errors import MissingMandatoryValue
 
@@ -33,8 +34,8 @@ def mnist_datamodule(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def scripted_cnn(tmp_path_factory) -> Path:
-    """A narrow small CNN fit for 40 MNIST batches on pixels normalised by (MEAN, STD), saved as TorchScript."""
+def user_cnn(tmp_path_factory) -> nn.Module:
+    """A narrow small CNN fit for 40 MNIST batches on pixels normalised by (MEAN, STD): the user's own model."""
     tmp = tmp_path_factory.mktemp("user_model")
     torch.manual_seed(0)
     net = SmallCNN(1, 10, 28, width=8, hidden=32)
@@ -43,9 +44,29 @@ def scripted_cnn(tmp_path_factory) -> Path:
         optimizer.zero_grad()
         F.cross_entropy(net((x - MEAN) / STD), y).backward()
         optimizer.step()
-    path = tmp / "cnn.ts"
-    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def scripted_cnn(user_cnn, tmp_path_factory) -> Path:
+    """The user's model saved as TorchScript."""
+    path = tmp_path_factory.mktemp("scripted") / "cnn.ts"
+    torch.jit.save(torch.jit.script(user_cnn), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def exported_cnn(user_cnn, tmp_path_factory) -> Path:
+    """The user's model saved as a torch.export program, batch size dynamic."""
+    path = tmp_path_factory.mktemp("exported") / "cnn.pt2"
+    program = torch.export.export(user_cnn, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_user_model(path: Path) -> nn.Module:
+    """The user's saved model as they would load it themselves."""
+    return torch.jit.load(str(path)).eval() if path.suffix == ".ts" else torch.export.load(str(path)).module()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +89,8 @@ def external_config(tmp_path: Path, *overrides: str):
 
 
 def accuracy_on_tested_batches(path: Path, cfg, datamodule) -> float:
-    """The scripted model's accuracy on the test batches ``trainer.test`` sees (``limit_test_batches``)."""
-    model = torch.jit.load(str(path)).eval()
+    """The saved model's accuracy on the test batches ``trainer.test`` sees (``limit_test_batches``)."""
+    model = load_user_model(path)
     correct = total = 0
     with torch.no_grad():
         for _, (x, y) in zip(range(cfg.trainer.limit_test_batches), datamodule.test_dataloader()):
@@ -78,12 +99,16 @@ def accuracy_on_tested_batches(path: Path, cfg, datamodule) -> float:
     return correct / total
 
 
-def test_torchscript_model_is_tested_not_trained_and_defended(scripted_cnn, tmp_path):
-    overrides = ("stage=all", "model.torchscript=true", f"model.weights_path={scripted_cnn}", f"model.mean=[{MEAN}]", f"model.std=[{STD}]")
+@pytest.mark.parametrize("saved", ["scripted_cnn", "exported_cnn"])
+def test_a_saved_model_is_tested_not_trained_and_defended(saved, request, tmp_path):
+    path = request.getfixturevalue(saved)
+    torchscript = path.suffix == ".ts"
+    overrides = ("stage=all", f"model.torchscript={str(torchscript).lower()}", f"model.weights_path={path}", f"model.mean=[{MEAN}]",
+                 f"model.std=[{STD}]")
     cfg = external_config(tmp_path, *overrides)
     metrics = run(cfg)
     ctx = RunContext.build(copy.deepcopy(cfg))
-    assert metrics["classifier.test_acc"] == pytest.approx(accuracy_on_tested_batches(scripted_cnn, cfg, ctx.datamodule), abs=1e-6)
+    assert metrics["classifier.test_acc"] == pytest.approx(accuracy_on_tested_batches(path, cfg, ctx.datamodule), abs=1e-6)
     assert metrics["classifier.test_acc"] >= 0.8
     assert metrics["classifier.train_seconds"] == 0.0 and metrics["classifier.cached"] == 0.0
     assert not list((Path(cfg.paths.cache_dir) / "classifier").glob("*/model.pt"))  # no weights of a trained f
@@ -94,10 +119,10 @@ def test_torchscript_model_is_tested_not_trained_and_defended(scripted_cnn, tmp_
     # a rerun reloads the user's f and hits every cache keyed by its weights
     model, classifier_id, again = run_classifier_stage(ctx)
     assert again["classifier.cached"] == 1.0 and again["classifier.test_acc"] == metrics["classifier.test_acc"]
-    assert classifier_id == spec_hash({"weights": file_hash(scripted_cnn), "mean": [MEAN], "std": [STD]})
+    assert classifier_id == spec_hash({"weights": file_hash(path), "mean": [MEAN], "std": [STD]})
     assert classifier_recipe(ctx) == {
-        "net": {"_target_": "gcd_lightning.models.external_classifier", "arch": None, "weights_path": str(scripted_cnn),
-                "num_classes": 10, "torchscript": True},
+        "net": {"_target_": "gcd_lightning.models.external_classifier", "arch": None, "weights_path": str(path),
+                "num_classes": 10, "torchscript": torchscript},
         "mean": [MEAN],
         "std": [STD],
         "external": True,
@@ -105,13 +130,13 @@ def test_torchscript_model_is_tested_not_trained_and_defended(scripted_cnn, tmp_
     assert not model.training
     x, _ = next(iter(ctx.datamodule.test_dataloader()))
     with torch.no_grad():
-        assert torch.allclose(model(x), torch.jit.load(str(scripted_cnn))((x - MEAN) / STD))
+        assert torch.allclose(model(x), load_user_model(path)((x - MEAN) / STD))
 
     # the exported defense does not copy the user's f: it is rebuilt from the user's file, or passed in
     folder = Path(cfg.paths.output_dir) / "defense"
     assert not (folder / "classifier.pt").exists()
     defense = load_defense(folder)
-    passed = load_defense(folder, classifier=torch.jit.load(str(scripted_cnn)))
+    passed = load_defense(folder, classifier=external_classifier(None, str(path), 10, torchscript=torchscript))
     assert torch.equal(defense.predict(x[:8]).label, passed.predict(x[:8]).label)
     with pytest.raises(ValueError, match="differ from those the defense"):
         load_defense(folder, classifier=SmallCNN(1, 10, 28, width=4, hidden=8))
@@ -161,3 +186,21 @@ def test_external_config_needs_weights_and_defaults_to_the_data_sets_normalisati
     assert cfg.model.mean == cfg.dataset.mean and cfg.model.std == cfg.dataset.std and cfg.classifier.max_epochs == 0
     with pytest.raises(MissingMandatoryValue, match="model.weights_path"):
         cfg.model.weights_path
+
+
+def test_an_exported_program_loads_its_tensors_only(tmp_path):
+    from gcd_lightning.models.external import weights_only_loads
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": Payload()}, tmp_path / "payload.pt")
+    with weights_only_loads(), pytest.raises(Exception):
+        torch.load(tmp_path / "payload.pt", weights_only=False)  # what torch.export.load falls back to
+    assert not marker.exists()
+    (tmp_path / "bad.pt2").write_bytes(b"not a program")
+    with pytest.raises(RuntimeError, match=r"model.weights_path=.*bad.pt2 is not a torch.export program of tensors only"):
+        external_classifier(None, str(tmp_path / "bad.pt2"), num_classes=10)

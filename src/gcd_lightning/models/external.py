@@ -1,8 +1,11 @@
-"""The user's own classifier (``model=external``): a torchvision architecture with a local state dict,
-or a TorchScript file. Either takes pixels already normalised by ``Normalize`` and gives logits."""
+"""The user's own classifier (``model=external``): a torchvision architecture with a local state dict, a
+``torch.export`` program (``.pt2``) or a TorchScript file (deprecated by torch). Each takes pixels already
+normalised by ``Normalize`` and gives logits."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,9 +21,11 @@ def external_classifier(arch: str | None, weights_path: str, num_classes: int, t
     Args:
         arch: a ``torchvision.models`` name (``torchvision.models.list_models()``), built with
             ``get_model(arch, num_classes=num_classes)`` and given the state dict of
-            ``weights_path``; ``None`` when ``weights_path`` is a TorchScript file.
-        weights_path: the state dict of ``arch`` (``torch.save(net.state_dict(), path)``), or the
-            TorchScript file (``torch.jit.save(torch.jit.script(net), path)``) when ``torchscript``.
+            ``weights_path``; ``None`` when ``weights_path`` is a ``torch.export`` program or a TorchScript file.
+        weights_path: the state dict of ``arch`` (``torch.save(net.state_dict(), path)``), a ``torch.export``
+            program (a ``.pt2`` file, ``torch.export.save(torch.export.export(net.eval(), (x,)), path)``, exported
+            with a dynamic batch dimension), or the TorchScript file (``torch.jit.save(torch.jit.script(net), path)``)
+            when ``torchscript``.
         num_classes: outputs of ``arch``'s last layer (a TorchScript model's are checked by the
             classifier stage on real images).
         torchscript: ``weights_path`` is a TorchScript file holding architecture and weights.
@@ -31,13 +36,18 @@ def external_classifier(arch: str | None, weights_path: str, num_classes: int, t
     Raises one-line errors that name the config key and the fix (``model.arch``, ``model.torchscript``,
     ``model.weights_path``) for a missing, unreadable or mismatched file or an unknown architecture.
     """
-    if (arch is None) == (not torchscript):
+    exported = Path(weights_path).suffix == EXPORTED_SUFFIX
+    if (arch is None) == (not torchscript) and not (exported and arch is None and not torchscript):
         raise ValueError(
             f"model=external with model.arch={arch!r} and model.torchscript={torchscript}: set exactly one, "
-            "model.arch=<torchvision name> for a state dict or model.torchscript=true for a TorchScript file"
+            "model.arch=<torchvision name> for a state dict or model.torchscript=true for a TorchScript file; "
+            "a torch.export program (model.weights_path=<file>.pt2) takes neither"
         )
     path = weights_file(weights_path)
-    net = load_torchscript(path) if torchscript else load_torchvision(arch, path, num_classes)
+    if exported:
+        net = load_exported(path)
+    else:
+        net = load_torchscript(path) if torchscript else load_torchvision(arch, path, num_classes)
     for parameter in net.parameters():  # a deep copy of a ScriptModule keeps leaf parameters only when frozen
         parameter.requires_grad_(False)
     return net
@@ -52,6 +62,57 @@ def weights_file(weights_path: str) -> Path:
             "set it to your model's state dict (with model.arch) or TorchScript file (with model.torchscript=true)"
         )
     return path
+
+
+EXPORTED_SUFFIX = ".pt2"
+
+
+class ExportedNetwork(nn.Module):
+    """A ``torch.export`` program as a module. Its graph was exported in one mode (inference: batch norm on
+    its running statistics) and a program has no mode to switch (``.module().eval()`` raises), so ``train``
+    and ``eval`` set this wrapper's flag only; its parameters train as any module's."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.program = program.module()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> ExportedNetwork:
+        self.training = mode
+        return self
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside the block with ``weights_only=True``: ``torch.export.load`` falls back to
+    unpickling (running) what it cannot load that way; here such a file fails instead."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def load_exported(path: Path) -> nn.Module:
+    """``torch.export.load`` of a ``.pt2`` program, its tensors loaded with ``weights_only=True``, as a module."""
+    try:
+        with weights_only_loads():
+            program = torch.export.load(str(path))
+    except Exception as err:
+        raise RuntimeError(
+            f"model.weights_path={path} is not a torch.export program of tensors only ({first_line(err)}); save your model "
+            "with torch.export.save(torch.export.export(net.eval(), (x,), dynamic_shapes=...), path), or give a state "
+            "dict with model.arch=<torchvision name>"
+        ) from err
+    return ExportedNetwork(program)
 
 
 def load_torchscript(path: Path) -> nn.Module:
