@@ -69,6 +69,15 @@ DDN_OVER_ADVERTORCH_L2 = 1.01  # "matches" advertorch's DDN: median L2 within 1 
 DDN_OVER_ADVERTORCH_TIME = 1.05  # and time per step within 5 % (the timing noise of a shared CPU)
 
 
+def classifier_arguments(parser: argparse.ArgumentParser, n: int) -> None:
+    """The arguments every bench on a trained classifier takes: its weights, the data, the configs, the images."""
+    parser.add_argument("--checkpoint", type=Path, required=True, help="state_dict of the normalised classifier")
+    parser.add_argument("--data-root", default="data", help="paths.data_dir (default: data)")
+    parser.add_argument("--dataset", default="mnist", help="conf/dataset entry (default: mnist)")
+    parser.add_argument("--model", default="small_cnn", help="conf/model entry (default: small_cnn)")
+    parser.add_argument("--n", type=int, default=n, help=f"correctly classified test images (default: {n})")
+
+
 def compose_config(attack: str, args: argparse.Namespace) -> DictConfig:
     """The run config of the pipeline for one attack (Hydra compose API on ``conf/``)."""
     overrides = [
@@ -291,11 +300,7 @@ def markdown(meta: dict, rows: dict[str, dict], comparison: dict[str, dict], che
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="state_dict of the normalised classifier")
-    parser.add_argument("--data-root", default="data", help="paths.data_dir (default: data)")
-    parser.add_argument("--dataset", default="mnist", help="conf/dataset entry (default: mnist)")
-    parser.add_argument("--model", default="small_cnn", help="conf/model entry (default: small_cnn)")
-    parser.add_argument("--n", type=int, default=1000, help="correctly classified test images (default: 1000)")
+    classifier_arguments(parser, 1000)
     parser.add_argument("--batch-size", type=int, default=250, help="attack batch size (default: 250)")
     parser.add_argument("--seed", type=int, default=0, help="image choice, targets and attack randomness (default: 0)")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACK_CONFIGS), choices=ATTACK_CONFIGS, metavar="NAME", help="subset of the configs (default: all; the checks need all)")

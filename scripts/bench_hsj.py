@@ -25,7 +25,7 @@ import hydra
 import numpy as np
 import torch
 
-from bench_attacks import compose_config, count_images, load_classifier
+from bench_attacks import classifier_arguments, compose_config, count_images, load_classifier
 from bench_tvm import save_measures
 from gcd_lightning.adversarial import predict, select_correct, stack
 from gcd_lightning.attacks import Norm, run_attack
@@ -37,11 +37,7 @@ from gcd_lightning.whitebox.objectives import HingeEvasion
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="f's weights, as the classifier stage caches them")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--n", type=int, default=100, help="correctly classified test images")
+    classifier_arguments(parser, 100)
     parser.add_argument("--donors", type=int, default=500, help="validation images BlendSearch may start from")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--init-evals", type=int, default=25)

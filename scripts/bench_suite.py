@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench_attacks import compose_config, load_classifier
+from bench_attacks import classifier_arguments, compose_config, load_classifier
 from bench_tvm import save_measures
 from gcd_lightning.adversarial import select_correct, stack
 from gcd_lightning.evaluate import evaluate
@@ -31,11 +31,7 @@ BUDGETS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0]}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the classifier's weights (normalised network state dict)")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--n", type=int, default=200, help="correctly classified test images")
+    classifier_arguments(parser, 200)
     parser.add_argument("--norms", nargs="+", default=["linf", "l2"])
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from gcd_lightning import cli
 from gcd_lightning.adversarial import outputs, stack
 from gcd_lightning.attacks.base import Norm, random_targets
 from gcd_lightning.defense.export import load_defense
@@ -164,7 +165,6 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
     with torch.no_grad():
         num_classes = classifier(images[:1].to(device)).shape[1]
     targeted = targets is not None
-    goal = targets if targeted else labels
     if suite.eot_samples:
         if gcd is None or gcd.rectifier is None:
             raise ValueError(f"evaluate: suite {suite.name!r} attacks a randomised defense end to end; give a GCD with its rectifier")
@@ -263,15 +263,7 @@ OPTIONS = {"defense": None, "norm": None, "eps": None, "n": None, "out": None, "
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """``key=value`` arguments into typed options, one clear error for anything else."""
-    args = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in OPTIONS:
-            raise SystemExit(f"evaluate: unknown argument {arg!r}; expected key=value with key in {sorted(OPTIONS)}\n{__doc__}")
-        args[key] = value
-    missing = [key for key, value in args.items() if value is None]
-    if missing:
-        raise SystemExit(f"evaluate: missing {', '.join(f'{key}=' for key in missing)}\n{__doc__}")
+    args = cli.key_values(argv, OPTIONS, "evaluate", __doc__)
     typed: dict[str, Any] = dict(args)
     for key, kind in (("eps", float), ("n", int), ("seed", int), ("batch_size", int), ("donors", int)):
         try:
@@ -279,17 +271,14 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         except ValueError:
             raise SystemExit(f"evaluate: {key}={args[key]} must be a{'n integer' if kind is int else ' number'}") from None
     for key in ("targeted", "progress", "trust_code"):
-        if args[key].lower() not in ("true", "false"):
-            raise SystemExit(f"evaluate: {key}={args[key]} must be true or false")
-        typed[key] = args[key].lower() == "true"
+        typed[key] = cli.flag(args, key, "evaluate")
     if args["norm"] not in ("linf", "l2"):
         raise SystemExit(f"evaluate: norm={args['norm']} is unknown; choose linf or l2")
     if not typed["eps"] > 0 or (args["norm"] == "linf" and typed["eps"] > 1):
         raise SystemExit(f"evaluate: eps={args['eps']} must be > 0 (at most 1 for linf: images lie in [0, 1])")
     if typed["n"] < 1 or typed["batch_size"] < 1 or typed["donors"] < 0:
         raise SystemExit("evaluate: n and batch_size must be at least 1, donors at least 0")
-    if args["device"] not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"evaluate: device={args['device']} is unknown; choose auto, cpu or cuda")
+    typed["device"] = cli.device(args["device"], "evaluate")
     return typed
 
 
@@ -325,13 +314,9 @@ def read_images(args: dict[str, Any], dataset: str) -> tuple[torch.Tensor, torch
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    choice = args["device"]
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("evaluate: device=cuda but no GPU is available; use device=cpu")
-    device = torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         load_suite(args["suite"])
-        defense = load_defense(args["defense"], device=device, trust_code=args["trust_code"])
+        defense = load_defense(args["defense"], device=args["device"], trust_code=args["trust_code"])
     except (UntrustedCode, ValueError, FileNotFoundError, RuntimeError) as err:
         raise SystemExit(f"evaluate: {err}") from None
     from gcd_lightning.defense.export import read_description

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from gcd_lightning import cli
 from gcd_lightning.defense.export import load_defense
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.trust import UntrustedCode
@@ -37,24 +38,7 @@ OPTIONS = {"defense": None, "inputs": None, "out": None, "batch_size": "256", "d
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
     """``key=value`` arguments (Hydra's style) into a dict, with a clear error for anything else."""
-    args = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in OPTIONS:
-            raise SystemExit(f"predict: unknown argument {arg!r}; expected key=value with key in {sorted(OPTIONS)}\n{__doc__}")
-        args[key] = value
-    missing = [key for key, value in args.items() if value is None]
-    if missing:
-        raise SystemExit(f"predict: missing {', '.join(f'{key}=' for key in missing)}\n{__doc__}")
-    return args
-
-
-def flag(args: dict[str, str], key: str) -> bool:
-    """A ``true`` / ``false`` option, or an error naming it."""
-    value = args[key].lower()
-    if value not in ("true", "false"):
-        raise SystemExit(f"predict: {key}={args[key]} must be true or false")
-    return value == "true"
+    return cli.key_values(argv, OPTIONS, "predict", __doc__)
 
 
 def read_image(path: Path, input_shape: Sequence[int]) -> torch.Tensor:
@@ -173,19 +157,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         batch_size = 0
     if batch_size < 1:
         raise SystemExit(f"predict: batch_size={args['batch_size']} must be a positive integer")
-    choice = args["device"]
-    if choice not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"predict: device={choice} is unknown; choose auto, cpu or cuda")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("predict: device=cuda but no GPU is available; use device=cpu")
-    device = torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+    device = cli.device(args["device"], "predict")
     if args["nonfinite"] not in ("refuse", "flag"):
         raise SystemExit(f"predict: nonfinite={args['nonfinite']} is unknown; choose refuse or flag")
     try:
-        defense = load_defense(args["defense"], device=device, trust_code=flag(args, "trust_code"))
+        defense = load_defense(args["defense"], device=device, trust_code=cli.flag(args, "trust_code", "predict"))
     except UntrustedCode as err:
         raise SystemExit(f"predict: {err}") from None
-    rows = predict_folder(defense, Path(args["inputs"]), batch_size, device, args["progress"].lower() == "true", args["nonfinite"])
+    rows = predict_folder(defense, Path(args["inputs"]), batch_size, device, cli.flag(args, "progress", "predict"), args["nonfinite"])
     out = save_text(to_csv(rows, defense.detector_names), args["out"])
     failed = sum(1 for row in rows if row["error"])
     print(f"predict: {len(rows) - failed} of {len(rows)} inputs answered ({failed} with errors) -> {out}")

@@ -294,7 +294,6 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
         raise ValueError(f"run_suite: eps={eps} must be > 0 (at most 1 in L∞)")
     labels = y if goal is None else goal
     start = time.perf_counter()
-    n = len(x)
     won = target.judge(x, labels)  # won without a perturbation (f wrong and not flagged): never attacked, as AutoAttack does
     by, x_adv = torch.where(won, CLEAN, -1), x.clone()
     log: list[AttackRecord] = []
