@@ -243,6 +243,11 @@ def test_the_rand_suite_attacks_gcd_end_to_end_and_judges_its_draws(folder):
     rand = Suite("rand", (SuiteAttack("apgd_eot", term="each", steps=3),), eot_samples=2)
     result = evaluate(gcd, x, y, norm="linf", eps=0.3, suite=rand)
     assert result.target == "gcd_end_to_end" and result.result.log[0].attacked <= 4
+    assert not result.flagged.any()  # end to end, GCD answers every image
+    from gcd_lightning.evaluate import gcd_draws
+
+    assert torch.equal(result.correct, (gcd_draws(gcd, x, 100) == y).float().mean(0) > 0.5)
+    assert torch.equal(result.result.won[result.result.by == CLEAN], ~result.correct[result.result.by == CLEAN])
     with pytest.raises(ValueError, match="give a GCD with its rectifier"):
         evaluate(gcd.classifier, x, y, norm="linf", eps=0.3, suite=rand)
     write(result, folder.parent / "rand_out")

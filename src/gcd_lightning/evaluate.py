@@ -61,7 +61,8 @@ class Evaluation:
         target: what was attacked (``gcd``, ``det_<name>``, ``nodet``, ``gcd_end_to_end``).
         detectors: the names of the defense's detectors, in order.
         result: the ``SuiteResult`` (per image: won, by which attack, the example, its distances).
-        correct, flagged: (N,) ``f`` right at the clean image; the defense flags it.
+        correct, flagged: (N,) ``f`` right at the clean image; the defense flags it (GCD end to end: its final
+            answer right in most draws; nothing is flagged, as it answers every image).
         checks: the ``indicators.Check``s run after the cascade.
     """
 
@@ -122,14 +123,20 @@ def target_name(detectors: Sequence[nn.Module]) -> str:
     return "gcd" if len(detectors) == 2 else f"det_{getattr(detectors[0], 'name', type(detectors[0]).__name__)}"
 
 
-def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, batch_size: int) -> Target:
-    """GCD end to end, its rectifier included: attacked through BPDA + EOT (``RandomizedGCD``), won on an image when
-    its final answer is fooled in most of ``JUDGE_DRAWS`` draws of its masks (seeds no attack uses)."""
+def gcd_draws(gcd: GCD, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(JUDGE_DRAWS, N) GCD's final labels under that many draws of its masks (judging seeds: no attack uses them)."""
     from gcd_lightning.pipeline.components import run_gcd
 
+    return torch.stack([run_gcd(gcd, x, batch_size, indicators.JUDGE_SEED + d * indicators.JUDGE_STRIDE)["label"]
+                        for d in range(JUDGE_DRAWS)])
+
+
+def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, batch_size: int) -> Target:
+    """GCD end to end, its rectifier included: attacked through BPDA + EOT (``RandomizedGCD``), won on an image when
+    its final answer is fooled in most of ``JUDGE_DRAWS`` draws of its masks."""
+
     def judge(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        answers = torch.stack([run_gcd(gcd, x_adv, batch_size, indicators.JUDGE_SEED + d * indicators.JUDGE_STRIDE)["label"]
-                               for d in range(JUDGE_DRAWS)])
+        answers = gcd_draws(gcd, x_adv, batch_size)
         fooled = answers == labels if targeted else answers != labels
         return fooled.float().mean(dim=0) > 0.5
 
@@ -172,8 +179,10 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
     else:
         target = guarded_target(target_name(detectors), model, num_classes, targeted, batch_size)
     clean = outputs(model, images, batch_size)
-    correct = clean[:, :num_classes].argmax(dim=1) == labels
-    flagged = ensemble_flags(clean[:, num_classes:])
+    if suite.eot_samples:  # GCD end to end answers every image: right when most draws of its answer are
+        correct, flagged = (gcd_draws(gcd, images, batch_size) == labels).float().mean(dim=0) > 0.5, torch.zeros_like(labels, dtype=torch.bool)
+    else:
+        correct, flagged = clean[:, :num_classes].argmax(dim=1) == labels, ensemble_flags(clean[:, num_classes:])
     result = run_suite(target, images, labels, suite, norm, eps, goal=targets, donors=donors, seed=seed, batch_size=batch_size,
                        progress=progress)
     checks = run_checks(result, model, images, num_classes, batch_size, eps, correct & ~flagged & ~result.won, references)
