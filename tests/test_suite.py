@@ -252,3 +252,17 @@ def test_the_rand_suite_attacks_gcd_end_to_end_and_judges_its_draws(folder):
         evaluate(gcd.classifier, x, y, norm="linf", eps=0.3, suite=rand)
     write(result, folder.parent / "rand_out")
     assert json.loads((folder.parent / "rand_out" / "metrics.json").read_text())["target"] == "gcd_end_to_end"
+
+
+def test_the_minimum_norm_attack_wins_inside_the_l2_budget_and_is_skipped_in_linf():
+    f, model = detected_pair()
+    torch.manual_seed(3)
+    x = torch.rand(30, 1, 4, 4)
+    y = f(x).argmax(1)
+    suite = Suite("ddn", (SuiteAttack("apgd", steps=1), SuiteAttack("ddn", kind="ddn", steps=60)))
+    target = guarded_target("det_is", model, L, False)
+    result = run_suite(target, x, y, suite, "l2", 1.0)
+    assert result.log[1].won > 0 and (result.l2[result.won] <= 1.0 + 1e-5).all()
+    assert torch.equal(target.judge(result.x_adv, y), result.won)
+    in_linf = run_suite(target, x, y, suite, "linf", 0.1)
+    assert in_linf.log[1].note == "skipped: an L2 attack, the budget is L∞" and in_linf.log[1].attacked == 0

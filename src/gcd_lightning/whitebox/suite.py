@@ -37,6 +37,7 @@ from torch import nn
 
 from gcd_lightning.adversarial import outputs, perturbation_norms
 from gcd_lightning.attacks.base import Norm
+from gcd_lightning.attacks.ddn import DDN
 from gcd_lightning.attacks.runner import run_attack
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.blend import BlendSearch
@@ -44,7 +45,8 @@ from gcd_lightning.whitebox.hopskipjump import HopSkipJump
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, HingeEvasion
 from gcd_lightning.whitebox.opgd import MODES, SUPPORTS, UPDATES, AdaptivePGD, run_adaptive
 
-KINDS = ("apgd", "blend", "boundary")
+KINDS = ("apgd", "ddn", "blend", "boundary")
+DECISION_BASED = ("blend", "boundary")
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 CLEAN = -2  # SuiteResult.by of an image won at its clean version
 KAPPA = 1.0  # confidence of the hinges the gradient attacks descend (an image leaves at its first judged win, so it only shapes the loss)
@@ -57,9 +59,10 @@ class SuiteAttack:
 
     Attributes:
         name: its name in the log.
-        kind: ``apgd`` (``AdaptivePGD``), ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
+        kind: ``apgd`` (``AdaptivePGD``), ``ddn`` (DDN, Rony et al. 2019: a minimum-norm L2 attack on the same hinge,
+            capped at the budget; L2 budgets only), ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
             ``BlendSearch``'s unbounded wins, cut at the budget).
-        mode, term, support, update: ``AdaptivePGD``'s (``apgd`` only).
+        mode, term, support, update: ``AdaptivePGD``'s (``apgd``; ``term`` also ``ddn``'s).
         classes: 0, or targeted at each of ``f``'s ``classes`` most likely other classes in turn (untargeted goals).
         steps, restarts: iterations per run and runs per image (``apgd``; ``boundary``: its iterations).
         fallback: decision-based; runs only where the gradient attacks fail the unbounded check.
@@ -85,7 +88,7 @@ class SuiteAttack:
         if self.steps < 1 or self.restarts < 1 or self.classes < 0:
             raise ValueError(f"suite attack {self.name!r}: steps and restarts must be >= 1, classes >= 0; got "
                              f"{self.steps}, {self.restarts}, {self.classes}")
-        if (self.kind != "apgd") != self.fallback:
+        if (self.kind in DECISION_BASED) != self.fallback:
             raise ValueError(f"suite attack {self.name!r}: the decision-based kinds (blend, boundary) and only they are "
                              "fallback: true")
 
@@ -265,6 +268,15 @@ def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.
     return x_adv, first
 
 
+def run_minimum_norm(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
+                     eps: float, seed: int, batch_size: int, progress: bool) -> torch.Tensor:
+    """DDN on the hinge of ``f``'s margin and the detectors' gaps, its norm capped at the L2 budget ``eps``."""
+    targeted = goal is not None
+    ddn = DDN(target.attacked, steps=attack.steps, quantize=False, max_norm=eps, targeted=targeted,
+              objective=HingeEvasion(target.num_classes, KAPPA, 1.0, targeted, attack.term))
+    return run_attack(ddn, x, y, goal, batch_size=batch_size, progress=progress, desc=f"{target.name} {attack.name}", seed=seed)
+
+
 def run_decision(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
                  norm: Norm, eps: float, donors: torch.Tensor, seed: int, batch_size: int, progress: bool) -> torch.Tensor:
     """``BlendSearch`` at the budget, or ``HopSkipJump`` from its unbounded wins cut at the budget, on the real decision."""
@@ -321,9 +333,14 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
             if skip:
                 log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0, f"skipped: {skip}"))
                 continue
+        if attack.kind == "ddn" and norm is not Norm.L2:
+            log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0, "skipped: an L2 attack, the budget is L∞"))
+            continue
         began = time.perf_counter()
         args = (target, attack, x[rows], y[rows], None if goal is None else goal[rows])
-        if attack.kind == "apgd":
+        if attack.kind == "ddn":
+            found = run_minimum_norm(*args, eps, seed, batch_size, progress)
+        elif attack.kind == "apgd":
             found, extras = run_gradient(*args, norm, eps, seed, batch_size, progress)
             if i == 0:
                 silent = indicators.silent_share(extras["silent"])
