@@ -305,7 +305,8 @@ def test_untargeted_whitebox_counts_the_stronger_of_both_objectives_per_image(fi
     assert both["classifier.cached"] == 1.0 and both["whitebox.objective.eq14"] == both["whitebox.objective.merged"] == 1.0
     for name in ("det_is", "gcd"):
         eq14, merged = both[f"whitebox.variant.{name}.l1_eq14"], both[f"whitebox.variant.{name}.l1_merged"]
-        assert max(eq14, merged) <= both[f"whitebox.success_previous.{name}"] <= min(1.0, eq14 + merged)  # the union
+        union = both[f"whitebox.success_previous.{name}"]  # float32 shares: the bounds hold to its rounding
+        assert max(eq14, merged) - 1e-6 <= union <= min(1.0, eq14 + merged) + 1e-6  # the union
         assert both[f"whitebox.success.{name}"] >= both[f"whitebox.success_previous.{name}"]
     report = (tmp_path / "both" / "report.md").read_text()
     assert "| l1_eq14 |" in report and "| l1_merged |" in report and "strongest" in report
