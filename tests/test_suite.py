@@ -266,3 +266,16 @@ def test_the_minimum_norm_attack_wins_inside_the_l2_budget_and_is_skipped_in_lin
     assert torch.equal(target.judge(result.x_adv, y), result.won)
     in_linf = run_suite(target, x, y, suite, "linf", 0.1)
     assert in_linf.log[1].note == "skipped: an L2 attack, the budget is L∞" and in_linf.log[1].attacked == 0
+
+
+def test_the_unbounded_check_runs_the_gradient_attacks_in_turn_until_they_reach_every_image():
+    f, model = detected_pair()
+    torch.manual_seed(4)
+    x = torch.rand(30, 1, 4, 4)
+    y = f(x).argmax(1)
+    target = guarded_target("det_is", model, L, False)
+    weak = SuiteAttack("weak", mode="joint", steps=1, update="steepest")
+    alone = run_suite(target, x, y, Suite("weak", (weak,)), "linf", 0.001)
+    assert alone.unbounded < 0.99  # one step of 0.1 at L∞ 1 reaches few
+    both = run_suite(target, x, y, Suite("both", (weak, SuiteAttack("strong", mode="orthogonal", steps=50))), "linf", 0.001)
+    assert both.unbounded >= 0.99 and not both.won.any()  # the second reaches them at L∞ 1, nothing at 0.001
