@@ -8,7 +8,7 @@ EXPERIMENT ?= mnist_ddn_targeted
 # the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
 CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
 
-.PHONY: install data demo test bench bench-tvm bench-hsj bench-suite whitebox baselines baselines-agnostic clean-cache
+.PHONY: install data demo test bench bench-tvm bench-hsj bench-suite attribution whitebox baselines baselines-agnostic clean-cache
 
 install: $(INSTALLED)
 
@@ -53,6 +53,18 @@ bench-suite: install data
 	@test -n "$(CHECKPOINT)" || { echo "no trained classifier in cache/classifier: run make demo first or pass CHECKPOINT=" >&2; exit 2; }
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_suite.py --checkpoint $(CHECKPOINT) --data-root data --n 200 --out outputs/bench_suite
+
+# which attack of the plus suite wins which images first, on GCD of every MNIST row at its budget (n = 100):
+# outputs/attribution/attribution.md; reuses every cached grey-box stage (about 45 min on 2 CPU cores)
+attribution: install data
+	for attack in $(WHITEBOX_ATTACKS); do \
+	  case $$attack in fgsm_*|pgd_*) budget="norm=linf eps=0.3";; *) budget="norm=l2 eps=2.0";; esac; \
+	  case $$attack in *_targeted) targeted=true;; *) targeted=false;; esac; \
+	  $(BIN)/python -m gcd_lightning +experiment=mnist_$$attack stage=rectifier progress=false hydra.run.dir=outputs/rows/mnist_$$attack || exit 1; \
+	  $(BIN)/python -m gcd_lightning.evaluate defense=outputs/rows/mnist_$$attack/defense $$budget n=100 targeted=$$targeted suite=plus \
+	    progress=false out=outputs/attribution/mnist_$$attack || exit 1; \
+	done
+	$(BIN)/python scripts/attribution.py outputs/attribution
 
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
