@@ -55,7 +55,8 @@ bench-suite: install data
 	$(BIN)/python scripts/bench_suite.py --checkpoint $(CHECKPOINT) --data-root data --n 200 --out outputs/bench_suite
 
 # which attack of the plus suite wins which images first, on GCD of every MNIST row at its budget (n = 100):
-# outputs/attribution/attribution.md; reuses every cached grey-box stage (about 45 min on 2 CPU cores)
+# outputs/attribution/attribution.md; reuses every cached grey-box stage (measured: rows 35 min cold, the plus suite
+# 4-12 min per L2 row, both at 1 thread beside other jobs)
 attribution: install data
 	for attack in $(WHITEBOX_ATTACKS); do \
 	  case $$attack in fgsm_*|pgd_*) budget="norm=linf eps=0.3";; *) budget="norm=l2 eps=2.0";; esac; \
