@@ -36,7 +36,7 @@ from torch import nn
 from gcd_lightning import cli
 from gcd_lightning.adversarial import outputs, stack
 from gcd_lightning.attacks.base import Norm, random_targets
-from gcd_lightning.defense.export import load_defense
+from gcd_lightning.defense.export import load_defense, read_description
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.trust import UntrustedCode
 from gcd_lightning.inputs import check_inputs
@@ -45,7 +45,7 @@ from gcd_lightning.utils.files import load_torch, save_json, save_text, save_tor
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import GuardedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import ensemble_flags
-from gcd_lightning.whitebox.suite import CLEAN, Suite, SuiteResult, Target, guarded_target, load_suite, run_suite
+from gcd_lightning.whitebox.suite import CLEAN, Suite, SuiteResult, Target, decision_checks, guarded_target, load_suite, run_suite
 
 JUDGE_DRAWS = 5  # a randomised defense (suite rand) is won on an image when fooled in most of this many draws
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -185,21 +185,16 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
         correct, flagged = clean[:, :num_classes].argmax(dim=1) == labels, ensemble_flags(clean[:, num_classes:])
     result = run_suite(target, images, labels, suite, norm, eps, goal=targets, donors=donors, seed=seed, batch_size=batch_size,
                        progress=progress)
-    checks = run_checks(result, model, images, num_classes, batch_size, eps, correct & ~flagged & ~result.won, references)
+    checks = run_checks(result, model, images, clean, num_classes, batch_size, eps, correct & ~flagged & ~result.won, references)
     return Evaluation(target.name, [getattr(d, "name", type(d).__name__) for d in detectors], norm.value, float(eps), suite.name,
                       targeted, result, correct, flagged, checks)
 
 
-def run_checks(result: SuiteResult, model: nn.Module, images: torch.Tensor, num_classes: int, batch_size: int, eps: float,
-               robust: torch.Tensor, references: Sequence[tuple[str, float, float]]) -> list[indicators.Check]:
-    """The checks after the cascade, each on its results (Pintor et al. 2022; AutoAttack's; Tramèr 2022)."""
-    clean = outputs(model, images, batch_size)
-    decision = indicators.defended_decision(clean, num_classes, ensemble_flags(clean[:, num_classes:]))
-    generator = torch.Generator().manual_seed(indicators.JUDGE_SEED - 1)
-    noisy_images = (images + (torch.rand(images.shape, generator=generator) * 2 - 1) * indicators.NOISE).clamp(0, 1)
-    noisy = outputs(model, noisy_images, batch_size)
-    changed = indicators.decision_changes(decision, indicators.defended_decision(noisy, num_classes, ensemble_flags(noisy[:, num_classes:])))
-    random = not torch.equal(outputs(model, images, batch_size), clean)
+def run_checks(result: SuiteResult, model: nn.Module, images: torch.Tensor, clean: torch.Tensor, num_classes: int, batch_size: int,
+               eps: float, robust: torch.Tensor, references: Sequence[tuple[str, float, float]]) -> list[indicators.Check]:
+    """The checks after the cascade, each on its results (Pintor et al. 2022; AutoAttack's; Tramèr 2022); ``clean``: the
+    detected classifier's outputs at ``images``."""
+    changed, random = decision_checks(model, images, clean, num_classes, batch_size)
     checks = [
         indicators.Check("silent", result.silent, result.silent > indicators.SILENT_MAX,
                          "share of images whose first gradient was zero or not finite (gradient masking)"),
@@ -328,13 +323,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         defense = load_defense(args["defense"], device=args["device"], trust_code=args["trust_code"])
     except (UntrustedCode, ValueError, FileNotFoundError, RuntimeError) as err:
         raise SystemExit(f"evaluate: {err}") from None
-    from gcd_lightning.defense.export import read_description
-
-    dataset = read_description(Path(args["defense"]))["dataset"]
-    images, labels, targets, donors = read_images(args, dataset)
+    description = read_description(Path(args["defense"]))
+    images, labels, targets, donors = read_images(args, description["dataset"])
     if args["targeted"] and targets is None:
-        num_classes = int(read_description(Path(args["defense"]))["num_classes"])
-        targets = random_targets(labels, num_classes, torch.Generator().manual_seed(args["seed"] + 1))
+        targets = random_targets(labels, int(description["num_classes"]), torch.Generator().manual_seed(args["seed"] + 1))
     evaluation = evaluate(defense, images, labels, norm=args["norm"], eps=args["eps"], targets=targets if args["targeted"] else None,
                           suite=args["suite"], seed=args["seed"], donors=donors, batch_size=args["batch_size"], progress=args["progress"])
     out = write(evaluation, args["out"])

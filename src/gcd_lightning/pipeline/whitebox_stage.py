@@ -81,12 +81,12 @@ from gcd_lightning.whitebox.hopskipjump import HopSkipJump
 from gcd_lightning.whitebox.models import DetectedClassifier, GuardedClassifier, PurifiedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, UNTARGETED_LOSSES, DetectorEvasion, HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import MODES, AdaptivePGD, run_adaptive
+from gcd_lightning.whitebox.suite import UNBOUNDED_LINF, decision_checks, in_ball
 from gcd_lightning.whitebox.surrogate import SurrogateGradient
 
 log = logging.getLogger(__name__)
 
 JUDGE_SEED, JUDGE_STRIDE = indicators.JUDGE_SEED, indicators.JUDGE_STRIDE  # end-to-end judging: seeds no attack uses
-UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 WALK_TARGETS = ("failed", "all")  # threat.adaptive.boundary.targets: where the gradient attacks fail the unbounded check, or every detector target
 
 Judge = Callable[[torch.Tensor], torch.Tensor]
@@ -500,8 +500,7 @@ def fixed_budget_robustness(ctx, norm, eps, terms, pgd_variant, has_surrogate: b
 
 def within(adv: AdversarialSet, norm: Norm, budget: float) -> torch.Tensor:
     """(N,) bool: the perturbation is inside the ``norm`` ball of radius ``budget`` (a float32 tolerance)."""
-    size = adv.linf if norm is Norm.LINF else adv.l2
-    return size <= budget * (1 + 1e-5) + 1e-6
+    return in_ball(adv.linf if norm is Norm.LINF else adv.l2, budget)
 
 
 def within_budget(adv: AdversarialSet, x: torch.Tensor, norm: Norm, budget: float) -> AdversarialSet:
@@ -551,15 +550,9 @@ def failure_indicators(gcd_sets, won, modes, term, unbounded, model, gcd, x, gre
         incomplete = indicators.incomplete_optimisation(first.extras["loss"], won)
         values["incomplete"] = (incomplete, incomplete > indicators.INCOMPLETE_MAX)
     values["unbounded"] = (unbounded, unbounded < indicators.UNBOUNDED_MIN)
-    decision = indicators.defended_decision(clean_outputs, num_classes, ensemble_flags(clean_outputs[:, num_classes:]))
-    generator = torch.Generator().manual_seed(JUDGE_SEED - 1)
-    noisy = (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * 1e-3).clamp(0, 1)
-    noisy_outputs = outputs(model, noisy, bs)
-    changed = indicators.decision_changes(decision, indicators.defended_decision(noisy_outputs, num_classes,
-                                                                                 ensemble_flags(noisy_outputs[:, num_classes:])))
+    changed, random = decision_checks(model, x, clean_outputs, num_classes, bs)
     values["noise"] = (changed, changed > indicators.NOISE_MAX)
-    again = outputs(model, x, bs)
-    values["random"] = (float(not torch.equal(again, clean_outputs)), not torch.equal(again, clean_outputs))
+    values["random"] = (float(random), random)
     metrics = {}
     for name, (value, failed) in values.items():
         metrics[f"whitebox.indicator.{name}"] = value

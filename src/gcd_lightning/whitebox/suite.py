@@ -42,7 +42,7 @@ from gcd_lightning.attacks.runner import run_attack
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.blend import BlendSearch
 from gcd_lightning.whitebox.hopskipjump import HopSkipJump
-from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, HingeEvasion
+from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import MODES, SUPPORTS, UPDATES, AdaptivePGD, run_adaptive
 
 KINDS = ("apgd", "ddn", "blend", "boundary")
@@ -226,12 +226,27 @@ class SuiteResult:
     seconds: float
 
 
+def in_ball(size: torch.Tensor, eps: float) -> torch.Tensor:
+    """(N,) bool: perturbation sizes ``size`` are at most ``eps``, to a float32 tolerance."""
+    return size <= eps * (1 + 1e-5) + 1e-6
+
+
 def within(x: torch.Tensor, x_adv: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-    """(N,) bool: ``x_adv`` lies in the box and in the ``norm`` ball of radius ``eps`` around ``x`` (a float32 tolerance)."""
+    """(N,) bool: ``x_adv`` lies in the box and in the ``norm`` ball of radius ``eps`` around ``x``."""
     l2, linf = perturbation_norms(x, x_adv)
-    size = linf if norm is Norm.LINF else l2
     in_box = ((x_adv >= 0) & (x_adv <= 1)).flatten(1).all(dim=1)
-    return in_box & (size <= eps * (1 + 1e-5) + 1e-6)
+    return in_box & in_ball(linf if norm is Norm.LINF else l2, eps)
+
+
+def decision_checks(model: nn.Module, x: torch.Tensor, clean: torch.Tensor, num_classes: int, batch_size: int) -> tuple[float, bool]:
+    """The ``noise`` and ``random`` checks of a detected classifier (``GuardedClassifier``) at clean images ``x`` whose
+    outputs are ``clean``: the share of decisions (label, flag) that uniform noise of ±``indicators.NOISE`` changes
+    (seeded apart from every attack), and whether a second pass gives other outputs (AutoAttack's check)."""
+    decision = indicators.defended_decision(clean, num_classes, ensemble_flags(clean[:, num_classes:]))
+    generator = torch.Generator().manual_seed(indicators.JUDGE_SEED - 1)
+    noisy = outputs(model, (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * indicators.NOISE).clamp(0, 1), batch_size)
+    changed = indicators.decision_changes(decision, indicators.defended_decision(noisy, num_classes, ensemble_flags(noisy[:, num_classes:])))
+    return changed, not torch.equal(outputs(model, x, batch_size), clean)
 
 
 def likely_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, num_classes: int, batch_size: int) -> torch.Tensor:
