@@ -12,7 +12,7 @@ results are written to ``--out`` as ``bench_attacks.json`` and ``bench_attacks.m
 
 Example::
 
-    python scripts/bench_attacks.py --checkpoint cache/classifier/<dir>/model.pt --data-root data [overrides]
+    python scripts/bench_attacks.py --checkpoint cache/classifier/<f>.pt --data-root data [overrides]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ each asked for per image (ours without its start's), and the wall time of each. 
 
 Example::
 
-    python scripts/bench_hsj.py --checkpoint cache/classifier/<f>/model.pt --data-root data --n 100 --out outputs/bench_hsj
+    python scripts/bench_hsj.py --checkpoint cache/classifier/<f>.pt --data-root data --n 100 --out outputs/bench_hsj
 """
 
 from __future__ import annotations

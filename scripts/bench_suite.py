@@ -9,7 +9,7 @@ weaker than the standard. Needs ``pyautoattack`` (``pip install -e '.[bench]'``;
 
 Example (the classifier ``make demo`` trained, or Table 5's PGD-trained one)::
 
-    python scripts/bench_suite.py --checkpoint cache/classifier/<f>/model.pt --data-root data --n 200 --out outputs/bench_suite
+    python scripts/bench_suite.py --checkpoint cache/classifier/<f>.pt --data-root data --n 200 --out outputs/bench_suite
 """
 
 from __future__ import annotations

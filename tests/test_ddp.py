@@ -21,8 +21,9 @@ from torch.utils.data import TensorDataset
 
 from conftest import compose_config, shrink, shrink_whitebox
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, cached, generate
+from gcd_lightning.adversarial import AdversarialSet, Sets, generate
 from gcd_lightning.attacks import PGD
+from gcd_lightning.cache import Cache, Key
 from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.models import SmallCNN
@@ -143,16 +144,17 @@ def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     rows = []
     perturb = attack.perturb
     attack.perturb = lambda x, y, target=None: rows.append(len(x)) or perturb(x, y, target)
-    path = tmp_path / "adversarial" / "set.pt"
-    together, hit = cached(path, {"seed": 3}, build)
-    assert not hit and path.is_file() and path.with_suffix(".json").is_file()  # rank 0 wrote, both waited
+    cache, key = Cache(tmp_path), Key("set", {"seed": 3})
+    path = cache.path(Sets(), key)
+    together, hit = cache.get_or_build(Sets(), key, lambda _: build())
+    assert not hit and path.is_file() and path.with_name(f"{key.id}.spec.json").is_file()  # rank 0 wrote, both waited
     assert sum(rows) == (24, 21)[rank]  # this rank's batches only ...
     for name in ("index", "x_adv", "y", "target", "success", "l2", "linf"):  # ... and the single process's set
         assert torch.equal(getattr(together, name), getattr(alone, name)), name
     both = distributed.gather_rows(together.x_adv)
     assert torch.equal(both[:N], both[N:])  # the same on every rank
     assert torch.equal(AdversarialSet.load(path).x_adv, alone.x_adv)
-    assert cached(path, {"seed": 3}, build)[1]  # every rank hits the cache rank 0 wrote
+    assert cache.get_or_build(Sets(), key, lambda _: build())[1]  # every rank hits the cache rank 0 wrote
 
     assert torch.equal(ensemble_saliency(gcd, alone.x_adv, BATCH), saliency_alone)
 

@@ -111,7 +111,7 @@ def test_a_saved_model_is_tested_not_trained_and_defended(saved, request, tmp_pa
     assert metrics["classifier.test_acc"] == pytest.approx(accuracy_on_tested_batches(path, cfg, ctx.datamodule), abs=1e-6)
     assert metrics["classifier.test_acc"] >= 0.8
     assert metrics["classifier.train_seconds"] == 0.0 and metrics["classifier.cached"] == 0.0
-    assert not list((Path(cfg.paths.cache_dir) / "classifier").glob("*/model.pt"))  # no weights of a trained f
+    assert not list((Path(cfg.paths.cache_dir) / "classifier").glob("*.pt"))  # no weights of a trained f
     for key in ("attack.test.success_rate", "detector.val_auc.gcd", "rectifier.val_acc", "gcd.acc.adv"):
         assert key in metrics, key
     assert metrics["attack.test.n"] == cfg.adversarial.n_test

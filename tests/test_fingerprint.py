@@ -14,7 +14,7 @@ from gcd_lightning.data import CIFAR10DataModule, ImageFolderDataModule, MNISTDa
 from gcd_lightning.data.base import ImageDataModule
 from gcd_lightning.data.fingerprint import data_fingerprint
 from gcd_lightning.pipeline.attack_stage import adversarial_spec
-from gcd_lightning.pipeline.classifier_stage import classifier_dir
+from gcd_lightning.pipeline.classifier_stage import classifier_key
 from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
 from gcd_lightning.utils import hashing
 
@@ -53,14 +53,14 @@ def test_other_data_in_the_same_place_gets_its_own_caches(tmp_path):
     data_dir = tmp_path / "data"
     mnist_files(data_dir, seed=0)
     first = mnist_context(data_dir, tmp_path)
-    first_identity, first_dir = first.dataset_identity(), classifier_dir(first)
+    first_identity, first_dir = first.dataset_identity(), classifier_key(first).id
     mnist_files(data_dir, seed=1)  # same format, same names and sizes, same config: other digits
     second = mnist_context(data_dir, tmp_path)
 
     assert first.cfg.dataset == second.cfg.dataset
     assert second.dataset_identity()["fingerprint"] != first_identity["fingerprint"]
     assert second.dataset_identity() != first_identity
-    assert classifier_dir(second) != first_dir
+    assert classifier_key(second).id != first_dir
     assert (tmp_path / "cache" / "fingerprints.json").is_file()
 
 
@@ -157,12 +157,12 @@ def test_trainer_settings_that_change_the_model_key_its_cache_and_the_others_do_
     data_dir = tmp_path / "data"
     mnist_files(data_dir, seed=0)
 
-    def folder(*overrides: str) -> Path:
+    def folder(*overrides: str) -> str:
         cfg = compose_config(
             [f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2", *overrides],
             tmp_path,
         )
-        return classifier_dir(RunContext.build(cfg))
+        return classifier_key(RunContext.build(cfg)).id
 
     normal = folder()
     for changes_the_model in ("+trainer.limit_train_batches=20", "+trainer.precision=bf16-mixed", "+trainer.max_steps=5"):
@@ -177,8 +177,8 @@ def test_raising_a_stages_code_version_keys_new_caches(tmp_path, monkeypatch):
     cfg = compose_config([f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2"],
                          tmp_path)
     ctx = RunContext.build(cfg)
-    before = classifier_dir(ctx), adversarial_spec(ctx, "test", "f")
+    before = classifier_key(ctx).id, adversarial_spec(ctx, "test", "f")
     monkeypatch.setitem(CODE_VERSIONS, "classifier", 2)
-    assert classifier_dir(ctx) != before[0] and adversarial_spec(ctx, "test", "f") == before[1]
+    assert classifier_key(ctx).id != before[0] and adversarial_spec(ctx, "test", "f") == before[1]
     monkeypatch.setitem(CODE_VERSIONS, "adversarial", 2)
     assert adversarial_spec(ctx, "test", "f") != before[1]

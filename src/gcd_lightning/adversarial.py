@@ -2,16 +2,15 @@
 
 A set is built from a seeded subset of a split whose images ``f`` classifies correctly (the
 others are skipped and counted, as AutoAttack does), and is cached on disk under a key that
-hashes everything that determines it, so that a rerun or a sweep reuses it and a changed
-config never does.
+hashes everything that determines it (``Sets``, a kind of ``cache`` entry), so that a rerun or a
+sweep reuses it and a changed config never does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,10 +19,8 @@ from torch.utils.data import Dataset
 
 from gcd_lightning import distributed
 from gcd_lightning.attacks import Attack, random_targets, run_attack
-from gcd_lightning.utils.files import load_torch, save_json, save_torch
-from gcd_lightning.utils.locks import entry_lock
-
-log = logging.getLogger(__name__)
+from gcd_lightning.cache import Kind
+from gcd_lightning.utils.files import load_torch, save_torch
 
 TENSOR_FIELDS = ("index", "x_adv", "y", "target", "success", "l2", "linf")
 
@@ -87,6 +84,22 @@ class AdversarialSet:
         n_examined, seconds = payload["meta"].tolist()
         return cls(**{name: payload[name] for name in TENSOR_FIELDS}, n_examined=int(n_examined), seconds=seconds,
                    extras=payload.get("extras", {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sets(Kind[AdversarialSet]):
+    """Adversarial sets in the cache (``cache.Kind``): the attack stage's under ``adversarial/``, the white-box
+    stage's under ``whitebox/``."""
+
+    folder: str = "adversarial"
+    what: str = "adversarial set"
+    suffix: str = ".pt"
+
+    def load(self, path: Path) -> AdversarialSet:
+        return AdversarialSet.load(path)
+
+    def save(self, value: AdversarialSet, path: Path) -> None:
+        value.save(path)
 
 
 UNION_MODES = ("balanced", "all")
@@ -275,22 +288,3 @@ def strongest(sets: list[AdversarialSet]) -> AdversarialSet:
         linf=choose("linf"),
         seconds=sum(s.seconds for s in sets),
     )
-
-
-def cached(path: Path, spec: dict, build: Callable[[], AdversarialSet]) -> tuple[AdversarialSet, bool]:
-    """Load the set cached at ``path`` or build and cache it; returns (set, was_cached).
-
-    ``spec`` (what the key hashes) is written beside the set as JSON, for people to read. In a
-    DDP run every rank follows rank 0's look at the cache and builds (``build`` may shard its
-    work); rank 0 alone writes, and the others wait for it. The entry's lock (``utils.locks``) is held
-    throughout, so two runs that miss it at once build it once.
-    """
-    with entry_lock(path, "adversarial set"):
-        if distributed.broadcast(path.is_file()):
-            log.info("adversarial set: cache hit %s", path)
-            return AdversarialSet.load(path), True
-        log.info("adversarial set: cache miss, building %s", path)
-        adv = build()
-        distributed.write_on_rank_zero(save_json, spec, path.with_suffix(".json"))
-        distributed.write_on_rank_zero(adv.save, path)
-        return adv, False

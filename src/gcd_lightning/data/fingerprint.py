@@ -20,6 +20,7 @@ from typing import Any
 
 from gcd_lightning.utils import hashing
 from gcd_lightning.utils.files import save_json
+from gcd_lightning.utils.locks import entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def data_fingerprint(
     if not files:
         raise ValueError("data_fingerprint: no data files to fingerprint")
     memo = load_memo(cache_file)
-    hashed = 0
+    new: dict[str, dict[str, Any]] = {}
     pairs = []
     for name, file in zip(_relative_names(files), files, strict=True):
         try:
@@ -95,12 +96,12 @@ def data_fingerprint(
         if entry is None or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
             content_hash = hashing.file_hash(resolved, SHA256_HEX)
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": content_hash}
-            memo[key] = entry
-            hashed += 1
+            new[key] = entry
         pairs.append((name, entry["hash"]))
-    if hashed:
-        log.info("fingerprint: hashed %d of %d data files (the others were memoised)", hashed, len(files))
-        if save:
-            save_json(memo, cache_file)
+    if new:
+        log.info("fingerprint: hashed %d of %d data files (the others were memoised)", len(new), len(files))
+        if save:  # merged into the memo as it is now, under its lock, so that parallel runs' hashes all stay
+            with entry_lock(cache_file, "fingerprint memo"):
+                save_json({**load_memo(cache_file), **new}, cache_file)
     text = json.dumps(sorted(pairs), separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

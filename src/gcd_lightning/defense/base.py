@@ -26,7 +26,7 @@ class Detector(nn.Module):
         memo: per-image results by the image's bytes (a dict of float tuples), or None: for a detector
             whose costly per-image statistics depend on nothing but the image, ``f`` and its constructor
             settings (not on what it is fitted to). The pipeline keeps it in the cache, so every run
-            with the same ``f`` and settings reuses it (``pipeline.baselines_stage.memo_file``).
+            with the same ``f`` and settings reuses it (``pipeline.baselines_stage.memo_key``).
     """
 
     name: str

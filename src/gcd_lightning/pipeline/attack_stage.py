@@ -13,11 +13,12 @@ from pathlib import Path
 import hydra
 from torch import nn
 
-from gcd_lightning.adversarial import AdversarialSet, cached, generate, union
+from gcd_lightning.adversarial import AdversarialSet, Sets, generate, union
+from gcd_lightning.cache import Key
 from gcd_lightning.pipeline.context import RunContext, code_version
-from gcd_lightning.utils.hashing import spec_hash
 
 SPLITS = ("train", "test")
+SETS = Sets()
 
 
 def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
@@ -36,10 +37,8 @@ def adversarial_spec(ctx: RunContext, split: str, classifier_id: str) -> dict:
     }
 
 
-def adversarial_path(ctx: RunContext, spec: dict) -> Path:
-    cfg = ctx.cfg
-    name = f"{cfg.dataset.name}_{cfg.attack.name}_{spec['split']}_{spec_hash(spec)}.pt"
-    return ctx.cache_dir / "adversarial" / name
+def adversarial_key(ctx: RunContext, spec: dict) -> Key:
+    return Key(f"{ctx.cfg.dataset.name}_{ctx.cfg.attack.name}_{spec['split']}", spec)
 
 
 def run_attack_stage(
@@ -58,9 +57,9 @@ def run_attack_stage(
         parts = [attack_splits(ctx.with_attack(name), model, classifier_id, ("train",))[0]["train"] for name in train_attacks]
         mode = ctx.cfg.defense.train_union
         spec = {"union": [path.name for _, path in parts], "mode": mode}
-        path = ctx.cache_dir / "adversarial" / f"{ctx.cfg.dataset.name}_union_train_{spec_hash(spec)}.pt"
-        adv, hit = cached(path, spec, lambda: union([adv for adv, _ in parts], mode))
-        sets["train"] = adv, path
+        key = Key(f"{ctx.cfg.dataset.name}_union_train", spec)
+        adv, hit = ctx.cache.get_or_build(SETS, key, lambda _: union([adv for adv, _ in parts], mode))
+        sets["train"] = adv, ctx.cache.path(SETS, key)
         metrics.update({f"attack.train.{key}": value for key, value in adv.summary().items()})
         metrics["attack.train.cached"], metrics["attack.train.n_attacks"] = float(hit), float(len(parts))
     return sets, metrics
@@ -77,7 +76,7 @@ def attack_splits(
     for split in splits:
         spec = adversarial_spec(ctx, split, classifier_id)
 
-        def build(split: str = split) -> AdversarialSet:
+        def build(_: Path, split: str = split) -> AdversarialSet:
             return generate(
                 model,
                 attack,
@@ -90,9 +89,9 @@ def attack_splits(
                 desc=f"{cfg.attack.name} ({split})",
             )
 
-        path = adversarial_path(ctx, spec)
-        adv, hit = cached(path, spec, build)
-        sets[split] = adv, path
+        key = adversarial_key(ctx, spec)
+        adv, hit = ctx.cache.get_or_build(SETS, key, build)
+        sets[split] = adv, ctx.cache.path(SETS, key)
         metrics.update({f"attack.{split}.{key}": value for key, value in adv.summary().items()})
         metrics[f"attack.{split}.cached"] = float(hit)
     return sets, metrics

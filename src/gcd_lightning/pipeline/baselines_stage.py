@@ -20,22 +20,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, stack
+from gcd_lightning.cache import Key, Memo, Weights
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines import FitData, ScoredDetector
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_detector, detection_split, gap_scores, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.density import density_identity, provide_density
 from gcd_lightning.pipeline.training import seed_stage
 from gcd_lightning.scoring import auc, detection_summary
-from gcd_lightning.utils.files import load_torch, save_torch
-from gcd_lightning.utils.hashing import spec_hash
+
+MEMO = Memo("baselines", "baseline memo")
 
 
-def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str, detector: Detector) -> Path:
-    """The fitted baseline's statistics, keyed by the pairs it learns from, ``f``, its config, the seed and the
+def baseline_key(ctx: RunContext, adv_train_path: Path, classifier_id: str, name: str, detector: Detector) -> Key:
+    """The fitted baseline's statistics (or trained weights), keyed by the pairs it learns from, ``f``, its config, the seed and the
     density model it reads (``DET_PD``)."""
     spec = {
         **density_identity(ctx, detector),
@@ -47,37 +46,20 @@ def baseline_file(ctx: RunContext, adv_train_path: Path, classifier_id: str, nam
         "seed": ctx.cfg.seed,
         **code_version("baselines"),
     }
-    return ctx.cache_dir / "baselines" / f"{adv_train_path.stem}_{name}_{spec_hash(spec)}.pt"
+    return Key(f"{adv_train_path.stem}_{name}", spec)
 
 
-def memo_file(ctx: RunContext, classifier_id: str, name: str) -> Path:
+def memo_key(ctx: RunContext, classifier_id: str, name: str) -> Key:
     """A baseline's per-image ``memo``, keyed by ``f``, its config and the code: shared by every attack's run."""
     spec = {"classifier": classifier_id, "baseline": ctx.cfg.baseline[name], **code_version("baselines")}
-    return ctx.cache_dir / "baselines" / f"{ctx.cfg.dataset.name}_{name}_memo_{spec_hash(spec)}.pt"
-
-
-def read_memo(path: Path) -> dict[str, tuple[float, ...]]:
-    """The memo saved at ``path`` (empty when there is none)."""
-    if not path.is_file():
-        return {}
-    saved = load_torch(path, "a baseline's memo")
-    return dict(zip(saved["keys"], map(tuple, saved["values"].tolist())))
-
-
-def write_memo(memo: dict[str, tuple[float, ...]], path: Path) -> None:
-    """Merge ``memo`` into the file at ``path`` (atomic, so an interrupted run keeps the old one); no write when nothing is new."""
-    merged = read_memo(path)
-    if memo.keys() <= merged.keys():
-        return
-    merged.update(memo)
-    save_torch({"keys": list(merged), "values": torch.tensor(list(merged.values()), dtype=torch.float64)}, path)
+    return Key(f"{ctx.cfg.dataset.name}_{name}_memo", spec)
 
 
 def save_memos(ctx: RunContext, baselines: dict[str, Detector], classifier_id: str) -> None:
-    """Keep every baseline's ``memo`` in the cache (rank 0 writes; in a DDP run, the images it scored)."""
+    """Add every baseline's ``memo`` to the cache's (rank 0 writes; in a DDP run, the images it scored)."""
     for name, detector in baselines.items():
         if detector.memo is not None:
-            distributed.write_on_rank_zero(write_memo, detector.memo, memo_file(ctx, classifier_id, name))
+            ctx.cache.merge(MEMO, memo_key(ctx, classifier_id, name), detector.memo)
 
 
 def fit_data(ctx: RunContext, clean: torch.Tensor, adv_train: AdversarialSet, rows: tuple[torch.Tensor, torch.Tensor]) -> FitData:
@@ -109,8 +91,8 @@ def run_baselines_stage(
         detector = build_detector(ctx, spec, classifier).to(ctx.device)
         metrics.update({f"density.{key}": value for key, value in provide_density(ctx, detector).items()})
         if detector.memo is not None:
-            detector.memo.update(read_memo(memo_file(ctx, classifier_id, name)))
-        path = baseline_file(ctx, adv_train_path, classifier_id, name, detector)
+            detector.memo.update(ctx.cache.read(MEMO, memo_key(ctx, classifier_id, name), {}))
+        key = baseline_key(ctx, adv_train_path, classifier_id, name, detector)
 
         def fit(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
             if not isinstance(detector, ScoredDetector):
@@ -118,7 +100,7 @@ def run_baselines_stage(
             start = time.perf_counter()
             return {**detector.fit(data), "train_seconds": time.perf_counter() - start}
 
-        summary, cached = load_or_train(detector, path, path.with_suffix(".json"), fit, f"baseline {name}")
+        summary, cached = ctx.cache.get_or_build(Weights("baselines", detector, f"baseline {name}"), key, fit)
         baselines[name] = detector.eval().to(ctx.device)
         start = time.perf_counter()
         scores_clean, scores_adv, scores_val = (gap_scores(detector, x, bs, ctx.device) for x in (clean_test, adv_test.x_adv, data.clean_val))

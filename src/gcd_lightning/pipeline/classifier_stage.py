@@ -3,27 +3,22 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
 import torch
 from torch import nn
 
-from gcd_lightning import distributed
+from gcd_lightning.cache import Key, Summary, Weights
 from gcd_lightning.classifier import BaseClassifier
 from gcd_lightning.models.external import first_line, weights_file
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_model, classifier_recipe
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import fit
-from gcd_lightning.utils.files import load_json, save_json
 from gcd_lightning.utils.hashing import file_hash, spec_hash
 
-log = logging.getLogger(__name__)
-
-WEIGHTS = "model.pt"
-SUMMARY = "summary.json"
+FOLDER = "classifier"
+EXTERNAL = Summary(FOLDER, "external classifier summary")  # the user's f: its test summary only
 
 
 def classifier_spec(ctx: RunContext) -> dict:
@@ -52,16 +47,11 @@ def external_spec(ctx: RunContext, classifier_id: str) -> dict:
     return {"dataset": ctx.dataset_identity(), "classifier": classifier_id, "trainer": ctx.training_identity()}
 
 
-def cache_folder(ctx: RunContext, spec: dict) -> Path:
-    """The classifier cache folder keyed by ``spec``."""
-    return ctx.cache_dir / "classifier" / f"{ctx.cfg.dataset.name}_{ctx.cfg.model.name}_{spec_hash(spec)}"
-
-
-def classifier_dir(ctx: RunContext) -> Path:
-    """The cache folder of ``f``: its weights and summary, or only the summary of the user's own ``f``."""
-    if classifier_recipe(ctx)["external"]:
-        return cache_folder(ctx, external_spec(ctx, external_id(ctx)))
-    return cache_folder(ctx, classifier_spec(ctx))
+def classifier_key(ctx: RunContext) -> Key:
+    """The cache key of ``f``: its weights and summary, or only the summary of the user's own ``f``."""
+    external = classifier_recipe(ctx)["external"]
+    spec = external_spec(ctx, external_id(ctx)) if external else classifier_spec(ctx)
+    return Key(f"{ctx.cfg.dataset.name}_{ctx.cfg.model.name}", spec)
 
 
 def train(ctx: RunContext, model: nn.Module, resume: Path) -> dict:
@@ -75,7 +65,7 @@ def train(ctx: RunContext, model: nn.Module, resume: Path) -> dict:
     )
     trainer, seconds = fit(ctx, module, resume, "classifier", cfg.classifier.max_epochs, datamodule=ctx.datamodule)
     (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
-    return {"spec": classifier_spec(ctx), "test_acc": result["test/acc"], "train_seconds": seconds}
+    return {"test_acc": result["test/acc"], "train_seconds": seconds}
 
 
 def check_external(ctx: RunContext, model: nn.Module) -> None:
@@ -97,20 +87,14 @@ def check_external(ctx: RunContext, model: nn.Module) -> None:
         )
 
 
-def evaluate_external(ctx: RunContext, model: nn.Module, classifier_id: str, folder: Path) -> None:
-    """Test the user's ``f`` with Lightning (as ``train`` tests a trained one) and cache its summary (rank 0 writes)."""
+def evaluate_external(ctx: RunContext, model: nn.Module, classifier_id: str) -> dict:
+    """Test the user's ``f`` with Lightning (as ``train`` tests a trained one); returns the summary to cache."""
     cfg = ctx.cfg
     check_external(ctx, model)
     module = BaseClassifier(model=model, num_classes=cfg.dataset.num_classes, optimizer=None)  # tested, never fit
     trainer = hydra.utils.instantiate(cfg.trainer, logger=ctx.loggers or False, enable_checkpointing=False)
     (result,) = trainer.test(module, datamodule=ctx.datamodule, verbose=False)
-    summary = {
-        "spec": external_spec(ctx, classifier_id),
-        "recipe": classifier_recipe(ctx),
-        "test_acc": result["test/acc"],
-        "train_seconds": 0.0,
-    }
-    distributed.write_on_rank_zero(save_json, summary, folder / SUMMARY)
+    return {"recipe": classifier_recipe(ctx), "test_acc": result["test/acc"], "train_seconds": 0.0}
 
 
 def stage_metrics(ctx: RunContext, summary: dict, cached: bool) -> dict[str, float]:
@@ -127,14 +111,7 @@ def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float
     """``run_classifier_stage`` under ``model=external``: load the user's ``f``, test it once per weights and data."""
     model = build_model(ctx)  # loads model.weights_path, with its clear errors
     classifier_id = external_id(ctx)
-    folder = cache_folder(ctx, external_spec(ctx, classifier_id))
-    cached = distributed.broadcast((folder / SUMMARY).is_file())  # rank 0's look, for all
-    if cached:
-        log.info("classifier: model=external, cache hit %s", folder)
-    else:
-        log.info("classifier: model=external, testing %s into %s", ctx.cfg.model.weights_path, folder)
-        evaluate_external(ctx, model, classifier_id, folder)
-    summary = load_json(folder / SUMMARY, "cached external classifier summary")
+    summary, cached = ctx.cache.get_or_build(EXTERNAL, classifier_key(ctx), lambda _: evaluate_external(ctx, model, classifier_id))
     return model.eval().to(ctx.device), classifier_id, stage_metrics(ctx, summary, cached)
 
 
@@ -146,8 +123,7 @@ def run_classifier_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, flo
     """
     if classifier_recipe(ctx)["external"]:
         return run_external_stage(ctx)
-    folder = classifier_dir(ctx)
-    weights = folder / WEIGHTS
     model = build_model(ctx)
-    summary, cached = load_or_train(model, weights, folder / SUMMARY, lambda resume: train(ctx, model, resume), "classifier")
-    return model.eval().to(ctx.device), file_hash(weights), stage_metrics(ctx, summary, cached)
+    kind, key = Weights(FOLDER, model, "classifier"), classifier_key(ctx)
+    summary, cached = ctx.cache.get_or_build(kind, key, lambda resume: train(ctx, model, resume))
+    return model.eval().to(ctx.device), file_hash(ctx.cache.path(kind, key)), stage_metrics(ctx, summary, cached)

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gcd_lightning import distributed
+from gcd_lightning.cache import Cache
 from gcd_lightning.data import fingerprint
 
 # data-module settings that change where or how fast data is read, never what it is
@@ -73,6 +74,11 @@ class RunContext:
     _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False)
     memo: dict[Any, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)  # models loaded once per run
     timings: dict[str, float] = dataclasses.field(default_factory=dict, init=False, repr=False)  # wall seconds per stage
+
+    @property
+    def cache(self) -> Cache:
+        """The run's cache (``paths.cache_dir``)."""
+        return Cache(self.cache_dir)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -13,15 +13,15 @@ from pathlib import Path
 import hydra
 from torch import nn
 
+from gcd_lightning.cache import Key, Weights
 from gcd_lightning.models.pixelcnn import DensityTraining, PixelCNN
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import fit, seed_stage
-from gcd_lightning.utils.hashing import spec_hash, to_plain
+from gcd_lightning.utils.hashing import to_plain
 
 
-def density_file(ctx: RunContext) -> Path:
-    """The trained density model's weights, keyed by everything that determines them."""
+def density_key(ctx: RunContext) -> Key:
+    """The trained density model's cache key: everything that determines its weights."""
     spec = {
         "dataset": ctx.dataset_identity(),
         "density": to_plain(ctx.cfg.density),
@@ -29,14 +29,14 @@ def density_file(ctx: RunContext) -> Path:
         "seed": ctx.cfg.seed,
         **code_version("density"),
     }
-    return ctx.cache_dir / "density" / f"{ctx.cfg.dataset.name}_{spec_hash(spec)}.pt"
+    return Key(ctx.cfg.dataset.name, spec)
 
 
 def trained_density(ctx: RunContext) -> tuple[PixelCNN, dict]:
     """The run's density model, trained (or loaded) once per run (``ctx.memo``), in eval mode on the run's device;
     and its summary."""
-    path = density_file(ctx)
-    if path not in ctx.memo:
+    key = density_key(ctx)
+    if key.id not in ctx.memo:
         cfg = ctx.cfg.density
         model = hydra.utils.instantiate(cfg.net)
         seed_stage(ctx.cfg.seed, "density")
@@ -47,9 +47,9 @@ def trained_density(ctx: RunContext) -> tuple[PixelCNN, dict]:
                                    trainer_args={"limit_train_batches": cfg.limit_train_batches}, datamodule=ctx.datamodule)
             return {"val_bpd": float(trainer.callback_metrics["val/bpd"]), "train_seconds": seconds}
 
-        summary, _ = load_or_train(model, path, path.with_suffix(".json"), train, "density")
-        ctx.memo[path] = (model.eval().requires_grad_(False).to(ctx.device), summary)
-    return ctx.memo[path]
+        summary, _ = ctx.cache.get_or_build(Weights("density", model, "density"), key, train)
+        ctx.memo[key.id] = (model.eval().requires_grad_(False).to(ctx.device), summary)
+    return ctx.memo[key.id]
 
 
 def uses_density(component: nn.Module | None) -> bool:
@@ -60,7 +60,7 @@ def uses_density(component: nn.Module | None) -> bool:
 def density_identity(ctx: RunContext, component: nn.Module | None) -> dict[str, str]:
     """The cache-key entry of a component that reads the density model: the model's cache file name (its key);
     nothing for one that does not, so that their keys stay as they were."""
-    return {"density": density_file(ctx).name} if uses_density(component) else {}
+    return {"density": density_key(ctx).id} if uses_density(component) else {}
 
 
 def provide_density(ctx: RunContext, component: nn.Module) -> dict[str, float]:

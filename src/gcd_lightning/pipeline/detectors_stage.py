@@ -10,17 +10,17 @@ from torchmetrics.functional.classification import binary_auroc
 
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, detection_pairs
+from gcd_lightning.cache import Key, Weights
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.ensemble import ADVERSARIAL
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_detector, detection_split, train_detector
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import seed_stage
-from gcd_lightning.utils.hashing import spec_hash
 
 
-def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> Path:
+def detectors_group(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> str:
+    """The cache folder of the run's detectors (under ``detectors/``); its name keys the rectifier and the white-box caches."""
     spec = {
         "adversarial": adv_train_path.name,
         "classifier": classifier_id,
@@ -29,20 +29,16 @@ def detectors_dir(ctx: RunContext, adv_train_path: Path, classifier_id: str) -> 
         "seed": ctx.cfg.seed,
         **code_version("detectors"),
     }
-    return ctx.cache_dir / "detectors" / f"{adv_train_path.stem}_{spec_hash(spec)}"
-
-
-def detector_file(folder: Path, name: str, spec: object) -> Path:
-    """A detector's weights in ``folder``, named by its entry of ``defense.detectors`` and that entry's hash."""
-    return folder / f"{name}_{spec_hash({'detector': spec})}.pt"
+    return Key(adv_train_path.stem, spec).id
 
 
 def run_detectors_stage(
     ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_train: AdversarialSet, adv_train_path: Path
-) -> tuple[dict[str, Detector], Path, dict[str, float]]:
-    """Train (or load) every detector; validation AUC picks the epoch. Returns them by name, their folder, metrics."""
+) -> tuple[dict[str, Detector], str, dict[str, float]]:
+    """Train (or load) every detector; validation AUC picks the epoch. Returns them by name, their cache group
+    (``detectors_group``; each detector's entry in it is keyed by its entry of ``defense.detectors``), metrics."""
     cfg = ctx.cfg
-    folder = detectors_dir(ctx, adv_train_path, classifier_id)
+    group = detectors_group(ctx, adv_train_path, classifier_id)
     clean, (train_rows, val_rows) = detection_split(ctx, adv_train)
     detectors: dict[str, Detector] = {}
     metrics: dict[str, float] = {}
@@ -51,19 +47,19 @@ def run_detectors_stage(
         detector = detectors[name] = build_detector(ctx, cfg.defense.detectors[name], classifier)
         if detector.name != name:
             raise ValueError(f"defense.detectors.{name} builds a detector named {detector.name!r}; name the entry {detector.name!r}")
-        weights = detector_file(folder, name, cfg.defense.detectors[name])
+        key = Key(name, {"detector": cfg.defense.detectors[name]}, group)
 
         def train(resume: Path, detector: Detector = detector, name: str = name) -> dict[str, float]:  # bound now
             return train_detector(ctx, detector, clean, adv_train, (train_rows, val_rows), resume, f"detector {name}")
 
-        summary, cached = load_or_train(detector, weights, weights.with_suffix(".json"), train, f"detector {name}")
+        summary, cached = ctx.cache.get_or_build(Weights("detectors", detector, f"detector {name}"), key, train)
         detector.eval().to(ctx.device)
         metrics[f"detector.val_auc.{name}"] = summary["val_auc"]
         metrics[f"detector.train_seconds.{name}"] = summary["train_seconds"]
         metrics[f"detector.cached.{name}"] = float(cached)
     gcd = GCD(classifier, list(detectors.values()))
     metrics.update(validate_ensemble(gcd, *detection_pairs(clean, adv_train, val_rows), cfg.adversarial.batch_size))
-    return detectors, folder, metrics
+    return detectors, group, metrics
 
 
 @torch.no_grad()

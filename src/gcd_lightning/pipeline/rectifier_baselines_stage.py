@@ -5,7 +5,7 @@ Each entry of ``cfg.rectifier_baseline`` (``conf/rectifier_baseline/<name>.yaml`
 (or ``f`` itself), behind an optional input transformation. The network does not depend on the run's
 attack, so one training serves every attack of a grid: its cache key holds ``f``, the recipe, the
 trainer settings and the seed. Its clean accuracy over the first ``evaluate.n_clean`` test images is
-cached beside it too. On each run's adversarial test images (grey-box: generated against ``f``) the
+cached too. On each run's adversarial test images (grey-box: generated against ``f``) the
 stage reports ``rectifier_baseline.<name>.acc.adv`` over all pairs, ``.acc.adv_successful`` over the
 successful attacks and ``.robust_acc.all`` over every examined test image (as GCD's Table 5 cells).
 """
@@ -19,23 +19,21 @@ import hydra
 import torch
 from torch import nn
 
-from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
+from gcd_lightning.cache import Key, Summary, Weights
 from gcd_lightning.defense.baselines.robust_training import Preprocessed, RobustRecipe, RobustTraining
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.density import density_identity, provide_density
 from gcd_lightning.pipeline.training import fit, seed_stage
-from gcd_lightning.utils.files import load_json, save_json
-from gcd_lightning.utils.hashing import spec_hash, to_plain
+from gcd_lightning.utils.hashing import to_plain
 
 PREFIX = "rectifier_baseline"
 
 
-def network_file(ctx: RunContext, classifier_id: str, name: str, recipe: RobustRecipe) -> Path:
+def network_key(ctx: RunContext, classifier_id: str, name: str, recipe: RobustRecipe) -> Key:
     """The trained network of baseline ``name``, keyed by ``f``, its recipe (but ``max_images``, which only the
     scoring reads), the density model its preprocessing reads (PixelDefend), the trainer settings and the seed;
-    its clean accuracy's cache file is named after it."""
+    its id keys the clean accuracy and the white-box caches."""
     config = {key: value for key, value in to_plain(ctx.cfg.rectifier_baseline[name]).items() if key != "max_images"}
     spec = {
         **density_identity(ctx, recipe.preprocess),
@@ -45,7 +43,7 @@ def network_file(ctx: RunContext, classifier_id: str, name: str, recipe: RobustR
         "seed": ctx.cfg.seed,
         **code_version("rectifier_baselines"),
     }
-    return ctx.cache_dir / PREFIX / f"{ctx.cfg.dataset.name}_{name}_{spec_hash(spec)}.pt"
+    return Key(f"{ctx.cfg.dataset.name}_{name}", spec)
 
 
 def train(ctx: RunContext, recipe: RobustRecipe, module: RobustTraining, resume: Path, name: str) -> dict[str, float]:
@@ -56,22 +54,22 @@ def train(ctx: RunContext, recipe: RobustRecipe, module: RobustTraining, resume:
     return {"train_seconds": seconds}
 
 
-def clean_accuracy(ctx: RunContext, defense: nn.Module, weights: Path, name: str, max_images: int | None) -> dict[str, float]:
+def clean_accuracy(ctx: RunContext, defense: nn.Module, network: Key, name: str, max_images: int | None) -> dict[str, float]:
     """The defended classifier's accuracy on the first ``evaluate.n_clean`` (at most ``max_images``) clean test
-    images, cached beside its weights."""
+    images, cached beside its network's entry."""
     cfg = ctx.cfg
     test = ctx.datamodule.dataset("test")
     n_clean = min(cfg.evaluate.n_clean or len(test), max_images or len(test))
-    path = weights.with_name(f"{weights.stem}_clean_{spec_hash({'n_clean': n_clean, 'seed': cfg.seed})}.json")
-    if distributed.broadcast(path.is_file()):
-        return load_json(path, f"cached {PREFIX} {name} clean accuracy")
-    seed_stage(cfg.seed, f"{PREFIX} {name} clean")
-    start = time.perf_counter()
-    x, y = stack(test, torch.arange(n_clean))
-    result = {"acc": (predict(defense, x, cfg.adversarial.batch_size) == y).double().mean().item(),
-              "n": float(n_clean), "seconds": time.perf_counter() - start}
-    distributed.write_on_rank_zero(save_json, result, path)
-    return result
+
+    def measure(_: Path) -> dict[str, float]:
+        seed_stage(cfg.seed, f"{PREFIX} {name} clean")
+        start = time.perf_counter()
+        x, y = stack(test, torch.arange(n_clean))
+        return {"acc": (predict(defense, x, cfg.adversarial.batch_size) == y).double().mean().item(),
+                "n": float(n_clean), "seconds": time.perf_counter() - start}
+
+    key = Key(f"{network.name}_clean", {"network": network.id, "n_clean": n_clean, "seed": cfg.seed})
+    return ctx.cache.get_or_build(Summary(PREFIX, f"{PREFIX} {name} clean accuracy"), key, measure)[0]
 
 
 def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classifier_id: str, adv_test: AdversarialSet
@@ -89,17 +87,17 @@ def run_rectifier_baselines_stage(ctx: RunContext, classifier: nn.Module, classi
         if recipe.preprocess is not None:
             metrics.update({f"density.{key}": value for key, value in provide_density(ctx, recipe.preprocess).items()})
         network = classifier  # f itself, unless the recipe fine-tunes a copy
-        weights = network_file(ctx, classifier_id, name, recipe)
+        key = network_key(ctx, classifier_id, name, recipe)
         summary, cached = {"train_seconds": 0.0}, True
         if recipe.max_epochs:
             seed_stage(cfg.seed, f"{PREFIX} {name}")
             module = RobustTraining(classifier, cfg.dataset.num_classes, recipe.transform(), recipe.optimizer)
             network = module.model
-            summary, cached = load_or_train(network, weights, weights.with_suffix(".json"),
-                                            lambda resume: train(ctx, recipe, module, resume, name), f"{PREFIX} {name}")
+            summary, cached = ctx.cache.get_or_build(Weights(PREFIX, network, f"{PREFIX} {name}"), key,
+                                                     lambda resume: train(ctx, recipe, module, resume, name))
         defense = recipe.defense(network.eval().to(ctx.device))
-        defended[name] = defense, weights.stem
-        clean = clean_accuracy(ctx, defense, weights, name, recipe.max_images)
+        defended[name] = defense, key.id
+        clean = clean_accuracy(ctx, defense, key, name, recipe.max_images)
         seed_stage(cfg.seed, f"{PREFIX} {name} adversarial")
         start = time.perf_counter()
         pairs = slice(0, recipe.max_images)  # the first pairs of the test set (all without max_images)

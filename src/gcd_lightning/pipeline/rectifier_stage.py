@@ -9,27 +9,26 @@ import torch
 from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, pair_split
+from gcd_lightning.cache import Key, Weights
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.rectifier import masked_duplicates
 from gcd_lightning.defense.rectifier_module import RectifierFineTune
-from gcd_lightning.pipeline.cache import load_or_train
 from gcd_lightning.pipeline.components import build_model, ensemble_saliency
 from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.pipeline.training import fit_best, seed_stage
-from gcd_lightning.utils.hashing import spec_hash
 
 
-def rectifier_path(ctx: RunContext, detectors_folder: Path, classifier_id: str) -> Path:
+def rectifier_key(ctx: RunContext, detectors_group: str, classifier_id: str) -> Key:
     spec = {
-        "detectors": detectors_folder.name,
+        "detectors": detectors_group,
         "classifier": classifier_id,
         "rectifier": ctx.cfg.rectifier,
         "trainer": ctx.training_identity(),
         "seed": ctx.cfg.seed,
         **code_version("rectifier"),
     }
-    return ctx.cache_dir / "rectifier" / f"{detectors_folder.name}_rec_{spec_hash(spec)}.pt"
+    return Key(f"{detectors_group}_rec", spec)
 
 
 def run_rectifier_stage(
@@ -37,17 +36,17 @@ def run_rectifier_stage(
     classifier: nn.Module,
     classifier_id: str,
     detectors: dict[str, Detector],
-    detectors_folder: Path,
+    detectors_group: str,
     adv_train: AdversarialSet,
 ) -> tuple[nn.Module, str, dict[str, float]]:
     """Train (or load) ``f_rec`` on ``k`` masked duplicates of each successful adversarial train example.
 
     ``f_rec`` starts as a copy of ``f``, or as the network ``rectifier.net`` describes (e.g. the
     Wide ResNet of ``rectifier=wide_resnet``, the paper's ImageNet rectifier). Returns ``f_rec``,
-    its id (the cache file's stem, which keys the white-box caches) and metrics.
+    its id (the cache entry's, which keys the white-box caches) and metrics.
     """
     cfg = ctx.cfg
-    weights = rectifier_path(ctx, detectors_folder, classifier_id)
+    key = rectifier_key(ctx, detectors_group, classifier_id)
     seed_stage(cfg.seed, "rectifier")
     net = cfg.rectifier.get("net")
     module = RectifierFineTune(
@@ -79,11 +78,11 @@ def run_rectifier_stage(
         )
         return {"val_acc": best, "train_seconds": seconds}
 
-    summary, cached = load_or_train(module.model, weights, weights.with_suffix(".json"), train, "rectifier")
+    summary, cached = ctx.cache.get_or_build(Weights("rectifier", module.model, "rectifier"), key, train)
     metrics = {
         "rectifier.alpha": float(cfg.rectifier.alpha),
         "rectifier.val_acc": summary["val_acc"],
         "rectifier.train_seconds": summary["train_seconds"],
         "rectifier.cached": float(cached),
     }
-    return module.model.eval().to(ctx.device), weights.stem, metrics
+    return module.model.eval().to(ctx.device), key.id, metrics

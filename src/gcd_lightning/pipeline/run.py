@@ -136,13 +136,13 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     if not stage.includes(Stage.DETECTORS):
         return metrics
     with ctx.timed("detectors"):
-        detectors, detectors_folder, detector_metrics = run_detectors_stage(ctx, model, classifier_id, adv_train, train_path)
+        detectors, detectors_group, detector_metrics = run_detectors_stage(ctx, model, classifier_id, adv_train, train_path)
     metrics.update(detector_metrics)
     if not stage.includes(Stage.RECTIFIER):
         return metrics
     with ctx.timed("rectifier"):
         rectifier, rectifier_id, rectifier_metrics = run_rectifier_stage(
-            ctx, model, classifier_id, detectors, detectors_folder, adv_train
+            ctx, model, classifier_id, detectors, detectors_group, adv_train
         )
     metrics.update(rectifier_metrics)
     gcd = build_gcd(ctx, model, detectors, rectifier)
@@ -165,7 +165,7 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
             save_memos(ctx, baselines, classifier_id)
     if ctx.cfg.threat.name == "whitebox":
         with ctx.timed("whitebox"):
-            metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_folder.name, adv_test, baselines,
+            metrics.update(run_whitebox_stage(ctx, gcd, classifier_id, rectifier_id, detectors_group, adv_test, baselines,
                                               defended))
     return metrics
 

@@ -92,7 +92,7 @@ class ResumePoint(ModelCheckpoint):
 
     It holds the weights, the optimizer's and scheduler's state, the epoch and the callbacks' state
     (``KeepBest``'s best epoch so far), and no hyperparameters (they hold optimizer factories, which
-    ``weights_only=True`` cannot load). The cache step (``cache.load_or_train``) deletes the folder
+    ``weights_only=True`` cannot load). The cache (``Cache.get_or_build``) deletes the folder
     once the trained weights are cached.
     """
 

@@ -63,9 +63,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gcd_lightning import distributed
-from gcd_lightning.adversarial import AdversarialSet, cached, outputs, perturbation_norms, predict, robust_accuracy, stack, strongest
+from gcd_lightning.adversarial import AdversarialSet, Sets, outputs, perturbation_norms, predict, robust_accuracy, stack, strongest
 from gcd_lightning.attacks import Attack, Norm, run_attack
 from gcd_lightning.attacks.objective import PLAIN, Objective
+from gcd_lightning.cache import Key
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.detector import DetectorInput, SubDetector
@@ -89,6 +90,7 @@ log = logging.getLogger(__name__)
 JUDGE_SEED, JUDGE_STRIDE = indicators.JUDGE_SEED, indicators.JUDGE_STRIDE  # end-to-end judging: seeds no attack uses
 WALK_TARGETS = ("failed", "all")  # threat.adaptive.boundary.targets: where the gradient attacks fail the unbounded check, or every detector target
 
+WHITEBOX_SETS = Sets("whitebox", "white-box result")
 Judge = Callable[[torch.Tensor], torch.Tensor]
 """Adversarial images -> (N,) bool success."""
 
@@ -340,8 +342,8 @@ def run_whitebox_stage(
     def run_variant(target_name: str, variant: Variant) -> AdversarialSet:
         spec = {**base_spec, **variant.spec, "target": target_name, "variant": variant.name, "cw": cw_budget(ctx),
                 **part_ids.get(target_name, {})}
-        path = ctx.cache_dir / "whitebox" / f"{cfg.dataset.name}_{cfg.attack.name}_{target_name}_{variant.name}_{spec_hash(spec)}.pt"
-        return cached(path, spec, lambda: build(variant, f"{target_name} {variant.name}"))[0]
+        key = Key(f"{cfg.dataset.name}_{cfg.attack.name}_{target_name}_{variant.name}", spec)
+        return ctx.cache.get_or_build(WHITEBOX_SETS, key, lambda _: build(variant, f"{target_name} {variant.name}"))[0]
 
     def build(variant: Variant, desc: str) -> AdversarialSet:
         attack = variant.make()
