@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
 EXPERIMENT ?= mnist_ddn_targeted
-# the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/model.pt)
-CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*/model.pt))
+# the classifier `make demo` trained (override: make bench CHECKPOINT=path/to/weights.pt)
+CHECKPOINT ?= $(firstword $(wildcard cache/classifier/mnist_small_cnn_*.pt))
 
-.PHONY: install data demo test bench bench-tvm bench-hsj bench-suite attribution whitebox baselines baselines-agnostic clean-cache
+.PHONY: install data demo test results bench bench-tvm bench-hsj bench-suite attribution whitebox baselines baselines-agnostic clean-cache
 
 install: $(INSTALLED)
 
@@ -31,6 +31,10 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest
+
+# docs/results.md and its figures from every run and evaluation under outputs/ (refreshes outputs/aggregate too)
+results: install
+	$(BIN)/python scripts/results.py outputs --page docs/results.md
 
 # all eight attacks on 1,000 MNIST test images (25-40 min on 2 CPU cores); run `make demo` first
 bench: install data

@@ -42,6 +42,8 @@ from gcd_lightning.defense.trust import UntrustedCode
 from gcd_lightning.inputs import check_inputs
 from gcd_lightning.intervals import rate_interval
 from gcd_lightning.utils.files import load_torch, save_json, save_text, save_torch
+from gcd_lightning.utils.provenance import FILE as PROVENANCE
+from gcd_lightning.utils.provenance import provenance
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import GuardedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import ensemble_flags
@@ -250,10 +252,12 @@ def report(evaluation: Evaluation) -> str:
 
 
 def write(evaluation: Evaluation, out: str | os.PathLike) -> Path:
-    """``metrics.json``, ``report.md`` and ``examples.pt`` (per image: won, by, x_adv, l2, linf, correct, flagged) in ``out``."""
+    """``metrics.json``, ``provenance.json``, ``report.md`` and ``examples.pt`` (per image: won, by, x_adv, l2, linf, correct,
+    flagged) in ``out``."""
     out = Path(out)
     result = evaluation.result
     save_json(evaluation.summary(), out / "metrics.json")
+    save_json(provenance(), out / PROVENANCE)
     save_text(report(evaluation), out / "report.md")
     save_torch({"won": result.won, "by": result.by, "attacks": result.attacks, "x_adv": result.x_adv, "l2": result.l2,
                 "linf": result.linf, "correct": evaluation.correct, "flagged": evaluation.flagged}, out / "examples.pt")

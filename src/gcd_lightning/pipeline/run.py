@@ -25,7 +25,9 @@ from gcd_lightning.pipeline.transfer_stage import run_transfer_stage
 from gcd_lightning.pipeline.whitebox_stage import run_whitebox_stage
 from gcd_lightning.reporting import wandb as wandb_report
 from gcd_lightning.reporting.report import write_report
-from gcd_lightning.utils.files import save_text
+from gcd_lightning.utils.files import save_json, save_text
+from gcd_lightning.utils.provenance import FILE as PROVENANCE
+from gcd_lightning.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def parse_stage(value: str) -> Stage:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the stages ``cfg.stage`` asks for; write the resolved config, metrics and report.
+    """Run the stages ``cfg.stage`` asks for; write the resolved config, its provenance, metrics and report.
 
     A run that fails or is interrupted leaves a ``FAILED`` file in its run dir saying so, with the error.
 
@@ -69,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     ctx = RunContext.build(cfg)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     distributed.write_on_rank_zero(save_text, OmegaConf.to_yaml(cfg, resolve=True), ctx.output_dir / "config.yaml")
+    distributed.write_on_rank_zero(save_json, provenance(), ctx.output_dir / PROVENANCE)
     status = "failed"
     try:
         metrics = run_stages(ctx, stage)

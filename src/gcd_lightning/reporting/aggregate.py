@@ -34,16 +34,22 @@ class RunFolder:
         return Run(*run_key(self.config), self.metrics)
 
 
+EVALUATED = ("evaluate", "all")
+"""The stages of runs that measured something (a run that stops at ``stage=rectifier`` only trained)."""
+
+
 def find_runs(root: Path) -> list[RunFolder]:
-    """Every finished run below ``root`` (a folder with ``metrics.json`` and ``config.yaml``), oldest first."""
+    """Every finished run below ``root`` that evaluated (a folder with ``metrics.json`` and ``config.yaml`` whose
+    ``stage`` is in ``EVALUATED``), oldest first."""
     runs = []
     for metrics_path in sorted(root.rglob("metrics.json"), key=lambda p: (p.stat().st_mtime, str(p))):
         config_path = metrics_path.parent / "config.yaml"
         if config_path.is_file():
             config = yaml.safe_load(config_path.read_text())
-            runs.append(RunFolder(metrics_path.parent, config, load_json(metrics_path, "run metrics")))
+            if config.get("stage", "all") in EVALUATED:
+                runs.append(RunFolder(metrics_path.parent, config, load_json(metrics_path, "run metrics")))
     if not runs:
-        raise SystemExit(f"no finished runs (metrics.json beside config.yaml) under {root.resolve()}")
+        raise SystemExit(f"no finished runs that evaluated (metrics.json beside config.yaml, stage=evaluate or all) under {root.resolve()}")
     return runs
 
 

@@ -50,6 +50,17 @@ def roc_curves(clean: Mapping[str, torch.Tensor], adv: Mapping[str, torch.Tensor
     return save_figure(fig, path)
 
 
+def robustness_curves(points: Mapping[str, Sequence[tuple[float, float]]], title: str, path: Path) -> Path:
+    """Robust accuracy against the budget ε, one panel per norm (``points``: norm -> (ε, robust accuracy) pairs)."""
+    fig, axes = plt.subplots(1, len(points), figsize=(4.0 * len(points), 3.2), squeeze=False)
+    for ax, (norm, pairs) in zip(axes[0], points.items()):
+        eps, acc = zip(*pairs)
+        ax.plot(eps, acc, marker="o")
+        ax.set(xlabel=f"{'L∞' if norm == 'linf' else 'L2'} ε", ylabel="robust accuracy", ylim=(-0.02, 1.02), title=title)
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def sensitivity_histogram(g_clean: torch.Tensor, g_adv: torch.Tensor, title: str, path: Path) -> Path:
     """Histograms of ``log10 ‖G‖₂`` (eq. 1) of clean and adversarial images (the paper's Fig. 3 / 4)."""
     tiny = torch.finfo(torch.float32).tiny
