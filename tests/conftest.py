@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one torch thread each ...
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # ... and in the processes a test starts (a fresh process must compute as it does)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -59,6 +65,19 @@ def shrink_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
         threat.adaptive.blend.donors, threat.adaptive.blend.steps = 100, 8
         threat.adaptive.boundary.iterations, threat.adaptive.boundary.init_evals, threat.adaptive.boundary.max_evals = 3, 10, 20
         threat.robustness.linf_eps, threat.robustness.l2_eps = [0.1, 0.3], [1.0]
+    return cfg
+
+
+def lean_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
+    """``shrink_whitebox`` with each kind of attack once (the configured attack, orthogonal PGD on one hinge per
+    detector, BlendSearch, HopSkipJump, BPDA + EOT) and one budget: for tests whose subject is not the attacks' variety."""
+    cfg = shrink_whitebox(cfg, n_test)
+    with open_dict(cfg):
+        cfg.threat.judge_draws, cfg.threat.adaptive.blend.donors = 2, 40
+        adaptive = cfg.threat.adaptive
+        adaptive.detector_terms, adaptive.modes, adaptive.support_modes, adaptive.adam_modes = ["each"], ["orthogonal"], [], []
+        adaptive.surrogate_beta = None
+        cfg.threat.robustness.modes, cfg.threat.robustness.linf_eps, cfg.threat.robustness.l2_eps = ["orthogonal"], [0.3], []
     return cfg
 
 

@@ -19,7 +19,7 @@ from omegaconf import open_dict
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import compose_config, shrink, shrink_whitebox
+from conftest import compose_config, shrink, lean_whitebox
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, Sets, generate
 from gcd_lightning.attacks import PGD
@@ -225,8 +225,9 @@ def pipeline_config(tmp_path: Path, *overrides: str):
     cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "threat=whitebox", *overrides], tmp_path))
     with open_dict(cfg):
         cfg.adversarial.batch_size = 40  # attacks 5 + 3 batches, the clean split 5 batches
-        cfg.threat.batch_size = 5  # white-box: 3 batches
-    return shrink_whitebox(cfg, n_test=12)
+        cfg.threat.batch_size = 4  # white-box: 3 batches, two on rank 0
+        cfg.detector.max_epochs, cfg.rectifier.max_epochs = 4, 2  # every module trained with DDP, briefly
+    return lean_whitebox(cfg, n_test=10)  # each kind of white-box attack once, every one shared by the ranks
 
 
 def pipeline_worker(rank: int, port: int, tmp_path: Path) -> None:
