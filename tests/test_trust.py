@@ -124,3 +124,45 @@ def test_predict_cli_takes_trust_code(folder, tmp_path):
     assert len(out.read_text().splitlines()) == 4
     with pytest.raises(SystemExit, match="trust_code=maybe must be true or false"):
         predict_main([f"defense={folder}", f"inputs={tmp_path / 'x.pt'}", f"out={out}", "trust_code=maybe"])
+
+
+def test_a_users_own_rectifier_with_state_of_its_own_is_exported_whole(tmp_path, monkeypatch):
+    """Export stores the whole rectifier (its network and its own parameters), not only f_rec's inner network."""
+    (tmp_path / "my_tempered.py").write_text(
+        "import torch\nfrom torch import nn\nfrom gcd_lightning.defense.base import Rectifier\n\n"
+        "class Tempered(Rectifier):\n"
+        "    def __init__(self, network):\n"
+        "        super().__init__()\n        self.network = network\n        self.temperature = nn.Parameter(torch.tensor(1.0))\n\n"
+        "    def forward(self, x, saliency=None):\n        return self.network(x) / self.temperature\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from my_tempered import Tempered
+
+    torch.manual_seed(0)
+    f = normalized(SmallCNN(**{k: v for k, v in NET.items() if k != "_target_"}), MEAN, STD).eval()
+    body = {k: v for k, v in BODY.items() if k != "_target_"}
+    rectifier = Tempered(normalized(SmallCNN(**{k: v for k, v in NET.items() if k != "_target_"}), MEAN, STD))
+    with torch.no_grad():
+        rectifier.temperature.fill_(3.0)  # trained state of its own
+    gcd = GCD(f, [SubDetector(SmallCNN(**body), "org"), SubDetector(SmallCNN(**body), "is", classifier=f)], rectifier,
+              input_shape=(1, 28, 28)).eval()
+    specs = {name: {"_target_": "gcd_lightning.defense.SubDetector", "kind": name, "body": BODY} for name in ("org", "is")}
+    folder = export_defense(gcd, tmp_path / "defense", classifier_net=NET, external=False, rectifier_net=NET,
+                            detector_specs=specs, rectifier_spec={"_target_": "my_tempered.Tempered"}, mean=MEAN, std=STD,
+                            num_classes=10, input_shape=(1, 28, 28), dataset="mnist")
+    with pytest.raises(UntrustedCode, match="'my_tempered.Tempered'"):
+        load_defense(folder)
+    loaded = load_defense(folder, trust_code=True)
+    assert loaded.rectifier.temperature.item() == 3.0
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(loaded.rectifier(x), gcd.rectifier(x))
+
+
+def test_a_folder_of_the_first_format_still_loads(folder):
+    """Folders exported before the whole rectifier was stored hold only f_rec's inner network in rectifier.pt."""
+    expected = load_defense(folder)
+    state = torch.load(folder / "rectifier.pt", weights_only=True)
+    torch.save({key.removeprefix("network.1."): value for key, value in state.items() if key.startswith("network.1.")},
+               folder / "rectifier.pt")
+    edit(folder, lambda d: d.update(format="gcd-lightning-defense/1"))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(load_defense(folder).rectifier.network(x), expected.rectifier.network(x))

@@ -12,7 +12,7 @@ from torch import nn
 
 from gcd_lightning.adversarial import AdversarialSet, perturbation_norms, strongest
 from gcd_lightning.attacks import PGD, DDN, Norm, run_attack
-from gcd_lightning.defense.base import Detector
+from gcd_lightning.defense.base import Detector, Rectifier
 from gcd_lightning.defense.detector import SubDetector
 from gcd_lightning.defense.ensemble import entropy_select, is_flagged
 from gcd_lightning.defense.gcd import GCD
@@ -632,3 +632,29 @@ def test_blend_search_reads_the_detector_and_the_target():
         BlendSearch(flagged, objective, torch.rand(5, 1, 3, 3), "linf", 1.0).perturb(x, y)
     with pytest.raises(ValueError, match="non-empty float"):
         BlendSearch(flagged, objective, torch.zeros(0, 1, 4, 4), "linf", 1.0)
+
+
+class TemperedRectifier(Rectifier):
+    """A user's own rectifier: ``f_rec`` with a learned temperature, deterministic and differentiable."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.temperature = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
+        return self.network(x) / self.temperature
+
+
+def test_any_rectifier_is_attacked_end_to_end_through_its_own_graph():
+    f, f_rec = smooth_classifier(0), smooth_classifier(3)
+    rectifier = TemperedRectifier(f_rec)
+    gcd = GCD(f, [flagging_detector(), sensitivity_detector(f)], rectifier)
+    model = RandomizedGCD(gcd, eot_samples=4)  # not random: one draw, not four
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    p = gcd.detect(x).p
+    expected = p[:, 0:1] * torch.softmax(f(x), 1) + p[:, 1:2] * torch.softmax(f_rec(x) / 2.0, 1)
+    assert torch.allclose(model(x).exp(), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: model(v), (x,), eps=1e-6, atol=1e-5)  # the gradient is the rectifier's own
+    with pytest.raises(ValueError, match="no rectifier"):
+        RandomizedGCD(GCD(f, [flagging_detector(), sensitivity_detector(f)]), eot_samples=2)

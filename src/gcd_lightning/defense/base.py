@@ -64,9 +64,20 @@ class Rectifier(nn.Module):
     Attributes:
         guided: the rectifier wants the saliency ``|∂L_DET/∂x|`` of the detector that flagged
             each input (``GCD`` computes it only then, and only for the flagged inputs).
+        randomized: the rectifier answers the same input differently from draw to draw (random masks);
+            white-box attacks average its answers over draws (EOT).
     """
 
     guided: bool = False
+    randomized: bool = False
 
     def forward(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def expected_probabilities(self, x: torch.Tensor, saliency: torch.Tensor | None, samples: int) -> torch.Tensor:
+        """``(1/K)·Σ_k softmax(rectifier(x))`` (N, L) over ``K = samples`` draws (one for a rectifier that is not
+        ``randomized``), differentiable in ``x``: what white-box attacks on the whole defense follow (BPDA + EOT,
+        ``whitebox.models.RandomizedGCD``). By default the rectifier's own graph; a rectifier with a step that is not
+        differentiable (GCD's random masks) overrides it and passes that step with BPDA (Athalye et al. 2018)."""
+        draws = samples if self.randomized else 1
+        return torch.stack([torch.softmax(self(x, saliency), dim=1) for _ in range(draws)]).mean(dim=0)

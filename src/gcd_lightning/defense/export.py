@@ -33,7 +33,9 @@ from gcd_lightning.models.normalize import normalized
 from gcd_lightning.utils.files import load_torch, umask_mode
 from gcd_lightning.utils.hashing import state_dict_hash, to_plain
 
-FORMAT = "gcd-lightning-defense/1"
+FORMAT = "gcd-lightning-defense/2"
+NETWORK_ONLY = "gcd-lightning-defense/1"  # an older folder: its rectifier.pt holds only f_rec's inner network
+READABLE = (FORMAT, NETWORK_ONLY)
 DESCRIPTION = "defense.yaml"
 CLASSIFIER = "classifier.pt"
 RECTIFIER = "rectifier.pt"
@@ -60,8 +62,9 @@ def export_defense(
 ) -> Path:
     """Write ``gcd`` into ``folder`` (replaced as a whole, never left half-written).
 
-    ``gcd.classifier`` and ``gcd.rectifier.network`` must be ``models.normalized`` networks (the
-    pipeline's); their inner networks are stored.
+    ``gcd.classifier`` must be a ``models.normalized`` network (the pipeline's): its inner network is
+    stored. The rectifier, any ``Rectifier`` built from ``rectifier_spec`` and ``network=`` (``f_rec``, the
+    normalised ``rectifier_net``), is stored whole: its network and whatever state of its own it has.
 
     Args:
         classifier_net: the config that builds ``f``'s network (``model.net``).
@@ -73,7 +76,7 @@ def export_defense(
         num_classes, input_shape, dataset: what the defense classifies.
     """
     folder = Path(folder)
-    classifier, rectifier_network = gcd.classifier[1], gcd.rectifier.network[1]
+    classifier = gcd.classifier[1]
     description = {
         "format": FORMAT,
         "dataset": dataset,
@@ -100,7 +103,7 @@ def export_defense(
             torch.save(classifier.state_dict(), staging / CLASSIFIER)
         for name, detector in zip(gcd.detector_names, gcd.detectors):
             torch.save(detector.state_dict(), staging / detector_file(name))
-        torch.save(rectifier_network.state_dict(), staging / RECTIFIER)
+        torch.save(gcd.rectifier.state_dict(), staging / RECTIFIER)
         os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700
         if folder.exists():
             shutil.rmtree(folder)
@@ -120,9 +123,9 @@ def read_description(folder: Path) -> dict[str, Any]:
         description = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise RuntimeError(f"{path} is corrupt ({err}); export the defense again") from err
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
+    if not isinstance(description, dict) or description.get("format") not in READABLE:
         found = description.get("format") if isinstance(description, dict) else None
-        raise RuntimeError(f"{path}: unknown format {found!r}; this version reads {FORMAT!r}")
+        raise RuntimeError(f"{path}: unknown format {found!r}; this version reads {list(READABLE)}")
     return description
 
 
@@ -180,7 +183,8 @@ def load_defense(
         detectors.append(detector.eval())
     rectifier_entry = description["rectifier"]
     network = hydra.utils.instantiate(rectifier_entry["net"])
-    network.load_state_dict(load_torch(folder / rectifier_entry["weights"], "the defense's rectifier"))
     rectifier = hydra.utils.instantiate(rectifier_entry["spec"], network=normalized(network, norm["mean"], norm["std"]))
+    state = load_torch(folder / rectifier_entry["weights"], "the defense's rectifier")
+    (network if description["format"] == NETWORK_ONLY else rectifier).load_state_dict(state)
     gcd = GCD(f, detectors, rectifier, input_shape=description["input_shape"])
     return gcd.to(device).eval()

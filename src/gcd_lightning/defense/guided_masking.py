@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gcd_lightning.bpda import bpda_eot_probabilities
 from gcd_lightning.defense.base import Rectifier
 from gcd_lightning.defense.rectifier import check_fraction, random_mask, saliency_threshold
 
@@ -25,6 +26,7 @@ class GuidedMasking(Rectifier):
     """
 
     guided = True
+    randomized = True
 
     def __init__(self, network: nn.Module, alpha: float, p: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -42,6 +44,14 @@ class GuidedMasking(Rectifier):
         return torch.cat([random_mask(x.detach(), suspect, self.p, self.generator) for _ in range(samples)])
 
     def forward(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
+        return self.network(self.mask(x, self.needs(saliency)))
+
+    def expected_probabilities(self, x: torch.Tensor, saliency: torch.Tensor | None, samples: int) -> torch.Tensor:
+        """``f_rec`` over ``samples`` random masks of ``x``, each passed with BPDA (``∂mask(x)/∂x := I``), averaged (EOT)."""
+        return bpda_eot_probabilities(self.network, x, self.mask(x, self.needs(saliency), samples), samples)
+
+    @staticmethod
+    def needs(saliency: torch.Tensor | None) -> torch.Tensor:
         if saliency is None:
             raise ValueError("GuidedMasking needs the saliency of the detector that flagged each input (GCD passes it)")
-        return self.network(self.mask(x, saliency))
+        return saliency

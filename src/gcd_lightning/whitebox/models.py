@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gcd_lightning.bpda import bpda_eot_probabilities
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.defense.guided_masking import GuidedMasking
 from gcd_lightning.whitebox.objectives import detector_as_class_logits, detector_log_probabilities
 
 
@@ -60,15 +60,6 @@ class GuardedClassifier(nn.Module):
         return torch.cat([self.classifier(x), *(detector(x) for detector in self.detectors)], dim=1)
 
 
-def bpda_eot_probabilities(network: nn.Module, x: torch.Tensor, transformed: torch.Tensor, samples: int) -> torch.Tensor:
-    """``(1/K)·Σ_k softmax(network(t_k(x)))`` (N, L): ``transformed`` holds the ``K = samples`` draws ``t_k(x)``
-    (K·N rows, draw-major), each passed with BPDA, ``∂t_k(x)/∂x := I`` (Athalye et al. 2018):
-    ``x + (t_k(x) − x).detach()``; the mean over draws is EOT's."""
-    x_rep = x.repeat(samples, *([1] * (x.dim() - 1)))
-    bpda = x_rep + (transformed - x_rep).detach()
-    return torch.softmax(network(bpda), dim=1).view(samples, len(x), -1).mean(dim=0)
-
-
 def log_probabilities(p: torch.Tensor) -> torch.Tensor:
     """``log p``, with zeros lifted to the smallest positive float, so that cross entropy and margins apply unchanged."""
     return p.clamp_min(torch.finfo(p.dtype).tiny).log()
@@ -106,29 +97,29 @@ class PurifiedClassifier(nn.Module):
 class RandomizedGCD(nn.Module):
     """The whole GCD, rectifier path included, as log-probabilities over the L classes for BPDA + EOT.
 
-    GCD answers ``f(x)`` when the ensemble calls ``x`` benign and ``f_rec(mask(x))`` when it
-    flags it; the mask is random and not differentiable. The smooth surrogate attacked here is
-    the expected answer
+    GCD answers ``f(x)`` when the ensemble calls ``x`` benign and the rectifier's answer when it flags
+    it. The smooth surrogate attacked here is the expected answer
 
-        P(i | x) = p⁺(x)·softmax(f(x))_i + p⁻(x)·(1/K)·Σ_k softmax(f_rec(m_k(x)))_i
+        P(i | x) = p⁺(x)·softmax(f(x))_i + p⁻(x)·E[softmax(rectifier(x))_i]
 
-    with the ensemble's probabilities (eq. 10-11), ``K`` random masks ``m_k`` (EOT: the mean
-    over draws of the randomisation) and each mask passed with BPDA, ``∂m_k(x)/∂x := I``
-    (Athalye et al. 2018): ``x + (m_k(x) − x).detach()``. Its log is returned, so that the
-    attacks' cross entropy and margins apply unchanged. Success is judged on the real GCD
-    (hard decision, one random mask), not on this surrogate.
+    with the ensemble's probabilities (eq. 10-11) and the rectifier's expectation over ``K`` draws of
+    its randomness (EOT), differentiated as the rectifier says (``Rectifier.expected_probabilities``:
+    GCD's guided masking passes each random mask ``m_k`` with BPDA, ``∂m_k(x)/∂x := I``, Athalye et al.
+    2018; any other rectifier through its own graph). Its log is returned, so that the attacks' cross
+    entropy and margins apply unchanged. Success is judged on the real GCD (hard decision, one random
+    draw), not on this surrogate.
 
     Args:
-        gcd: the trained GCD (eval mode) with its ``GuidedMasking`` rectifier.
-        eot_samples: ``K``, random masks averaged per forward pass.
+        gcd: the trained GCD (eval mode) with a rectifier.
+        eot_samples: ``K``, draws averaged per forward pass (one for a rectifier that is not random).
     """
 
     def __init__(self, gcd: GCD, eot_samples: int) -> None:
         super().__init__()
         if eot_samples < 1:
             raise ValueError(f"RandomizedGCD: eot_samples must be at least 1, got {eot_samples}")
-        if not isinstance(gcd.rectifier, GuidedMasking):
-            raise TypeError(f"RandomizedGCD: BPDA through GCD's guided masking; got rectifier {type(gcd.rectifier).__name__}")
+        if gcd.rectifier is None:
+            raise ValueError("RandomizedGCD: the defense has no rectifier (detection only); attack its detectors instead")
         self.gcd = gcd
         self.eot_samples = int(eot_samples)
         self.eval()
@@ -136,7 +127,7 @@ class RandomizedGCD(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.gcd.detect(x)
         rectifier = self.gcd.rectifier
-        masked = rectifier.mask(x, self.gcd.saliency(x.detach(), result.decided), self.eot_samples)
-        rec = bpda_eot_probabilities(rectifier.network, x, masked, self.eot_samples)
+        saliency = self.gcd.saliency(x.detach(), result.decided) if rectifier.guided else None
+        rec = rectifier.expected_probabilities(x, saliency, self.eot_samples)
         clean = torch.softmax(self.gcd.classifier(x), dim=1)
         return log_probabilities(result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec)
