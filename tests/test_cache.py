@@ -46,7 +46,7 @@ def test_weights_load_into_the_network_and_a_half_written_entry_is_rebuilt(tmp_p
     summary, hit = cache.get_or_build(Weights("detectors", trained, "detector"), key, train)
     path = cache.path(Weights("detectors", trained, "detector"), key)
     assert (summary, hit) == ({"val_acc": 0.9}, False) and path.parent == tmp_path / "detectors" / "run1"
-    assert not path.with_name(f"{path.name}.resume").exists()  # ... removed once the entry is written
+    assert not path.with_suffix(".resume").exists()  # ... removed once the entry is written
     fresh = nn.Linear(2, 2)
     summary, hit = cache.get_or_build(Weights("detectors", fresh, "detector"), key, pytest.fail)
     assert hit and summary == {"val_acc": 0.9} and torch.equal(fresh.weight, trained.weight)

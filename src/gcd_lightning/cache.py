@@ -9,7 +9,7 @@ does; the spec is written beside the entry (``<entry>.spec.json``) for people to
 miss an entry at once build it once, and the OS frees the lock of a process that dies. In a DDP run rank 0
 looks for every rank, every rank builds (a build may shard its work) and rank 0 alone writes. Every file
 is written atomically, the one that completes the entry last, so a hit always finds a whole entry and an
-interrupted build leaves none. A build that trains keeps its checkpoint in ``<entry>.resume/`` (its
+interrupted build leaves none. A build that trains keeps its checkpoint in ``<name>_<hash>.resume/`` (its
 argument) and resumes from it after an interruption; the folder is removed once the entry is written.
 
 A kind says where its entries live and how they are read and written: ``Weights`` (a trained network's
@@ -88,7 +88,8 @@ class Cache:
     def get_or_build(self, kind: Kind[T], key: Key, build: Callable[[Path], T]) -> tuple[T, bool]:
         """The entry's value, loaded, or built by ``build(resume)`` and cached (module docstring); and whether it was a hit.
 
-        ``resume`` is ``<entry>.resume/``, where a build that trains keeps its checkpoint after every epoch.
+        ``resume`` is ``<name>_<hash>.resume/`` beside the entry, where a build that trains keeps its checkpoint after
+        every epoch.
         """
         path = self.path(kind, key)
         with entry_lock(path, kind.what):
@@ -96,7 +97,7 @@ class Cache:
                 log.info("%s: cache hit %s", kind.what, path)
                 return kind.load(path), True
             log.info("%s: cache miss, building %s", kind.what, path)
-            resume = path.with_name(f"{path.name}.resume")
+            resume = path.with_suffix(".resume")
             value = build(resume)
             distributed.write_on_rank_zero(save_json, key.spec, path.with_name(f"{key.id}.spec.json"))
             distributed.write_on_rank_zero(kind.save, value, path)
