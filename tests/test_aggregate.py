@@ -8,11 +8,13 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
 from gcd_lightning.intervals import wilson_interval
-from gcd_lightning.reporting.report import indicator_lines, render
+from gcd_lightning.reporting.figures import roc_curves
+from gcd_lightning.reporting.report import indicator_lines, render, whitebox_targets
 from gcd_lightning.reporting.aggregate import find_runs, latest
 from gcd_lightning.reporting.tables import (
     INDICATORS, Run, failed_indicators, laid_out, robustness, run_key, table2, table3, table5, timing,
@@ -286,3 +288,25 @@ def test_timing_table_gives_each_stages_wall_time_their_total_and_each_component
     assert len(set(columns)) == len(columns)  # the attack's name and the attack stage are two columns
     assert rows[0][3:] == ["0", "61", "30", "92", "93"] and rows[1][3:] == ["10", None, None, "10", None]
     assert timing([Run("mnist", "cw_untargeted", "greybox", GREY)])[1] == []  # runs from before the timings: no rows
+
+
+def test_reports_name_the_detectors_the_defense_has(tmp_path):
+    """A defense of DET_org and a detector of its own (``lid``): Tables 2 and 3, the report and the ROC name those."""
+    own = {key.replace("det_is", "det_lid").replace("detector.auc.is", "detector.auc.lid"): value
+           for key, value in {**GREY, **WHITE}.items()}
+    metrics = {**own, "detector.val_auc.org": 0.9, "detector.val_auc.lid": 0.8, "detector.val_auc.gcd": 0.9, "gcd.robust_acc.all": 0.9,
+               "base.robust_acc.all": 0.0}
+    run = Run("mnist", "pgd_targeted", "whitebox", metrics)
+    columns, (row,) = table2([run])
+    assert "DET_IS" not in columns and dict(zip(columns, row))["DET_lid"] == 1.0 and dict(zip(columns, row))["DET_lid paper"] is None
+    assert dict(zip(columns, row))["DET_org paper"] is not None  # the paper's own detector keeps its number
+    columns, (row,) = table3([run])
+    assert "DET_IS" not in columns and (dict(zip(columns, row))["DET_lid"], dict(zip(columns, row))["DET_org"]) == (0.5, 0.1)
+    assert columns.index("GCD") < columns.index("DET_org") < columns.index("DET_lid")
+    assert whitebox_targets(run) == {"nodet": "NoDET", "gcd": "GCD", "det_org": "DET_org", "det_lid": "DET_lid",
+                                     "bpda_eot": "BPDA+EOT"}  # the report's columns of each attack's success
+    paper_run = Run("mnist", "pgd_targeted", "whitebox", {**GREY, **WHITE, "detector.val_auc.org": 0.9, "detector.val_auc.is": 0.9})
+    assert list(whitebox_targets(paper_run).values()) == ["NoDET", "DET_IS", "GCD", "DET_org", "BPDA+EOT"]
+    png = roc_curves({name: torch.rand(20) for name in ("org", "lid", "gcd")},
+                     {name: torch.rand(20) + 0.5 for name in ("org", "lid", "gcd")}, "ROC", tmp_path / "roc.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

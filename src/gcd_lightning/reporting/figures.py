@@ -19,9 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
 
+from gcd_lightning.reporting.paper import detector_label  # noqa: E402
 from gcd_lightning.utils.files import atomic_write  # noqa: E402
 
-DETECTOR_NAMES = {"org": "DET_org", "is": "DET_IS", "gcd": "GCD (ensemble)"}
+STYLES = (("-", 3.0), ("--", 2.0), ("-.", 1.5), (":", 1.5))
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -38,7 +39,8 @@ def roc_curves(clean: Mapping[str, torch.Tensor], adv: Mapping[str, torch.Tensor
     The line styles differ, so that curves on top of each other (two detectors at AUC 1) stay visible.
     """
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for (name, label), (style, width) in zip(DETECTOR_NAMES.items(), (("-", 3.0), ("--", 2.0), ("-.", 1.5))):
+    for k, name in enumerate(clean):  # each detector of the defense, then "gcd"
+        label, (style, width) = "GCD (ensemble)" if name == "gcd" else detector_label(name), STYLES[k % len(STYLES)]
         scores = torch.cat([clean[name], adv[name]])
         target = torch.cat([torch.zeros(len(clean[name])), torch.ones(len(adv[name]))]).long()
         fpr, tpr, _ = binary_roc(scores, target)

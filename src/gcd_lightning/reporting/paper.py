@@ -29,6 +29,15 @@ TABLE2_BASELINES = {
         "ddn_targeted": {"sal": 1.00, "pd": 1.00, "tws": 1.00, "mds": 0.95},
     },
 }
+DETECTORS = {"org": "DET_org", "is": "DET_IS"}
+"""GCD's detectors as the paper names them (``defense.detectors`` keys ``org`` and ``is``); ``TABLE2``'s columns 1 and 2."""
+
+
+def detector_label(name: str) -> str:
+    """How reports name a detector of the defense: the paper's ``DET_org`` / ``DET_IS``, else ``DET_<name>``."""
+    return DETECTORS.get(name, f"DET_{name}")
+
+
 # the paper's column name of each baseline (ours without a published column keep their own name)
 BASELINE_COLUMNS = {"sal": "DET_sal", "pd": "DET_PD", "tws": "DET_TWS", "mds": "DET_MDS", "gnorm": "‖G‖₂", "squeeze": "Squeeze"}
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gcd_lightning.reporting.paper import BASELINE_COLUMNS, RECTIFIER_COLUMNS, TABLE4
-from gcd_lightning.reporting.tables import (INDICATORS, Run, baseline_names, fmt, markdown, robustness, table2, table3, table5,
-                                           target_indicators)
+from gcd_lightning.reporting.paper import BASELINE_COLUMNS, RECTIFIER_COLUMNS, TABLE4, detector_label
+from gcd_lightning.reporting.tables import (INDICATORS, Run, baseline_names, defense_detectors, fmt, markdown, robustness, table2,
+                                           table3, table5, target_indicators)
 from gcd_lightning.utils.files import save_json, save_text
 
 
@@ -29,8 +29,9 @@ def defense_tables(run: Run) -> list[str]:
         "",
         markdown(*table2([run])),
         f"Clean test images flagged (false-positive rate): {fmt(m['detector.fpr.clean'])} of "
-        f"{fmt(m['eval.n_clean'], 0)}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; "
-        f"decided by DET_org: {fmt(m['detector.org_share.adv'])}.",
+        f"{fmt(m['eval.n_clean'], 0)}; successful attacks flagged: {fmt(m['detector.tpr.adv'])}; decided by "
+        + ", ".join(f"{detector_label(d)}: {fmt(m[f'detector.{d}_share.adv'])}" for d in defense_detectors([run])
+                    if f"detector.{d}_share.adv" in m) + ".",
         "",
         "## Accuracy (Table 5)",
         "",
@@ -86,15 +87,25 @@ def rectifier_baseline_lines(m: dict[str, float]) -> list[str]:
     ]
 
 
+def whitebox_targets(run: Run) -> dict[str, str]:
+    """A white-box run's targets in the report's order, with their names: NoDET, each detector of the defense
+    (``DET_IS`` before GCD, the paper's order; the others after it), GCD, BPDA+EOT, then each baseline detector and
+    Table 5 classifier the run attacked."""
+    detectors = defense_detectors([run])
+    order = ["nodet", *(f"det_{d}" for d in detectors if d == "is"), "gcd", *(f"det_{d}" for d in detectors if d != "is")]
+    labels = {"nodet": "NoDET", "gcd": "GCD", **{f"det_{d}": detector_label(d) for d in detectors}}
+    return {**{t: labels[t] for t in order}, "bpda_eot": "BPDA+EOT",
+            **{f"det_{name}": BASELINE_COLUMNS.get(name, name) for name in baseline_names([run], "whitebox.success.det_")},
+            **{f"rec_{name}": f"{RECTIFIER_COLUMNS.get(name, name)} classifier"
+               for name in baseline_names([run], "whitebox.success.rec_", order=tuple(RECTIFIER_COLUMNS))}}
+
+
 def whitebox_tables(run: Run) -> list[str]:
     """Table 3 (white-box success, 95% intervals), each attack's share, fixed-budget robustness, failure indicators, Table 4."""
     m = run.metrics
     paper4 = TABLE4.get(run.attack)
-    targets = ("nodet", "det_is", "gcd", "det_org")
-    names = {"nodet": "NoDET", "det_is": "DET_IS", "gcd": "GCD", "det_org": "DET_org", "bpda_eot": "BPDA+EOT",
-             **{f"det_{name}": BASELINE_COLUMNS.get(name, name) for name in baseline_names([run], "whitebox.success.det_")},
-             **{f"rec_{name}": f"{RECTIFIER_COLUMNS.get(name, name)} classifier"
-                for name in baseline_names([run], "whitebox.success.rec_", order=tuple(RECTIFIER_COLUMNS))}}
+    names = whitebox_targets(run)
+    targets = [t for t in names if t == "nodet" or t == "gcd" or t.removeprefix("det_") in defense_detectors([run])]
     attacked = list(names)  # GCD's targets, then each baseline detector and defended classifier the run attacked
     variants = sorted({k.split(".")[3] for k in m if k.startswith("whitebox.variant.")})
 
@@ -145,7 +156,7 @@ def whitebox_tables(run: Run) -> list[str]:
         *(
             f"| {names[name]} | {fmt(m[f'whitebox.l2_median.{name}'])} | {fmt(m[f'whitebox.linf_max.{name}'])} | "
             f"{fmt(m[f'whitebox.seconds_per_image.{name}'], 3)} |"
-            for name in ("nodet", "det_is", "det_org", "gcd", "bpda_eot")
+            for name in (*targets, "bpda_eot")
         ),
         "",
         "Paper, Table 4 (median L2 without / with GCD): "

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.reporting.paper import (
     BASELINE_COLUMNS,
+    DETECTORS,
     RECTIFIER_COLUMNS,
     TABLE2,
     TABLE2_BASELINES,
     TABLE3,
     TABLE5,
     TABLE5_BASELINES,
+    detector_label,
 )
 
 Table = tuple[list[str], list[list]]
@@ -120,22 +122,38 @@ def paper(table: dict, dataset: str, row: str, column: int) -> float | None:
     return None if values is None else values[column]
 
 
-def baseline_names(runs: Sequence[Run], prefix: str, suffix: str = "", order: Sequence[str] = tuple(BASELINE_COLUMNS)) -> list[str]:
-    """The baselines in any of ``runs``: the ``<name>`` of metric keys ``<prefix><name><suffix>`` other than
-    GCD's own (``org``, ``is``, ``gcd``), those of ``order`` (the paper's) first."""
-    found = {key[len(prefix):len(key) - len(suffix)] for run in runs for key in run.metrics
-             if key.startswith(prefix) and key.endswith(suffix)} - {"org", "is", "gcd"}
+def in_order(names: set[str], order: Sequence[str]) -> list[str]:
+    """``names``, those of ``order`` first in its order, the others after them by name."""
     order = list(order)
-    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+def defense_detectors(runs: Sequence[Run]) -> list[str]:
+    """The detectors of the runs' defenses (``defense.detectors``; a run reports ``detector.val_auc.<name>`` for
+    each), the paper's ``org`` and ``is`` first; GCD's two for runs that report none (metrics of another origin)."""
+    found = {key.removeprefix("detector.val_auc.") for run in runs for key in run.metrics
+             if key.startswith("detector.val_auc.")} - {"gcd"}  # the ensemble's own is reported beside them
+    return in_order(found, tuple(DETECTORS)) if found else list(DETECTORS)
+
+
+def baseline_names(runs: Sequence[Run], prefix: str, suffix: str = "", order: Sequence[str] = tuple(BASELINE_COLUMNS)) -> list[str]:
+    """The baselines in any of ``runs``: the ``<name>`` of metric keys ``<prefix><name><suffix>`` other than the
+    defense's own detectors and ``gcd``, those of ``order`` (the paper's) first."""
+    found = {key[len(prefix):len(key) - len(suffix)] for run in runs for key in run.metrics
+             if key.startswith(prefix) and key.endswith(suffix)}
+    return in_order(found - {*defense_detectors(runs), "gcd"}, order)
 
 
 def table2(runs: Sequence[Run]) -> Table:
     """Grey-box detection AUC and f's accuracy under attack, ours and the paper's; a row per data set and attack.
 
-    After GCD's columns, one pair per baseline detector scored in any run (``baseline=[...]``).
+    A pair of columns per detector of the defense (the paper's ``DET_org`` and ``DET_IS``, or the defense's own),
+    then GCD's; after them one pair per baseline detector scored in any run (``baseline=[...]``).
     """
     names = baseline_names(runs, "detector.auc.")
-    columns = ["dataset", "attack", "F", "F paper", "DET_org", "DET_org paper", "DET_IS", "DET_IS paper", "GCD", "GCD paper"]
+    detectors = defense_detectors(runs)
+    columns = ["dataset", "attack", "F", "F paper",
+               *(c for d in detectors for c in (detector_label(d), f"{detector_label(d)} paper")), "GCD", "GCD paper"]
     for name in names:
         column = BASELINE_COLUMNS.get(name, name)
         columns += [column, f"{column} paper"]
@@ -144,8 +162,10 @@ def table2(runs: Sequence[Run]) -> Table:
         dataset, attack, m = run.dataset, run.attack, run.metrics
         if "detector.auc.gcd" not in m or any(r[:2] == [dataset, run.label] for r in rows):
             continue
-        ours = (m["base.acc.adv"], m["detector.auc.org"], m["detector.auc.is"], m["detector.auc.gcd"])
-        row = [dataset, run.label, *(v for i, o in enumerate(ours) for v in (o, paper(TABLE2, dataset, attack, i)))]
+        row = [dataset, run.label, m["base.acc.adv"], paper(TABLE2, dataset, attack, 0)]
+        for d in detectors:
+            row += [m.get(f"detector.auc.{d}"), paper(TABLE2, dataset, attack, 1 + list(DETECTORS).index(d)) if d in DETECTORS else None]
+        row += [m["detector.auc.gcd"], paper(TABLE2, dataset, attack, 3)]
         for name in names:
             row += [m.get(f"detector.auc.{name}"), TABLE2_BASELINES.get(dataset, {}).get(attack, {}).get(name)]
         rows.append(row)
@@ -163,11 +183,20 @@ class Rate:
     wilson: bool = True  # a share of the ``whitebox.n`` images (Wilson interval); False: a mean over mask draws
 
 
-TABLE3_RATES = (
-    Rate("NoDET", "whitebox.success.nodet", "whitebox.success_ci.nodet", paper=0),
-    Rate("DET_IS", "whitebox.success.det_is", "whitebox.success_ci.det_is", paper=1),
-    Rate("GCD", "whitebox.success.gcd", "whitebox.success_ci.gcd", paper=2),
-    Rate("DET_org", "whitebox.success.det_org", "whitebox.success_ci.det_org"),
+def table3_rates(detectors: Sequence[str]) -> tuple[Rate, ...]:
+    """Table 3's rates for a defense with ``detectors``: NoDET, ``DET_IS`` and GCD with the paper's numbers, then
+    the defense's other detectors, then GCD under the earlier attacks, end to end and through BPDA + EOT."""
+
+    def own(d: str) -> Rate:
+        return Rate(detector_label(d), f"whitebox.success.det_{d}", f"whitebox.success_ci.det_{d}", paper=1 if d == "is" else None)
+
+    first = [own(d) for d in detectors if d == "is"]
+    return (Rate("NoDET", "whitebox.success.nodet", "whitebox.success_ci.nodet", paper=0), *first,
+            Rate("GCD", "whitebox.success.gcd", "whitebox.success_ci.gcd", paper=2),
+            *(own(d) for d in detectors if d != "is"), *GCD_RATES)
+
+
+GCD_RATES = (
     Rate("GCD earlier attacks", "whitebox.success_previous.gcd", "whitebox.success_previous_ci.gcd"),
     Rate("GCD end to end", "whitebox.success.gcd_end_to_end", "whitebox.success.gcd_end_to_end_ci", wilson=False),
     Rate("BPDA+EOT", "whitebox.success.bpda_eot", "whitebox.success_ci.bpda_eot"),
@@ -175,7 +204,7 @@ TABLE3_RATES = (
 )
 
 
-def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
+def with_wilson(metrics: dict[str, float], rates: Sequence[Rate]) -> dict[str, float]:
     """``metrics`` plus the Wilson 95% interval of each share of ``whitebox.n`` images in Table 3 that lacks one.
 
     Older runs reported none, and the stage reports none for GCD's earlier attacks; a rate over
@@ -183,7 +212,7 @@ def with_wilson(metrics: dict[str, float]) -> dict[str, float]:
     """
     filled = dict(metrics)
     n = metrics["whitebox.n"]
-    for rate in TABLE3_RATES:
+    for rate in rates:
         value = metrics.get(rate.key)
         if rate.wilson and value is not None and not math.isnan(value) and f"{rate.interval}.low" not in metrics:
             filled[f"{rate.interval}.low"], filled[f"{rate.interval}.high"] = wilson_interval(round(value * n), n)
@@ -227,7 +256,8 @@ def failed_indicators(metrics: dict[str, float]) -> str | None:
 
 
 def table3(runs: Sequence[Run], cells: bool = False) -> Table:
-    """White-box success rates against f, f + DET_IS, GCD and f + DET_org, ours and the paper's; ours end to end too.
+    """White-box success rates against f, f + each detector of the defense (the paper's f + DET_IS, f + DET_org)
+    and GCD, ours and the paper's; ours end to end too.
 
     Each image counts the strongest of the stage's attacks; ``GCD earlier attacks`` is GCD's success
     under the stage's attacks before the adaptive evaluation alone. ``BPDA+EOT`` attacks the whole
@@ -240,7 +270,7 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     (runs from before them) give ``n/a``. A baseline detector attacked in any run (``det_<name>``)
     adds its rate after GCD's, and so does a Table 5 baseline (``rec_<name>``, e.g. ``TVM classifier``).
     """
-    rates = [*TABLE3_RATES, *(Rate(BASELINE_COLUMNS.get(name, name), f"whitebox.success.det_{name}",
+    rates = [*table3_rates(defense_detectors(runs)), *(Rate(BASELINE_COLUMNS.get(name, name), f"whitebox.success.det_{name}",
                                    f"whitebox.success_ci.det_{name}") for name in baseline_names(runs, "whitebox.success.det_")),
              *(Rate(f"{RECTIFIER_COLUMNS.get(name, name)} classifier", f"whitebox.success.rec_{name}", f"whitebox.success_ci.rec_{name}")
                for name in baseline_names(runs, "whitebox.success.rec_", order=tuple(RECTIFIER_COLUMNS)))]
@@ -254,7 +284,7 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     for run in runs:
         if "whitebox.success.gcd" not in run.metrics:
             continue
-        m = with_wilson(run.metrics)
+        m = with_wilson(run.metrics, rates)
         row = [run.dataset, run.attack, run.threat, str(int(m["whitebox.n"]))]
         for rate in rates:
             if cells:
