@@ -4,6 +4,7 @@ decision-based fallback behind the unbounded check, the checks, the API and the 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -15,9 +16,11 @@ from gcd_lightning.attacks.base import Norm
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.evaluate import evaluate, main as evaluate_main, write
 from gcd_lightning.whitebox.models import GuardedClassifier
-from gcd_lightning.whitebox.objectives import HingeEvasion
+from gcd_lightning.whitebox.objectives import HingeEvasion, ensemble_flags
 from gcd_lightning.whitebox.opgd import AdaptivePGD, ApgdState, apgd_checkpoints, run_adaptive
-from gcd_lightning.whitebox.suite import CLEAN, Suite, SuiteAttack, guarded_target, load_suite, run_suite, suite_names
+from gcd_lightning.whitebox.suite import (
+    CLEAN, LPlusOneView, Suite, SuiteAttack, guarded_target, load_suite, run_suite, suite_names,
+)
 from test_trust import tiny_defense
 from test_whitebox import L, linear_pair, sensitivity_detector, smooth_classifier
 
@@ -279,3 +282,25 @@ def test_the_unbounded_check_runs_the_gradient_attacks_in_turn_until_they_reach_
     assert alone.unbounded < 0.99  # one step of 0.1 at L∞ 1 reaches few
     both = run_suite(target, x, y, Suite("both", (weak, SuiteAttack("strong", mode="orthogonal", steps=50))), "linf", 0.001)
     assert both.unbounded >= 0.99 and not both.won.any()  # the second reaches them at L∞ 1, nothing at 0.001
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 1.5)])
+def test_the_paper_suite_runs_the_papers_attack_on_the_l_plus_one_view(norm, eps):
+    """suite=paper: PGD (L∞) or DDN (L2) on eq. 14's loss over the L+1 view; wins judged by the real decision, in budget,
+    and the L+1 view flags exactly where the detector does."""
+    f, model = detected_pair()
+    torch.manual_seed(5)
+    x = torch.rand(30, 1, 4, 4)
+    y = f(x).argmax(1)
+    view = LPlusOneView(model, L)
+    z, guarded = view(x), model(x)
+    assert z.shape == (30, L + 1) and torch.equal(z.argmax(1) == L, ensemble_flags(guarded[:, L:]))
+    paper = load_suite("paper")
+    assert [a.kind for a in paper.attacks] == ["paper"] and "paper" in suite_names()
+    target = guarded_target("det_is", model, L, False)
+    result = run_suite(target, x, y, paper, norm, eps)
+    assert result.log[0].won > 0 and torch.equal(target.judge(result.x_adv, y), result.won)
+    assert ((result.linf if norm == "linf" else result.l2)[result.won] <= eps * (1 + 1e-5) + 1e-6).all()
+    assert math.isnan(result.silent) and result.unbounded >= result.won.float().mean().item()  # reran at L∞ 1
+    alone = run_suite(guarded_target("nodet", GuardedClassifier(f, []), L, False), x, y, paper, norm, eps)  # no detector
+    assert alone.won.float().mean() >= result.won.float().mean()

@@ -13,6 +13,9 @@ classifier guarded by detectors:
   hinge of ``f``'s margin and the detectors' gaps (``HingeEvasion``; ``term: sum`` is eq. 11's own
   boundary), jointly or orthogonal / selective (Bryniarski et al. 2022); ``classes: k`` runs the
   attack targeted at each of ``f``'s ``k`` most likely other classes in turn (APGD-T's);
+* ``kind: paper`` is the paper's own attack (section 4.2, ``suite=paper``): PGD (L∞) or DDN (L2) with fixed
+  steps on the L+1 view of the detected classifier, eq. 14's loss untargeted (``DetectorEvasion``), to
+  reproduce its protocol beside the standard suite;
 * the *unbounded check* then attacks the images still robust with the suite's gradient attacks in turn
   at L∞ ε = 1, where every image is reachable; when they win fewer than ``UNBOUNDED_MIN`` of all the
   gradient misleads, and the decision-based attacks (``kind: blend``, then ``kind: boundary``,
@@ -38,14 +41,24 @@ from torch import nn
 from gcd_lightning.adversarial import outputs, perturbation_norms
 from gcd_lightning.attacks.base import Norm
 from gcd_lightning.attacks.ddn import DDN
+from gcd_lightning.attacks.objective import PLAIN
+from gcd_lightning.attacks.pgd import PGD
 from gcd_lightning.attacks.runner import run_attack
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.blend import BlendSearch
 from gcd_lightning.whitebox.hopskipjump import HopSkipJump
-from gcd_lightning.whitebox.objectives import DETECTOR_TERMS, HingeEvasion, ensemble_flags
+from gcd_lightning.whitebox.objectives import (
+    DETECTOR_TERMS,
+    DetectorEvasion,
+    HingeEvasion,
+    detector_as_class_logits,
+    detector_log_probabilities,
+    ensemble_flags,
+)
 from gcd_lightning.whitebox.opgd import MODES, SUPPORTS, UPDATES, AdaptivePGD, run_adaptive
 
-KINDS = ("apgd", "ddn", "blend", "boundary")
+KINDS = ("apgd", "ddn", "paper", "blend", "boundary")
+GRADIENT = ("apgd", "paper")  # the kinds the unbounded check runs again at L∞ ε = 1
 DECISION_BASED = ("blend", "boundary")
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 CLEAN = -2  # SuiteResult.by of an image won at its clean version
@@ -60,11 +73,12 @@ class SuiteAttack:
     Attributes:
         name: its name in the log.
         kind: ``apgd`` (``AdaptivePGD``), ``ddn`` (DDN, Rony et al. 2019: a minimum-norm L2 attack on the same hinge,
-            capped at the budget; L2 budgets only), ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
+            capped at the budget; L2 budgets only), ``paper`` (the paper's attack: PGD or DDN on the L+1 view, eq. 14),
+            ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
             ``BlendSearch``'s unbounded wins, cut at the budget).
         mode, term, support, update: ``AdaptivePGD``'s (``apgd``; ``term`` also ``ddn``'s).
         classes: 0, or targeted at each of ``f``'s ``classes`` most likely other classes in turn (untargeted goals).
-        steps, restarts: iterations per run and runs per image (``apgd``; ``boundary``: its iterations).
+        steps, restarts: iterations per run and runs per image (``apgd``; ``ddn``, ``paper``, ``boundary``: its iterations).
         fallback: decision-based; runs only where the gradient attacks fail the unbounded check.
     """
 
@@ -106,9 +120,9 @@ class Suite:
     eot_samples: int = 0
 
     def __post_init__(self) -> None:
-        if not self.attacks or self.attacks[0].kind != "apgd":
-            raise ValueError(f"suite {self.name!r}: its first attack must be a gradient attack (kind: apgd): the silent "
-                             "and incomplete checks read it")
+        if not self.attacks or self.attacks[0].kind not in GRADIENT:
+            raise ValueError(f"suite {self.name!r}: its first attack must be a gradient attack (kind: {' or '.join(GRADIENT)}): "
+                             "the unbounded check reruns them, and the silent and incomplete checks read an apgd first")
         names = [attack.name for attack in self.attacks]
         if len(set(names)) < len(names):
             raise ValueError(f"suite {self.name!r}: attack names must differ, got {names}")
@@ -208,8 +222,8 @@ class SuiteResult:
         log: one ``AttackRecord`` per attack that ran.
         unbounded: share of all images won at L∞ ε = 1 (the budget's wins, then the gradient attacks again on
             the rest, in turn, until 0.99).
-        silent, incomplete: the first gradient attack's share of images with a zero first gradient, and its
-            loss still falling at the end on the images it lost (``indicators``).
+        silent, incomplete: the first attack's share of images with a zero first gradient, and its loss still
+            falling at the end on the images it lost (``indicators``); nan unless the first attack is an ``apgd``.
         seconds: the cascade's wall time.
     """
 
@@ -283,6 +297,38 @@ def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.
     return x_adv, first
 
 
+class LPlusOneView(nn.Module):
+    """A detected classifier's outputs (``GuardedClassifier``'s: ``f``'s L logits, then two per detector) as the L+1
+    logits of section 4.2 (``detector_as_class_logits``; index L: "adversarial"), which the paper's attack reads."""
+
+    def __init__(self, guarded: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.guarded, self.num_classes = guarded, int(num_classes)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.guarded(x)
+        detectors = list(out[:, self.num_classes:].split(2, dim=1))
+        return detector_as_class_logits(out[:, :self.num_classes], detector_log_probabilities(detectors))
+
+
+def run_paper(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
+              norm: Norm, eps: float, seed: int, batch_size: int, progress: bool) -> torch.Tensor:
+    """The paper's attack (section 4.2): on the L+1 view of ``f`` and its detectors, eq. 14's loss untargeted and the
+    cross entropy of the target targeted (``DetectorEvasion``, β = 1); L∞: PGD from a random start with Madry et al.'s
+    step ``2.5 ε / steps``; L2: DDN capped at ``eps``. Without detectors (NoDET) the same attack on ``f`` alone."""
+    targeted = goal is not None
+    detected = outputs(target.attacked, x[:1], 1).shape[1] > target.num_classes
+    model = LPlusOneView(target.attacked, target.num_classes) if detected else target.attacked
+    objective = DetectorEvasion(target.num_classes, 1.0, targeted) if detected else PLAIN
+    if norm is Norm.LINF:
+        chosen = PGD(model, eps=eps, nb_iter=attack.steps, eps_iter=min(1.0, 2.5 * eps / attack.steps), targeted=targeted,
+                     objective=objective)
+    else:
+        chosen = DDN(model, steps=attack.steps, quantize=False, max_norm=eps, targeted=targeted, objective=objective)
+    return run_attack(chosen, x, y, goal, batch_size=batch_size, progress=progress, desc=f"{target.name} {attack.name}", seed=seed)
+
+
 def run_minimum_norm(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
                      eps: float, seed: int, batch_size: int, progress: bool) -> torch.Tensor:
     """DDN on the hinge of ``f``'s margin and the detectors' gaps, its norm capped at the L2 budget ``eps``."""
@@ -326,7 +372,7 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
     log: list[AttackRecord] = []
     silent = incomplete = float("nan")
     unbounded = float("nan")
-    gradient = [attack for attack in suite.attacks if attack.kind == "apgd"]  # the unbounded check's attacks
+    gradient = [attack for attack in suite.attacks if attack.kind in GRADIENT]  # the unbounded check's attacks
 
     def take(i: int, rows: torch.Tensor, found: torch.Tensor, began: float) -> None:
         hit = target.judge(found, labels[rows]) & within(x[rows], found, norm, eps)
@@ -361,6 +407,8 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
             if i == 0:
                 silent = indicators.silent_share(extras["silent"])
                 incomplete = indicators.incomplete_optimisation(extras["loss"], extras["success"])
+        elif attack.kind == "paper":
+            found = run_paper(*args, norm, eps, seed, batch_size, progress)
         else:
             found = run_decision(*args, norm, eps, donors, seed, batch_size, progress)
         take(i, rows, found, began)
@@ -382,7 +430,8 @@ def unbounded_check(target: Target, attacks: list[SuiteAttack], x: torch.Tensor,
         rows = (~reached).nonzero().flatten()
         if reached.float().mean().item() >= indicators.UNBOUNDED_MIN or len(rows) == 0:
             break
-        found, _ = run_gradient(target, attack, x[rows], y[rows], None if goal is None else goal[rows], Norm.LINF, UNBOUNDED_LINF,
-                                seed, batch_size, progress)
+        args = (target, attack, x[rows], y[rows], None if goal is None else goal[rows], Norm.LINF, UNBOUNDED_LINF, seed,
+                batch_size, progress)
+        found = run_paper(*args) if attack.kind == "paper" else run_gradient(*args)[0]
         reached[rows[target.judge(found, labels[rows])]] = True
     return reached.float().mean().item()
