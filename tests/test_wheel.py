@@ -8,6 +8,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from conftest import DATA, REPO
 
 
@@ -30,26 +32,41 @@ def fresh_venv(venv: Path) -> tuple[Path, Path]:
     return python, site
 
 
-def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_without_it(tmp_path):
-    wheel = build_wheel(tmp_path)
-    for name, constraints in (("pinned", ["-c", str(REPO / "constraints.txt")]), ("ranges", [])):
-        python, _ = fresh_venv(tmp_path / name)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", *constraints, str(wheel)],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]  # every dependency resolved (offline: against the tested versions)
-        assert subprocess.run([str(python), "-m", "pip", "check"], capture_output=True).returncode == 0
+WHEEL = pytest.mark.xdist_group("wheel")  # one worker builds the wheel and the pinned venv for both tests
+
+
+def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path]:
+    """``wheel`` pip-installed offline into a fresh venv at ``venv`` with ``constraints``; its python and site folder."""
+    python, site = fresh_venv(venv)
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", *constraints, str(wheel)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]  # every dependency resolved (offline: against the tested versions)
+    assert subprocess.run([str(python), "-m", "pip", "check"], capture_output=True).returncode == 0
+    return python, site
+
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory):
+    """The wheel, and a fresh venv it is installed in with the constraints file (as make install installs)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(tmp)
+    return wheel, install(wheel, tmp / "pinned", ["-c", str(REPO / "constraints.txt")])
+
+
+@WHEEL
+def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_without_it(pinned, tmp_path):
+    wheel, _ = pinned
+    python, _ = install(wheel, tmp_path / "ranges", [])
     requires = json.loads(subprocess.run([str(python), "-c", "import importlib.metadata as m, json; print(json.dumps(m.requires('gcd-lightning')))"],
                                          capture_output=True, text=True, check=True).stdout)
     pins = [r for r in requires if r.split("==")[0] in ("torch", "torchvision", "pytorch-lightning")]
     assert "torch>=2.1" in requires and not pins  # ranges for users, the tested pins only in constraints.txt
 
 
-def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(tmp_path):
-    wheel = build_wheel(tmp_path)
-    venv = tmp_path / "venv"
-    python, site = fresh_venv(venv)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True)
+@WHEEL
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(pinned, tmp_path):
+    _, (python, site) = pinned
+    venv = python.parents[1]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
 
