@@ -4,8 +4,9 @@
 data set, attack and threat model counts, as in the aggregate) and the outputs of ``python -m
 gcd_lightning.evaluate`` there (a ``metrics.json`` with a ``cascade``), and writes ``page`` (``docs/results.md``)
 with its figures in ``<page stem>/`` beside it: the paper's tables with our numbers (``tables.laid_out``),
-GCD's robust accuracy against ε per row, the ROC curves of each grey-box run, the suite's evaluations and the
-timings. Each section says which runs it comes from, and each run its date, commit and machine
+GCD's robust accuracy against ε per row, the ROC curves of each grey-box run, the suite's evaluations, the
+benchmarks' tables (``outputs/bench*/*.md``) and the timings. The page links only what it holds (its figures), so
+that it renders where the outputs folder is not. Each section says which runs it comes from, and each run its date, commit and machine
 (``provenance.json``, which runs write; "not recorded" for runs from before it, dated by their files).
 """
 
@@ -85,10 +86,10 @@ def robustness_points(folder: RunFolder) -> dict[str, list[tuple[float, float]]]
     return {norm: sorted(values) for norm, values in sorted(points.items())}
 
 
-def evaluation_rows(folders: Sequence[Path], page_dir: Path) -> tuple[list[str], list[list]]:
-    """One row per evaluation: what was attacked, the budget, success and robust accuracy with intervals, the attacks that
-    won images, failed checks, time and provenance."""
-    columns = ["output", "target", "detectors", "norm", "ε", "targeted", "n", "success [95%]", "robust accuracy [95%]",
+def evaluation_rows(folders: Sequence[Path], root: Path) -> tuple[list[str], list[list]]:
+    """One row per evaluation: where it is, the suite, what was attacked, the budget, success and robust accuracy with
+    intervals, the attacks that won images, failed checks, time and provenance."""
+    columns = ["output", "suite", "target", "detectors", "norm", "ε", "targeted", "n", "success [95%]", "robust accuracy [95%]",
                "attacks that won images", "failed checks", "seconds", "date", "commit", "machine"]
     rows = []
     for folder in folders:
@@ -101,7 +102,7 @@ def evaluation_rows(folders: Sequence[Path], page_dir: Path) -> tuple[list[str],
             low, high = m[f"{key}_ci"]
             return f"{m[key]:.2f} [{low:.2f}, {high:.2f}]"
 
-        rows.append([f"[{folder.name}]({relative(folder / 'report.md', page_dir)})", m["target"], ", ".join(m["detectors"]) or "none",
+        rows.append([f"`{relative(folder, root)}`", m.get("suite", "n/a"), m["target"], ", ".join(m["detectors"]) or "none",
                      m["norm"], f"{m['eps']:g}", "yes" if m["targeted"] else "no", m["n"], rate("success"),
                      rate("robust_accuracy"), won or "none", failed, f"{m['seconds']:.0f}", s["date"], s["commit"], s["machine"]])
     return columns, rows
@@ -156,7 +157,13 @@ def results_page(root: Path, page: Path) -> Path:
             lines += [f"![ROC, {folder.run.label}]({assets.name}/{name})", ""]
     evaluated = evaluations(root)
     if evaluated:
-        lines += ["", "## The standard suite (`python -m gcd_lightning.evaluate`)", "",
-                  "Each evaluation's cascade: the attacks that won images (how many), the checks that failed, and its output "
-                  "folder's report.", "", markdown(*evaluation_rows(evaluated, page.parent))]
+        lines += ["", "## White-box evaluations (`python -m gcd_lightning.evaluate`)", "",
+                  "Each evaluation below the outputs folder: its suite's success and robust accuracy, the attacks of its cascade "
+                  "that won images (how many), and the checks that failed; its `report.md` has the rest.", "",
+                  markdown(*evaluation_rows(evaluated, root))]
+    benches = sorted(path for path in root.glob("bench*/*.md"))
+    if benches:
+        lines += ["", "## Benchmarks", "", "What the `make bench*` targets wrote (each table as written, with its machine)."]
+        for path in benches:
+            lines += ["", f"### `{relative(path, root)}`", "", path.read_text().strip()]
     return save_text("\n".join(lines).rstrip() + "\n", page)
