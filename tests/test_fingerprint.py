@@ -15,7 +15,10 @@ from gcd_lightning.data.base import ImageDataModule
 from gcd_lightning.data.fingerprint import data_fingerprint
 from gcd_lightning.pipeline.attack_stage import adversarial_spec
 from gcd_lightning.pipeline.classifier_stage import classifier_key
+from gcd_lightning.pipeline.checks import check_config
 from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
+from gcd_lightning.pipeline.detectors_stage import detectors_group
+from gcd_lightning.pipeline.rectifier_stage import rectifier_key
 from gcd_lightning.utils import hashing
 
 
@@ -182,3 +185,23 @@ def test_raising_a_stages_code_version_keys_new_caches(tmp_path, monkeypatch):
     assert classifier_key(ctx).id != before[0] and adversarial_spec(ctx, "test", "f") == before[1]
     monkeypatch.setitem(CODE_VERSIONS, "adversarial", 2)
     assert adversarial_spec(ctx, "test", "f") != before[1]
+
+
+def test_defense_seed_keys_the_detectors_and_the_rectifier_but_not_f_or_the_attacks(tmp_path):
+    """A seeds sweep of the defense (defense_seed=0,1,2) trains new detectors and rectifiers on one f and one attack set;
+    null keeps the keys that seed gives, so existing caches stay valid."""
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+
+    def keys(*overrides: str) -> tuple:
+        cfg = compose_config([f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2",
+                              "+experiment=mnist_deepfool_untargeted", *overrides], tmp_path)
+        ctx = RunContext.build(cfg)
+        group = detectors_group(ctx, Path("mnist_deepfool_untargeted_train_0123.pt"), "f")
+        return classifier_key(ctx).id, adversarial_spec(ctx, "train", "f"), group, rectifier_key(ctx, group, "f").id
+
+    default, zero, one = keys(), keys("defense_seed=0"), keys("defense_seed=1")
+    assert zero == default
+    assert one[:2] == default[:2] and one[2] != default[2] and one[3] != default[3]
+    with pytest.raises(ValueError, match="defense_seed"):
+        check_config(compose_config(["defense_seed=-1"], tmp_path))

@@ -55,6 +55,7 @@ def optional(rule: tuple[Check, str]) -> tuple[Check, str]:
 
 RULES: dict[str, tuple[Check, str]] = {
     "seed": integer(0),
+    "defense_seed": optional(integer(0)),
     "adversarial.train_split": one_of(*TRAIN_SOURCES),
     "adversarial.n_train": integer(1),
     "defense.train_union": one_of(*UNION_MODES),

@@ -113,6 +113,12 @@ class RunContext:
             cfg.attack = OmegaConf.load(CONF_DIR / "attack" / f"{name}.yaml")
         return dataclasses.replace(self, cfg=cfg)
 
+    @property
+    def defense_seed(self) -> int:
+        """The seed of the detectors' and the rectifier's training: ``defense_seed``, or ``seed`` when it is null."""
+        value = self.cfg.get("defense_seed")
+        return self.cfg.seed if value is None else value
+
     def training_identity(self) -> dict[str, Any]:
         """The trainer settings of ``TRAINING_KEYS`` that this run sets (``+trainer.limit_train_batches=20`` ...).
 

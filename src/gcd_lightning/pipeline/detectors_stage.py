@@ -26,7 +26,7 @@ def detectors_group(ctx: RunContext, adv_train_path: Path, classifier_id: str) -
         "classifier": classifier_id,
         "detector": ctx.cfg.detector,
         "trainer": ctx.training_identity(),
-        "seed": ctx.cfg.seed,
+        "seed": ctx.defense_seed,
         **code_version("detectors"),
     }
     return Key(adv_train_path.stem, spec).id
@@ -43,7 +43,7 @@ def run_detectors_stage(
     detectors: dict[str, Detector] = {}
     metrics: dict[str, float] = {}
     for name in cfg.defense.detectors:
-        seed_stage(cfg.seed, f"detector {name}")  # before the detector's random initialisation
+        seed_stage(ctx.defense_seed, f"detector {name}")  # before the detector's random initialisation
         detector = detectors[name] = build_detector(ctx, cfg.defense.detectors[name], classifier)
         if detector.name != name:
             raise ValueError(f"defense.detectors.{name} builds a detector named {detector.name!r}; name the entry {detector.name!r}")

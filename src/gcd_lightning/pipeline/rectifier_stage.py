@@ -25,7 +25,7 @@ def rectifier_key(ctx: RunContext, detectors_group: str, classifier_id: str) -> 
         "classifier": classifier_id,
         "rectifier": ctx.cfg.rectifier,
         "trainer": ctx.training_identity(),
-        "seed": ctx.cfg.seed,
+        "seed": ctx.defense_seed,
         **code_version("rectifier"),
     }
     return Key(f"{detectors_group}_rec", spec)
@@ -47,7 +47,7 @@ def run_rectifier_stage(
     """
     cfg = ctx.cfg
     key = rectifier_key(ctx, detectors_group, classifier_id)
-    seed_stage(cfg.seed, "rectifier")
+    seed_stage(ctx.defense_seed, "rectifier")
     net = cfg.rectifier.get("net")
     module = RectifierFineTune(
         classifier=classifier if net is None else build_model(ctx, net),
@@ -57,7 +57,7 @@ def run_rectifier_stage(
 
     def train(resume: Path) -> dict[str, float]:
         train_rows, val_rows = pair_split(len(adv_train), cfg.detector.val_fraction, cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(ctx.defense_seed)  # the random masks of its training copies
         saliency = ensemble_saliency(GCD(classifier, list(detectors.values())), adv_train.x_adv, cfg.adversarial.batch_size)
 
         def duplicates(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
