@@ -103,7 +103,7 @@ def evaluation_rows(folders: Sequence[Path], root: Path) -> tuple[list[str], lis
             return f"{m[key]:.2f} [{low:.2f}, {high:.2f}]"
 
         rows.append([f"`{relative(folder, root)}`", m.get("suite", "n/a"), m["target"], ", ".join(m["detectors"]) or "none",
-                     m["norm"], f"{m['eps']:g}", "yes" if m["targeted"] else "no", m["n"], rate("success"),
+                     m["norm"], f"{m['eps']:g}", "yes" if m["targeted"] else "no", str(int(m["n"])), rate("success"),
                      rate("robust_accuracy"), won or "none", failed, f"{m['seconds']:.0f}", s["date"], s["commit"], s["machine"]])
     return columns, rows
 
