@@ -29,9 +29,9 @@ $(MNIST): | $(INSTALLED)
 demo: install data
 	$(BIN)/python -m gcd_lightning +experiment=$(EXPERIMENT)
 
-# two workers (pytest-xdist), one torch thread each (tests/conftest.py); tests that share caches run in one group
+# two workers (pytest-xdist), one torch thread each (tests/conftest.py)
 test: install data
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # docs/results.md and its figures from every run and evaluation under outputs/ (refreshes outputs/aggregate too)
 results: install

@@ -48,11 +48,6 @@ CACHE_FLAGS = ("classifier.cached", "attack.train.cached", "attack.test.cached",
                "detector.cached.is", "rectifier.cached")
 
 
-WHITEBOX_CHAIN = pytest.mark.xdist_group("whitebox_chain")
-"""Tests that reuse each other's white-box caches (and the Table 5 networks): one worker runs them in order under
-``pytest -n`` (``--dist loadgroup``, as ``make test`` runs)."""
-
-
 def cached_sets(cfg):
     return sorted((Path(cfg.paths.cache_dir) / "adversarial").glob("*.pt"))
 
@@ -227,7 +222,6 @@ WHITEBOX_KEYS = [
 REACHES = ("", "_nonzero", "_adam", "_surrogate")  # the unbounded check's attacks, in the order they run
 
 
-@WHITEBOX_CHAIN
 def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_run, tmp_path):
     tmp, cfg, _ = first_run
     cfg = rerun_config(cfg, tmp_path / "whitebox")
@@ -604,7 +598,6 @@ def test_union_all_keeps_every_row_and_balanced_keeps_each_image_once():
         union([], "balanced")
 
 
-@WHITEBOX_CHAIN
 def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_run, tmp_path):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "rectifier_baselines")
@@ -637,9 +630,8 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert network_key(ctx, "f", "pgd", pgd).id == network_key(RunContext.build(cfg), "f", "pgd", pgd).id
 
 
-@WHITEBOX_CHAIN
 def test_whitebox_attacks_table5s_classifiers_through_bpda_eot(first_run, tmp_path):
-    """After the test above (its networks): their cache keeps it short."""
+    """Reuses the Table 5 networks of the test above where the same worker ran it (module cache), trains them otherwise."""
     tmp, first_cfg, _ = first_run
     cfg = rerun_config(first_cfg, tmp_path / "whitebox_rectifier_baselines")
     with open_dict(cfg):

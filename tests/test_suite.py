@@ -304,3 +304,38 @@ def test_the_paper_suite_runs_the_papers_attack_on_the_l_plus_one_view(norm, eps
     assert math.isnan(result.silent) and result.unbounded >= result.won.float().mean().item()  # reran at L∞ 1
     alone = run_suite(guarded_target("nodet", GuardedClassifier(f, []), L, False), x, y, paper, norm, eps)  # no detector
     assert alone.won.float().mean() >= result.won.float().mean()
+
+
+class Brightness(Detector):
+    """A user's own detector, defined outside the package: flags images brighter on average than a threshold."""
+
+    name = "bright"
+
+    def forward(self, x):
+        gap = (x.mean(dim=(1, 2, 3)) - 0.55) * 40
+        return torch.stack([-gap, gap], dim=1)
+
+
+def test_evaluate_takes_f_with_a_fitted_baseline_or_a_users_own_detector(folder):
+    """The same API on f + DET_MDS (fitted as the baseline stage fits it) and on f + a Detector subclass of the user's."""
+    from torch.utils.data import TensorDataset
+
+    from gcd_lightning import load_defense
+    from gcd_lightning.defense.baselines import FitData
+    from gcd_lightning.defense.baselines.mahalanobis import Mahalanobis
+
+    f = load_defense(folder).classifier
+    torch.manual_seed(0)
+    train = TensorDataset(torch.rand(40, 1, 28, 28), torch.arange(40) % 10)
+    mds = Mahalanobis(f, (1, 28, 28), noise_grid=(0.0,), fit_images=40)
+    mds.fit(FitData(clean=torch.rand(20, 1, 28, 28), adversarial=torch.rand(20, 1, 28, 28) * 0.5 + 0.5,
+                    clean_val=torch.rand(20, 1, 28, 28), train=train, batch_size=20))
+    x, y = torch.rand(10, 1, 28, 28) * 0.9, torch.randint(0, 10, (10,))
+    quick = Suite("quick", (SuiteAttack("apgd", steps=5),))
+    for detector in (mds.eval(), Brightness()):
+        result = evaluate((f, [detector]), x, y, norm="linf", eps=0.1, suite=quick)
+        assert result.target == f"det_{detector.name}" and result.detectors == [detector.name]
+        won = result.result.won & (result.result.by >= 0)  # attacked and won: judged by f and this detector's own decision
+        assert (result.result.linf[won] <= 0.1 + 1e-6).all()
+        assert torch.equal(result.robust, result.correct & ~result.flagged & ~result.result.won)
+    assert not evaluate((f, [Brightness()]), x * 0 + 0.9, y, norm="linf", eps=0.1, suite=quick).result.won.any()  # all flagged

@@ -9,13 +9,16 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from conftest import DATA, REPO
 
 
-def build_wheel(tmp_path: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
-                   check=True, capture_output=True)
+def build_wheel(tmp_path: Path, lock: Path) -> Path:
+    """The package's wheel in ``tmp_path/dist``; one build at a time (``lock``): builds in one source tree collide."""
+    with FileLock(lock):
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
+                       check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("gcd_lightning-*.whl")
     return wheel
 
@@ -32,9 +35,6 @@ def fresh_venv(venv: Path) -> tuple[Path, Path]:
     return python, site
 
 
-WHEEL = pytest.mark.xdist_group("wheel")  # one worker builds the wheel and the pinned venv for both tests
-
-
 def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path]:
     """``wheel`` pip-installed offline into a fresh venv at ``venv`` with ``constraints``; its python and site folder."""
     python, site = fresh_venv(venv)
@@ -49,11 +49,10 @@ def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path
 def pinned(tmp_path_factory):
     """The wheel, and a fresh venv it is installed in with the constraints file (as make install installs)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(tmp)
+    wheel = build_wheel(tmp, tmp_path_factory.getbasetemp().parent / "wheel.lock")  # shared by pytest -n's workers
     return wheel, install(wheel, tmp / "pinned", ["-c", str(REPO / "constraints.txt")])
 
 
-@WHEEL
 def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_without_it(pinned, tmp_path):
     wheel, _ = pinned
     python, _ = install(wheel, tmp_path / "ranges", [])
@@ -63,7 +62,6 @@ def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_wi
     assert "torch>=2.1" in requires and not pins  # ranges for users, the tested pins only in constraints.txt
 
 
-@WHEEL
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(pinned, tmp_path):
     _, (python, site) = pinned
     venv = python.parents[1]
