@@ -60,8 +60,8 @@ bench-suite: install data
 	$(BIN)/python scripts/bench_suite.py --checkpoint $(CHECKPOINT) --data-root data --n 200 --out outputs/bench_suite
 
 # which attack of the plus suite wins which images first, on GCD of every MNIST row at its budget (n = 100):
-# outputs/attribution/attribution.md; reuses every cached grey-box stage (measured: rows 35 min cold, the plus suite
-# 4-12 min per L2 row, both at 1 thread beside other jobs)
+# outputs/attribution/attribution.md; reuses every cached grey-box stage (a cold cache trains them first: about
+# half an hour on 2 CPU cores, then a few minutes per L2 row)
 attribution: install data
 	for attack in $(WHITEBOX_ATTACKS); do \
 	  case $$attack in fgsm_*|pgd_*) budget="norm=linf eps=0.3";; *) budget="norm=l2 eps=2.0";; esac; \
@@ -73,7 +73,7 @@ attribution: install data
 	$(BIN)/python scripts/attribution.py outputs/attribution
 
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
-# reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see the README
+# reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see docs/whitebox.md
 WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
 WHITEBOX_ARGS ?= threat.n_test=100 threat.cw.binary_search_steps=4 threat.cw.max_iterations=100
 # fixed-budget robustness (threat.robustness) only on these rows, one per norm; the others skip it
