@@ -60,9 +60,10 @@ def rerun_config(cfg, output_dir):
     return cfg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first_run(tmp_path_factory):
-    """One tiny PGD-T run of every stage whose caches later tests reuse (module scope keeps the suite fast)."""
+    """One tiny PGD-T run of every stage whose caches later tests reuse (session scope: once per pytest -n worker, however
+    its tests interleave with other modules')."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted"], tmp))
     return tmp, cfg, run(cfg)

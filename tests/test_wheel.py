@@ -45,7 +45,7 @@ def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path
     return python, site
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pinned(tmp_path_factory):
     """The wheel, and a fresh venv it is installed in with the constraints file (as make install installs)."""
     tmp = tmp_path_factory.mktemp("wheel")
