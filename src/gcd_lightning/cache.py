@@ -85,6 +85,10 @@ class Cache:
         folder = self.root / kind.folder
         return (folder / key.group if key.group else folder) / f"{key.id}{kind.suffix}"
 
+    def write_spec(self, kind: Kind[Any], key: Key) -> None:
+        """The key's spec beside the entry (``<name>_<hash>.spec.json``), for people to read."""
+        save_json(key.spec, self.path(kind, key).with_name(f"{key.id}.spec.json"))
+
     def get_or_build(self, kind: Kind[T], key: Key, build: Callable[[Path], T]) -> tuple[T, bool]:
         """The entry's value, loaded, or built by ``build(resume)`` and cached (module docstring); and whether it was a hit.
 
@@ -99,7 +103,7 @@ class Cache:
             log.info("%s: cache miss, building %s", kind.what, path)
             resume = path.with_suffix(".resume")
             value = build(resume)
-            distributed.write_on_rank_zero(save_json, key.spec, path.with_name(f"{key.id}.spec.json"))
+            distributed.write_on_rank_zero(self.write_spec, kind, key)
             distributed.write_on_rank_zero(kind.save, value, path)
             distributed.write_on_rank_zero(shutil.rmtree, resume, ignore_errors=True)
             return value, False
@@ -111,16 +115,16 @@ class Cache:
 
     def merge(self, kind: Memo, key: Key, memo: dict[str, tuple[float, ...]]) -> None:
         """Add ``memo``'s results to the entry (rank 0, under its lock, so two runs' additions both survive)."""
-        distributed.write_on_rank_zero(self.merge_here, kind, key, memo)
+        distributed.write_on_rank_zero(self._merge, kind, key, memo)
 
-    def merge_here(self, kind: Memo, key: Key, memo: dict[str, tuple[float, ...]]) -> None:
+    def _merge(self, kind: Memo, key: Key, memo: dict[str, tuple[float, ...]]) -> None:
         path = self.path(kind, key)
         with entry_lock(path, kind.what):
             merged = kind.load(path) if path.is_file() else {}
             if memo.keys() <= merged.keys():
                 return
             merged.update(memo)
-            save_json(key.spec, path.with_name(f"{key.id}.spec.json"))
+            self.write_spec(kind, key)
             kind.save(merged, path)
 
 

@@ -110,8 +110,9 @@ def stage_metrics(ctx: RunContext, summary: dict, cached: bool) -> dict[str, flo
 def run_external_stage(ctx: RunContext) -> tuple[nn.Module, str, dict[str, float]]:
     """``run_classifier_stage`` under ``model=external``: load the user's ``f``, test it once per weights and data."""
     model = build_model(ctx)  # loads model.weights_path, with its clear errors
-    classifier_id = external_id(ctx)
-    summary, cached = ctx.cache.get_or_build(EXTERNAL, classifier_key(ctx), lambda _: evaluate_external(ctx, model, classifier_id))
+    key = classifier_key(ctx)  # hashes the weights file once
+    classifier_id = key.spec["classifier"]
+    summary, cached = ctx.cache.get_or_build(EXTERNAL, key, lambda _: evaluate_external(ctx, model, classifier_id))
     return model.eval().to(ctx.device), classifier_id, stage_metrics(ctx, summary, cached)
 
 
