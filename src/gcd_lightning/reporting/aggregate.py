@@ -53,10 +53,15 @@ def find_runs(root: Path) -> list[RunFolder]:
     return runs
 
 
-def latest(folders: Sequence[RunFolder]) -> list[Run]:
-    """The most recent run per (data set, attack, threat model) among ``folders`` (oldest first), sorted by that key."""
-    by_key = {run.key: run for run in (folder.run for folder in folders)}
+def latest_folders(folders: Sequence[RunFolder]) -> list[RunFolder]:
+    """The most recent run folder per (data set, attack, threat model) among ``folders`` (oldest first), sorted by that key."""
+    by_key = {folder.run.key: folder for folder in folders}
     return [by_key[key] for key in sorted(by_key)]
+
+
+def latest(folders: Sequence[RunFolder]) -> list[Run]:
+    """The runs of ``latest_folders``."""
+    return [folder.run for folder in latest_folders(folders)]
 
 
 def write_tables(root: Path, out_dir: Path) -> dict[str, str]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from gcd_lightning.reporting import figures
-from gcd_lightning.reporting.aggregate import RunFolder, find_runs
+from gcd_lightning.reporting.aggregate import RunFolder, find_runs, latest_folders
 from gcd_lightning.reporting.tables import laid_out, markdown
 from gcd_lightning.utils.files import load_json, save_text
 from gcd_lightning.utils.provenance import FILE as PROVENANCE
@@ -48,15 +49,16 @@ def stamp(folder: Path) -> dict[str, str]:
     return {"date": written.strftime("%Y-%m-%d %H:%M UTC"), "commit": NOT_RECORDED, "machine": NOT_RECORDED}
 
 
-def latest_folders(folders: Sequence[RunFolder]) -> list[RunFolder]:
-    """The most recent run folder per (data set, attack, threat model), sorted by that key (``aggregate.latest``'s choice)."""
-    by_key = {folder.run.key: folder for folder in folders}
-    return [by_key[key] for key in sorted(by_key)]
+def evaluations(root: Path) -> list[tuple[Path, dict]]:
+    """The output folders of ``python -m gcd_lightning.evaluate`` below ``root`` (``metrics.json`` with a cascade), with
+    their metrics."""
+    found = ((path.parent, load_json(path, "evaluation metrics")) for path in sorted(root.rglob("metrics.json")))
+    return [(folder, metrics) for folder, metrics in found if "cascade" in metrics]
 
 
-def evaluations(root: Path) -> list[Path]:
-    """The output folders of ``python -m gcd_lightning.evaluate`` below ``root`` (``metrics.json`` with a cascade)."""
-    return sorted(path.parent for path in root.rglob("metrics.json") if "cascade" in load_json(path, "evaluation metrics"))
+def slug(*parts: str) -> str:
+    """A file name from a run's key (an attack-agnostic run's threat has spaces and brackets)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", "_".join(parts)).strip("_")
 
 
 def relative(path: Path, start: Path) -> str:
@@ -86,14 +88,13 @@ def robustness_points(folder: RunFolder) -> dict[str, list[tuple[float, float]]]
     return {norm: sorted(values) for norm, values in sorted(points.items())}
 
 
-def evaluation_rows(folders: Sequence[Path], root: Path) -> tuple[list[str], list[list]]:
+def evaluation_rows(evaluated: Sequence[tuple[Path, dict]], root: Path) -> tuple[list[str], list[list]]:
     """One row per evaluation: where it is, the suite, what was attacked, the budget, success and robust accuracy with
     intervals, the attacks that won images, failed checks, time and provenance."""
     columns = ["output", "suite", "target", "detectors", "norm", "ε", "targeted", "n", "success [95%]", "robust accuracy [95%]",
                "attacks that won images", "failed checks", "seconds", "date", "commit", "machine"]
     rows = []
-    for folder in folders:
-        m = load_json(folder / "metrics.json", "evaluation metrics")
+    for folder, m in evaluated:
         won = ", ".join(f"{a['name']} ({a['won']})" for a in m["cascade"] if a["won"])
         failed = ", ".join(name for name, check in m.get("checks", {}).items() if check.get("failed")) or "none"
         s = stamp(folder)
@@ -134,17 +135,18 @@ def results_page(root: Path, page: Path) -> Path:
                    stamps[f.folder]["commit"], stamps[f.folder]["machine"]] for f in folders]),
     ]
     numbers = laid_out([f.run for f in folders], cells=True)
+    tables_of = {f.folder: laid_out([f.run]) for f in folders}  # which runs give each table its rows
     for name, (columns, rows) in numbers.items():
         title, meaning = TITLES.get(name, (f"Transfer matrix: {name.removeprefix('transfer_')}", "AUC and TPR of a detector "
                                            "trained on one attack (row) and tested on others (columns)."))
-        used = [stamps[f.folder] for f in folders if any(row[:1] == [f.run.dataset] for row in rows)]
-        lines += ["", f"## {title}", "", meaning, "", provenance_line(used or stamps.values()), "", markdown(columns, rows)]
-    white = [(f, robustness_points(f)) for f in folders if robustness_points(f)]
+        used = [stamps[f.folder] for f in folders if name in tables_of[f.folder]]
+        lines += ["", f"## {title}", "", meaning, "", provenance_line(used), "", markdown(columns, rows)]
+    white = [(f, points) for f in folders if (points := robustness_points(f))]
     if white:
         lines += ["", "## Robust accuracy against ε", "", "GCD's white-box robust accuracy over the attacked images at each "
                   "budget of `threat.robustness`, per row.", "", provenance_line(stamps[f.folder] for f, _ in white), ""]
         for folder, points in white:
-            name = f"robustness_{folder.run.dataset}_{folder.run.attack}.png"
+            name = f"robustness_{slug(folder.run.dataset, folder.run.label)}.png"
             figures.robustness_curves(points, f"{folder.run.dataset} {folder.run.label}", assets / name)
             lines += [f"![robust accuracy against ε, {folder.run.label}]({assets.name}/{name})", ""]
     roc = [f for f in folders if (f.folder / "roc.png").is_file()]
@@ -152,7 +154,7 @@ def results_page(root: Path, page: Path) -> Path:
         lines += ["", "## ROC curves", "", "Each detector's ROC on the grey-box test pairs of a run.", "",
                   provenance_line(stamps[f.folder] for f in roc), ""]
         for folder in roc:
-            name = f"roc_{folder.run.dataset}_{folder.run.attack}_{folder.run.threat.split(' ')[0]}.png"
+            name = f"roc_{slug(folder.run.dataset, folder.run.label, folder.run.threat)}.png"
             shutil.copyfile(folder.folder / "roc.png", assets / name)
             lines += [f"![ROC, {folder.run.label}]({assets.name}/{name})", ""]
     evaluated = evaluations(root)
