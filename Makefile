@@ -75,7 +75,7 @@ attribution: install data
 # the adaptive (white-box) evaluation of every MNIST attack, then Table 3 with intervals in outputs/whitebox/aggregate;
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see docs/whitebox.md
 WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
-WHITEBOX_ARGS ?= threat.n_test=100 threat.cw.binary_search_steps=4 threat.cw.max_iterations=100
+WHITEBOX_ARGS ?= threat.n_test=100
 # fixed-budget robustness (threat.robustness) only on these rows, one per norm; the others skip it
 WHITEBOX_ROBUSTNESS ?= pgd_untargeted ddn_untargeted
 # baseline detectors attacked beside GCD's (each a Table 3 target det_<name>); empty: GCD's detectors only

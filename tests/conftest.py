@@ -55,29 +55,26 @@ def shrink(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+SUITES = Path(__file__).parent / "suites"
+
+
 def shrink_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
-    """White-box attacks that take seconds: few images, steps and budgets (``threat=whitebox`` composed)."""
+    """White-box evaluations that take seconds: few images, the quick suites (``tests/suites``), few budgets
+    (``threat=whitebox`` composed)."""
     with open_dict(cfg):
         threat = cfg.threat
-        threat.n_test, threat.eot_samples, threat.judge_draws = n_test, 2, 3
-        threat.cw.binary_search_steps, threat.cw.max_iterations = 2, 20
-        threat.adaptive.steps, threat.adaptive.restarts = 10, 1
-        threat.adaptive.blend.donors, threat.adaptive.blend.steps = 100, 8
-        threat.adaptive.boundary.iterations, threat.adaptive.boundary.init_evals, threat.adaptive.boundary.max_evals = 3, 10, 20
+        threat.n_test, threat.judge_draws, threat.donors = n_test, 3, 100
+        threat.suite, threat.rand_suite = str(SUITES / "quick.yaml"), str(SUITES / "quick_rand.yaml")
         threat.robustness.linf_eps, threat.robustness.l2_eps = [0.1, 0.3], [1.0]
     return cfg
 
 
 def lean_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
-    """``shrink_whitebox`` with each kind of attack once (the configured attack, orthogonal PGD on one hinge per
-    detector, BlendSearch, HopSkipJump, BPDA + EOT) and one budget: for tests whose subject is not the attacks' variety."""
+    """``shrink_whitebox`` at the row's own budget alone: for tests whose subject is not the fixed-budget robustness."""
     cfg = shrink_whitebox(cfg, n_test)
     with open_dict(cfg):
-        cfg.threat.judge_draws, cfg.threat.adaptive.blend.donors = 2, 40
-        adaptive = cfg.threat.adaptive
-        adaptive.detector_terms, adaptive.modes, adaptive.support_modes, adaptive.adam_modes = ["each"], ["orthogonal"], [], []
-        adaptive.surrogate_beta = None
-        cfg.threat.robustness.modes, cfg.threat.robustness.linf_eps, cfg.threat.robustness.l2_eps = ["orthogonal"], [0.3], []
+        cfg.threat.judge_draws, cfg.threat.donors = 2, 40
+        cfg.threat.robustness.linf_eps, cfg.threat.robustness.l2_eps = [], []
     return cfg
 
 

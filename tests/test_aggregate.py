@@ -36,7 +36,7 @@ WHITE_OLD = {  # a white-box run from before DET_org, the intervals, the adaptiv
 SUCCESS_CI = {"nodet": (0.912, 1.0), "det_is": (0.352, 0.648), "gcd": (0.142, 0.400), "det_org": (0.040, 0.231),
               "bpda_eot": (0.769, 0.960)}
 WHITE = {
-    **WHITE_OLD, "whitebox.success.det_org": 0.1, "whitebox.success_previous.gcd": 0.125,
+    **WHITE_OLD, "whitebox.success.det_org": 0.1,
     **{f"whitebox.success_ci.{name}.{side}": v for name, ci in SUCCESS_CI.items() for side, v in zip(("low", "high"), ci)},
     "whitebox.success.gcd_end_to_end_ci.low": 0.2, "whitebox.success.gcd_end_to_end_ci.high": 0.4,
     "whitebox.success.bpda_eot_end_to_end": 0.85,
@@ -52,11 +52,11 @@ WHITE = {
 }
 
 
-def write_run(folder, dataset, attack, threat, metrics, mtime, untargeted_loss="both"):
+def write_run(folder, dataset, attack, threat, metrics, mtime, suite="standard"):
     folder.mkdir(parents=True)
     config = {"experiment_name": f"{dataset}_{attack}", "dataset": {"name": dataset},
               "attack": {"name": attack, "targeted": attack.endswith("_targeted")},
-              "threat": {"name": threat, "untargeted_loss": untargeted_loss}}
+              "threat": {"name": threat, "suite": suite}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "metrics.json").write_text(json.dumps(metrics))
     os.utime(folder / "metrics.json", (mtime, mtime))
@@ -67,8 +67,8 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     write_run(tmp_path / "new" / "cw", "mnist", "cw_untargeted", "greybox",
               {**GREY, "gcd.robust_acc.all": 0.9207, "base.robust_acc.all": 0.0}, 2_000)
     write_run(tmp_path / "new" / "ddn", "mnist", "ddn_untargeted", "whitebox", {**GREY, **WHITE, "gcd.acc.clean": 0.97}, 3_000)
-    write_run(tmp_path / "merged" / "ddn", "mnist", "ddn_untargeted", "whitebox",
-              {**GREY, **WHITE_OLD, "whitebox.success.gcd": 0.75}, 4_000, untargeted_loss="merged")
+    write_run(tmp_path / "paper" / "ddn", "mnist", "ddn_untargeted", "whitebox",
+              {**GREY, **WHITE_OLD, "whitebox.success.gcd": 0.75}, 4_000, suite="paper")
     (tmp_path / "unfinished").mkdir()
     assert len(find_runs(tmp_path)) == 4
     runs = latest(find_runs(tmp_path))
@@ -81,10 +81,10 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     assert len(rows) == 2
 
     columns, rows = table3(runs)
-    ddn, ddn_merged = rows  # the merged objective does not replace eq. 14's row
+    ddn, ddn_paper = rows  # the paper's protocol (suite=paper) does not replace the standard suite's row
     assert ddn[columns.index("GCD")] == 0.25 and ddn[columns.index("GCD paper")] == 0.941
     assert ddn[columns.index("n")] == "40" and ddn[columns.index("threat")] == "whitebox"
-    assert ddn_merged[columns.index("threat")] == "whitebox (merged)" and ddn_merged[columns.index("GCD")] == 0.75
+    assert ddn_paper[columns.index("threat")] == "whitebox (paper)" and ddn_paper[columns.index("GCD")] == 0.75
 
     columns, rows = table5(runs)
     assert [row[1] for row in rows] == ["clean (lowest of 2)", "cw_untargeted", "ddn_untargeted"]
@@ -106,7 +106,7 @@ def test_tables_take_the_latest_run_per_experiment_and_put_the_paper_beside_it(t
     assert "| GCD clean | GCD all examined | F all examined |" in table5_md
     assert "| 0.9800 | 0.9207 | 0.0000 |" in table5_md and "| 0.9700 | n/a | n/a |" in table5_md
     table3_md = (tmp_path / "tables" / "table3.md").read_text()
-    assert "| NoDET | NoDET paper | DET_IS | DET_IS paper | GCD | GCD paper | DET_org | GCD earlier attacks |" in table3_md
+    assert "| NoDET | NoDET paper | DET_IS | DET_IS paper | GCD | GCD paper | DET_org | GCD end to end |" in table3_md
     assert "| 0.2500 [0.142, 0.400] | 0.9410 | 0.1000 [0.040, 0.231] |" in table3_md
     assert "| incomplete, unbounded |" in table3_md
     header = (tmp_path / "tables" / "table3.csv").read_text().splitlines()[0]
@@ -126,7 +126,6 @@ def test_table3_gives_every_rate_its_interval_and_older_runs_n_a(tmp_path):
 
     assert interval(new, "GCD") == (0.25, 0.142, 0.400)  # the stage's interval
     assert interval(new, "DET_org") == (0.1, 0.040, 0.231)
-    assert interval(new, "GCD earlier attacks") == (0.125, *wilson_interval(5, 40))  # the stage reports none: Wilson's
     assert interval(new, "GCD end to end") == (0.3, 0.2, 0.4)  # over the mask draws
     assert interval(new, "BPDA+EOT end to end") == (0.85, 0.75, 0.95)
     assert interval(new, "BPDA+EOT") == (0.9, 0.769, 0.960)
@@ -135,7 +134,7 @@ def test_table3_gives_every_rate_its_interval_and_older_runs_n_a(tmp_path):
     # a run from before the new metrics: Wilson's interval from its rate over n images, n/a where there is no rate
     assert interval(old, "GCD") == (0.25, *wilson_interval(10, 40))
     assert interval(old, "NoDET") == (1.0, *wilson_interval(40, 40))
-    for column in ("DET_org", "GCD earlier attacks", "BPDA+EOT end to end"):
+    for column in ("DET_org", "BPDA+EOT end to end"):
         assert interval(old, column) == (None, None, None)
     assert interval(old, "GCD end to end") == (0.3, None, None)  # a mean over draws: no interval from the rate
     assert old[columns.index("failed indicators")] is None

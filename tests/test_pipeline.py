@@ -6,7 +6,6 @@ import copy
 import csv
 import importlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -19,14 +18,17 @@ import torch
 from PIL import Image
 from omegaconf import open_dict
 
-from conftest import compose_config, lean_whitebox, shrink, shrink_whitebox
+from conftest import SUITES, compose_config, lean_whitebox, shrink, shrink_whitebox
 from gcd_lightning.adversarial import AdversarialSet, union
 from gcd_lightning import load_defense
 from gcd_lightning.defense.baselines import TurningWeakness
 from gcd_lightning.pipeline import run
+from gcd_lightning.evaluate import Evaluations
+from gcd_lightning.pipeline import whitebox_stage
 from gcd_lightning.pipeline.context import RunContext
 from gcd_lightning.pipeline.rectifier_baselines_stage import network_key
 from gcd_lightning.predict import main as predict_main
+from gcd_lightning.whitebox.suite import load_suite
 
 METRIC_KEYS = [
     "classifier.test_acc",
@@ -203,15 +205,14 @@ def test_wandb_logger_writes_an_offline_run_with_tables_and_figures(first_run, t
 
 WHITEBOX_KEYS = [
     *(f"whitebox.success.{name}" for name in ("nodet", "det_is", "det_org", "gcd", "gcd_end_to_end", "bpda_eot", "bpda_eot_end_to_end")),
-    *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd") for end in ("low", "high")),
-    *(f"whitebox.variant.gcd.{name}{term}" for name in ("hinge_b1", "orthogonal", "selective", "orthogonal_nonzero", "joint_adam", "surrogate") for term in ("", "_sum")),
-    "whitebox.variant.gcd.l1_target",
-    *(f"whitebox.variant.{name}.blend" for name in ("det_is", "det_org", "gcd")),
-    *(f"whitebox.blend_unbounded{kind}.{name}" for kind in ("", "_linf") for name in ("det_is", "det_org", "gcd")),
-    "whitebox.variant.nodet.joint",
+    *(f"whitebox.success_ci.{name}.{end}" for name in ("nodet", "det_is", "det_org", "gcd", "bpda_eot") for end in ("low", "high")),
+    *(f"whitebox.won_by.{name}.apgd_joint" for name in ("nodet", "det_is", "det_org", "gcd")),
+    "whitebox.won_by.bpda_eot.apgd_eot",
     *(f"whitebox.indicator.{name}" for name in ("silent", "incomplete", "unbounded", "noise", "random", "random_end_to_end")),
+    *(f"whitebox.target_indicator.{name}.unbounded" for name in ("nodet", "det_is", "det_org", "bpda_eot")),
     "whitebox.robust_linf.0.3000.robust_acc",
     "whitebox.robust_l2.1.0000.robust_acc_all",
+    "whitebox.robust_linf.0.1000.tramer.radius",
     "whitebox.success.gcd_end_to_end_ci.low",
     "whitebox.l2_median.nodet",
     "whitebox.l2_median.gcd",
@@ -220,113 +221,90 @@ WHITEBOX_KEYS = [
 ]
 
 
-REACHES = ("", "_nonzero", "_adam", "_surrogate")  # the unbounded check's attacks, in the order they run
-
-
-def test_whitebox_run_attacks_the_whole_gcd_and_reuses_the_greybox_caches(first_run, tmp_path):
+def test_whitebox_stage_drives_the_suite_on_every_target_and_reuses_the_greybox_caches(first_run, tmp_path, monkeypatch):
     tmp, cfg, _ = first_run
     cfg = rerun_config(cfg, tmp_path / "whitebox")
     with open_dict(cfg):
         cfg.threat = compose_config(["threat=whitebox"], tmp).threat
-        cfg.threat.adaptive.boundary.targets = "all"  # HopSkipJump on every detector target, not only where the check fails
     metrics = run(shrink_whitebox(cfg, n_test=12))
     for key in WHITEBOX_KEYS:
         assert key in metrics, key
     assert all(metrics[flag] == 1.0 for flag in CACHE_FLAGS)  # grey-box parts are reused, not retrained
-    assert metrics["whitebox.n"] == 12
+    assert metrics["whitebox.n"] == 12 and metrics["whitebox.suite.quick"] == 1.0
     assert metrics["whitebox.success.nodet"] >= 0.9
+    # one cached evaluation per target at the row's budget, and GCD's at each other budget; each is the metrics' source
+    whitebox = Path(cfg.paths.cache_dir) / "whitebox"
+    entries = {p.name.rsplit("_", 1)[0]: p for p in whitebox.glob("*.pt")}
+    expected = {f"mnist_pgd_targeted_{t}_quick_linf0.3" for t in ("nodet", "det_is", "det_org", "gcd")}
+    expected |= {"mnist_pgd_targeted_bpda_eot_quick_rand_linf0.3", "mnist_pgd_targeted_gcd_quick_linf0.1", "mnist_pgd_targeted_gcd_quick_l21"}
+    assert set(entries) == expected
     for name in ("nodet", "det_is", "det_org", "gcd", "bpda_eot"):
+        evaluation = Evaluations().load(entries[f"mnist_pgd_targeted_{name}_quick{'_rand' if name == 'bpda_eot' else ''}_linf0.3"])
+        result = evaluation.result
+        assert metrics[f"whitebox.success.{name}"] == pytest.approx(result.won.double().mean().item()) and evaluation.targeted
         assert metrics[f"whitebox.linf_max.{name}"] <= cfg.dataset.linf_eps + 1e-6
         low, high = metrics[f"whitebox.success_ci.{name}.low"], metrics[f"whitebox.success_ci.{name}.high"]
         assert low <= metrics[f"whitebox.success.{name}"] <= high
-    for name in ("det_is", "det_org", "gcd"):  # every image counts the strongest attack: never below any one of them
-        variants = [v for k, v in metrics.items() if k.startswith(f"whitebox.variant.{name}.")]
-        assert len(variants) >= 4 and metrics[f"whitebox.success.{name}"] >= max(variants)
-        assert metrics[f"whitebox.success.{name}"] >= metrics[f"whitebox.success_previous.{name}"]
-    # both detector terms attack GCD; on one detector they are the same loss, attacked once
-    assert not any(k.endswith("_sum") for k in metrics if k.startswith(("whitebox.variant.det_", "whitebox.variant.nodet")))
-    cached_names = [p.name for p in (Path(cfg.paths.cache_dir) / "whitebox").iterdir()]
-    for name in ("robust_orthogonal", "robust_selective", "robust_surrogate"):
-        summed = sum(f"_gcd_{name}_sum_" in p for p in cached_names)
-        assert sum(f"_gcd_{name}_" in p for p in cached_names) - summed == summed > 0, name  # "each" has no suffix
+        # the log adds up: every win is the clean image's or one attack's, which no earlier one had won
+        by_attack = sum(v for k, v in metrics.items() if k.startswith(f"whitebox.won_by.{name}."))
+        assert metrics[f"whitebox.success.{name}"] == pytest.approx(by_attack + metrics[f"whitebox.won_clean.{name}"])
+        for i, attack in enumerate(result.attacks):
+            share = (result.by == i).float().mean().item()
+            assert metrics.get(f"whitebox.won_by.{name}.{attack}", 0.0) == pytest.approx(share)
     # the hinge loss on GCD falls from the clean images to the attacked ones
     assert metrics["whitebox.loss.gcd.adv"] < metrics["whitebox.loss.gcd.clean"]
     # GCD's detection is deterministic, its answer end to end random; a failed indicator is a warning in the report
     assert metrics["whitebox.indicator.random"] == 0.0 and metrics["whitebox.indicator.random_end_to_end"] == 1.0
     assert metrics["whitebox.indicator.unbounded.failed"] == float(metrics["whitebox.indicator.unbounded"] < 0.99)
-    for name in ("det_is", "det_org"):  # every detector target is checked unbounded too, judged by itself
+    for name in ("nodet", "det_is", "det_org"):  # every target is checked unbounded too, judged by itself
         rate = metrics[f"whitebox.target_indicator.{name}.unbounded"]
         assert metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] == float(rate < 0.99)
-        # per image the stronger of the reaches in turn (every pixel, non-zero support, Adam, surrogate), each only while short
-        runs = {reach: [p for p in (Path(cfg.paths.cache_dir) / "whitebox").iterdir()
-                        if re.search(rf"_{name}_unbounded{reach}_[0-9a-f]+\.pt$", p.name)] for reach in REACHES}
-        ran = [reach for reach, paths in runs.items() if paths]
-        assert ran == list(REACHES[: len(ran)]) and all(len(paths) <= 1 for paths in runs.values())
-        won = [AdversarialSet.load(runs[reach][0]).success for reach in ran]
-        assert rate == pytest.approx(torch.stack(won).any(dim=0).float().mean().item())
-        assert all(torch.stack(won[:k]).any(dim=0).float().mean() < 0.99 for k in range(1, len(won)))
-    for name in ("det_is", "det_org", "gcd"):  # BlendSearch, no gradient: unbounded it wins wherever a donor is accepted
-        reach = AdversarialSet.load(next((Path(cfg.paths.cache_dir) / "whitebox").glob(f"*_{name}_unbounded_blend_*.pt")))
-        assert metrics[f"whitebox.blend_unbounded.{name}"] == reach.success.float().mean().item() >= 0.5
-        assert metrics[f"whitebox.blend_unbounded_linf.{name}"] == reach.linf[reach.success].median().item() <= 1.0
-        assert torch.equal(reach.success, reach.l2 > 0)  # an image moves only where it is won
-        # HopSkipJump starts from those wins and walks along the boundary: never farther, then cut at the budget
-        walk = AdversarialSet.load(next((Path(cfg.paths.cache_dir) / "whitebox").glob(f"*_{name}_unbounded_boundary_*.pt")))
-        assert (walk.success <= reach.success).all() and walk.success.sum() >= reach.success.sum() - 1  # boundary points: float ties
-        assert (walk.linf[walk.success] <= reach.linf[walk.success] + 1e-6).all()
-        assert metrics[f"whitebox.boundary_linf.{name}"] == walk.linf[walk.success].median().item()
-        inside = walk.success & (walk.linf <= cfg.dataset.linf_eps * (1 + 1e-5) + 1e-6)
-        assert metrics[f"whitebox.variant.{name}.boundary"] == inside.float().mean().item()
     robust = metrics["whitebox.robust_linf.0.3000.robust_acc"]
     assert robust <= 1 - metrics["whitebox.robust_linf.0.3000.success"] + 1e-9
     assert metrics["whitebox.robust_linf.0.3000.robust_acc_all"] <= robust
-    # every attack on GCD counts at every budget its perturbation fits in: robust accuracy never rises with ε
+    # every evaluation of GCD counts at every budget its perturbation fits in: robust accuracy never rises with ε
     assert metrics["whitebox.robust_linf.0.1000.robust_acc"] >= robust
+    assert metrics["whitebox.robust_linf.0.3000.success"] >= metrics["whitebox.success.gcd"]
     report = (tmp_path / "whitebox" / "report.md").read_text()
-    row = next(line for line in report.splitlines() if line.startswith("| mnist | pgd_targeted | whitebox | 12 |"))
+    row = next(line for line in report.splitlines() if line.startswith("| mnist | pgd_targeted | whitebox (quick) | 12 |"))
     cells = row.strip("| ").split(" | ")  # Table 3: the paper's NoDET, DET_IS and GCD beside ours
     assert "Table 3" in report and (cells[5], cells[7], cells[9]) == ("1.0000", "1.0000", "0.4370")
+    assert "which attack earned its place" in report and "| apgd_joint |" in report
     assert "Indicators of attack failure" in report and "Tramèr" in report and "95%" in report
     for name in ("silent", "incomplete", "unbounded", "noise", "random"):
         assert (f"**WARNING** {name}:" in report) == bool(metrics[f"whitebox.indicator.{name}.failed"]), name
-    assert "unbounded (det_is):" in report and "unbounded (det_org):" in report and "reach (det_is):" in report
-    assert "boundary walk (gcd):" in report
+    assert "unbounded (det_is):" in report and "unbounded (det_org):" in report
+
+    def rebuilt(*args, **kwargs):
+        raise AssertionError("a cached white-box evaluation was computed again")
+
+    monkeypatch.setattr(whitebox_stage, "evaluate_target", rebuilt)
     again = run(rerun_config(cfg, tmp_path / "whitebox_again"))
     assert {k: v for k, v in again.items() if k.startswith("whitebox.") and "seconds" not in k} == pytest.approx(
         {k: v for k, v in metrics.items() if k.startswith("whitebox.") and "seconds" not in k}, nan_ok=True
     )
 
 
-def test_untargeted_whitebox_counts_the_stronger_of_both_objectives_per_image(first_run, tmp_path):
-    tmp, _, _ = first_run
-    cfg = shrink(compose_config(["+experiment=mnist_pgd_untargeted", "threat=whitebox"], tmp))  # f from the cache
+def test_whitebox_suite_paper_is_the_papers_protocol_in_a_row_of_its_own(first_run, tmp_path):
+    tmp, cfg, _ = first_run
+    cfg = rerun_config(cfg, tmp_path / "paper")
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "both")
-        cfg.detector.max_epochs, cfg.rectifier.max_epochs = 3, 1  # what is attacked matters less than how
-    both = run(lean_whitebox(cfg))
-    assert both["classifier.cached"] == 1.0 and both["whitebox.objective.eq14"] == both["whitebox.objective.merged"] == 1.0
-    for name in ("det_is", "gcd"):
-        eq14, merged = both[f"whitebox.variant.{name}.l1_eq14"], both[f"whitebox.variant.{name}.l1_merged"]
-        union = both[f"whitebox.success_previous.{name}"]  # float32 shares: the bounds hold to its rounding
-        assert max(eq14, merged) - 1e-6 <= union <= min(1.0, eq14 + merged) + 1e-6  # the union
-        assert both[f"whitebox.success.{name}"] >= both[f"whitebox.success_previous.{name}"]
-    report = (tmp_path / "both" / "report.md").read_text()
-    assert "| l1_eq14 |" in report and "| l1_merged |" in report and "strongest" in report
-
-    whitebox = Path(cfg.paths.cache_dir) / "whitebox"
-    computed = set(whitebox.iterdir())
-    alone = rerun_config(cfg, tmp_path / "merged")
-    with open_dict(alone):
-        alone.threat.untargeted_loss = "merged"
-    merged_alone = run(alone)
-    assert set(whitebox.iterdir()) == computed  # one objective alone reuses its cached attacks
-    assert merged_alone["whitebox.variant.gcd.l1_merged"] == both["whitebox.variant.gcd.l1_merged"]
-    assert "whitebox.variant.gcd.l1_eq14" not in merged_alone
-
-    with open_dict(alone):
-        alone.threat.untargeted_loss = "hinge"
-    with pytest.raises(ValueError, match="untargeted_loss='hinge'.*'both'"):
-        run(alone)
+        cfg.threat = compose_config(["threat=whitebox", "threat.suite=paper"], tmp).threat
+        cfg.threat.n_test, cfg.threat.judge_draws, cfg.threat.donors = 10, 2, 0
+        cfg.threat.rand_suite = str(SUITES / "quick_rand.yaml")
+        cfg.threat.robustness.linf_eps, cfg.threat.robustness.l2_eps = [], []
+    metrics = run(cfg)
+    assert metrics["whitebox.suite.paper"] == 1.0
+    attacks = {k.split(".")[3] for k in metrics if k.startswith("whitebox.won_by.gcd.")}
+    assert attacks == {attack.name for attack in load_suite("paper").attacks}  # the paper's attack alone
+    for name in ("nodet", "det_is", "det_org", "gcd"):
+        assert 0.0 <= metrics[f"whitebox.success.{name}"] <= 1.0 and metrics[f"whitebox.linf_max.{name}"] <= cfg.dataset.linf_eps + 1e-6
+    report = (tmp_path / "paper" / "report.md").read_text()
+    assert "| mnist | pgd_targeted | whitebox (paper) | 10 |" in report
+    with open_dict(cfg):
+        cfg.threat.suite = "strongest"
+    with pytest.raises(ValueError, match="threat.suite=strongest: suite=strongest: no such suite"):
+        run(rerun_config(cfg, tmp_path / "unknown"))
 
 
 # --- the exported defense --------------------------------------------------------------------
@@ -525,17 +503,17 @@ def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path
     metrics = run(lean_whitebox(cfg, n_test=10))
     # DET_TWS is not differentiable: attacked through its surrogate (BPDA/EOT), judged by itself
     assert 0.0 <= metrics["whitebox.success.det_tws"] <= 1.0 and metrics["whitebox.linf_max.det_tws"] <= cfg.dataset.linf_eps + 1e-6
-    assert len([k for k in metrics if k.startswith("whitebox.variant.det_tws.")]) >= 4
-    variants = [v for k, v in metrics.items() if k.startswith("whitebox.variant.det_squeeze.")]
-    assert len(variants) >= 4 and metrics["whitebox.success.det_squeeze"] >= max(variants) - 1e-6  # float32 means
+    assert "whitebox.won_by.det_tws.apgd_joint" in metrics  # the suite's first attack ran through the surrogate
+    won = [v for k, v in metrics.items() if k.startswith("whitebox.won_by.det_squeeze.")]
+    assert metrics["whitebox.success.det_squeeze"] == pytest.approx(sum(won) + metrics["whitebox.won_clean.det_squeeze"])
     assert metrics["whitebox.linf_max.det_squeeze"] <= cfg.dataset.linf_eps + 1e-6
     low, high = metrics["whitebox.success_ci.det_squeeze.low"], metrics["whitebox.success_ci.det_squeeze.high"]
     assert low <= metrics["whitebox.success.det_squeeze"] <= high
     report = (tmp_path / "whitebox_baseline" / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
     assert "| Squeeze |" in header
-    # each attack's success on every target the run attacked, the baselines included
-    assert "| attack | NoDET | DET_IS | GCD | DET_org | BPDA+EOT | DET_TWS | Squeeze |" in report
+    # each attack's wins on every target the run attacked, the baselines included
+    assert "| attack | NoDET | DET_IS | GCD | DET_org | DET_TWS | Squeeze |" in report
 
 
 def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_path):
@@ -641,19 +619,22 @@ def test_whitebox_attacks_table5s_classifiers_through_bpda_eot(first_run, tmp_pa
         cfg.rectifier_baseline = compose_config(["rectifier_baseline=[pgd,tvm]"], tmp).rectifier_baseline
         for name in ("pgd", "tvm"):
             cfg.rectifier_baseline[name].max_epochs, cfg.rectifier_baseline[name].limit_train_batches = 1, 20
-    metrics = run(lean_whitebox(cfg))
+    cfg = lean_whitebox(cfg)
+    metrics = run(cfg)
     for name in ("pgd", "tvm"):
         rate, low, high = (metrics[f"whitebox.success{part}.rec_{name}{end}"] for part, end in (("", ""), ("_ci", ".low"), ("_ci", ".high")))
         assert low <= rate <= high and metrics[f"whitebox.linf_max.rec_{name}"] <= cfg.dataset.linf_eps + 1e-6
         clean, attacked = (metrics[f"whitebox.rectifier_baseline.{name}.acc.{k}"] for k in ("clean", "adv"))
         assert clean >= 0.5 and attacked <= clean - 0.3, name  # white-box PGD-T at L∞ 0.3 breaks both
-    # TVM is random: through BPDA + EOT the attack beats the grey-box transfer from f on the same kind of pairs
-    assert metrics["whitebox.rectifier_baseline.tvm.acc.adv"] < metrics["rectifier_baseline.tvm.acc.adv"]
+    # TVM is random: through BPDA + EOT the suite beats the grey-box transfer from f on the same kind of pairs, or the
+    # evaluation says it is in doubt (the unbounded check fails: a warning in the report); never a weak result unflagged
+    beaten = metrics["whitebox.rectifier_baseline.tvm.acc.adv"] < metrics["rectifier_baseline.tvm.acc.adv"]
+    assert beaten or metrics["whitebox.target_indicator.rec_tvm.unbounded.failed"] == 1.0
     report = (tmp_path / "whitebox_rectifier_baselines" / "report.md").read_text()
     assert "### Table 5's defended classifiers under white-box attack" in report
     assert "| PGD classifier |" in next(line for line in report.splitlines() if line.startswith("| dataset | attack | threat | n |"))
     cached = [p.name for p in (Path(cfg.paths.cache_dir) / "whitebox").glob("*_rec_*.pt")]
-    assert sorted(name.split("_rec_")[1].rsplit("_", 1)[0] for name in cached) == ["pgd_joint", "pgd_plain", "tvm_joint", "tvm_plain"]
+    assert sorted(name.split("_rec_")[1].rsplit("_", 1)[0] for name in cached) == ["pgd_quick_linf0.3", "tvm_quick_linf0.3"]
 
 
 def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):

@@ -259,32 +259,3 @@ def generate(
         n_examined=examined,
         seconds=seconds,
     )
-
-
-def strongest(sets: list[AdversarialSet]) -> AdversarialSet:
-    """Several attacks on the same images combined per image, as the strongest attacker would.
-
-    Each image takes its successful result of smallest L2 (the first set's result where none
-    succeeded), so the success rate is that of the union and the norms are the smallest found.
-    The time is the sum of the attacks' times.
-    """
-    first = sets[0]
-    if any(not torch.equal(s.index, first.index) for s in sets):
-        raise ValueError("strongest: the attacks must be on the same images")
-    if len(sets) == 1:
-        return first
-    cost = torch.stack([torch.where(s.success, s.l2, torch.inf) for s in sets])  # (attacks, N)
-    pick = cost.argmin(dim=0)  # all inf (no success): the first set
-    rows = torch.arange(len(first))
-
-    def choose(name: str) -> torch.Tensor:
-        return torch.stack([getattr(s, name) for s in sets])[pick, rows]
-
-    return dataclasses.replace(
-        first,
-        x_adv=choose("x_adv"),
-        success=choose("success"),
-        l2=choose("l2"),
-        linf=choose("linf"),
-        seconds=sum(s.seconds for s in sets),
-    )

@@ -36,6 +36,7 @@ from torch import nn
 from gcd_lightning import cli
 from gcd_lightning.adversarial import outputs, stack
 from gcd_lightning.attacks.base import Norm, random_targets
+from gcd_lightning.cache import Kind
 from gcd_lightning.defense.export import load_defense, read_description
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.trust import UntrustedCode
@@ -47,7 +48,17 @@ from gcd_lightning.utils.provenance import provenance
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import GuardedClassifier, RandomizedGCD
 from gcd_lightning.whitebox.objectives import ensemble_flags
-from gcd_lightning.whitebox.suite import CLEAN, Suite, SuiteResult, Target, decision_checks, guarded_target, load_suite, run_suite
+from gcd_lightning.whitebox.suite import (
+    CLEAN,
+    AttackRecord,
+    Suite,
+    SuiteResult,
+    Target,
+    decision_checks,
+    guarded_target,
+    load_suite,
+    run_suite,
+)
 
 JUDGE_DRAWS = 5  # a randomised defense (suite rand) is won on an image when fooled in most of this many draws
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -81,7 +92,7 @@ class Evaluation:
 
     @property
     def robust(self) -> torch.Tensor:
-        """(N,) bool: right at the clean image, not flagged there, and not won (``indicators.robust_accuracy``)."""
+        """(N,) bool: right at the clean image, not flagged there, and not won (Tramèr 2022; Bryniarski et al. 2022)."""
         return self.correct & ~self.flagged & ~self.result.won
 
     def summary(self) -> dict[str, Any]:
@@ -102,6 +113,34 @@ class Evaluation:
             "cascade": [dataclasses.asdict(record) for record in result.log],
             "checks": {check.name: {"value": check.value, "failed": check.failed, "meaning": check.meaning} for check in self.checks},
         }
+
+
+    def state(self) -> dict[str, Any]:
+        """Everything it holds as tensors, strings and numbers (``Evaluations``: loads with ``weights_only=True``)."""
+        result = dataclasses.asdict(self.result)
+        return {**{field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name not in ("result", "checks")},
+                "result": result, "checks": [dataclasses.asdict(check) for check in self.checks]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Evaluation:
+        fields = dict(state["result"])
+        fields["log"] = [AttackRecord(**record) for record in fields["log"]]
+        return cls(**{**state, "result": SuiteResult(**fields), "checks": [indicators.Check(**c) for c in state["checks"]]})
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluations(Kind[Evaluation]):
+    """Evaluations in the cache (``cache.Kind``): the white-box stage's, one per target, budget and suite."""
+
+    folder: str = "whitebox"
+    what: str = "white-box evaluation"
+    suffix: str = ".pt"
+
+    def load(self, path: Path) -> Evaluation:
+        return Evaluation.from_state(load_torch(path, f"cached {self.what}"))
+
+    def save(self, value: Evaluation, path: Path) -> None:
+        save_torch(value.state(), path)
 
 
 def defense_parts(defense: Defense, trust_code: bool = False) -> tuple[nn.Module, list[nn.Module], GCD | None]:
@@ -125,12 +164,17 @@ def target_name(detectors: Sequence[nn.Module]) -> str:
     return "gcd" if len(detectors) == 2 else f"det_{getattr(detectors[0], 'name', type(detectors[0]).__name__)}"
 
 
-def gcd_draws(gcd: GCD, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(JUDGE_DRAWS, N) GCD's final labels under that many draws of its masks (judging seeds: no attack uses them)."""
+def gcd_draws(gcd: GCD, x: torch.Tensor, batch_size: int, draws: int = JUDGE_DRAWS) -> torch.Tensor:
+    """(draws, N) GCD's final labels under that many draws of its masks (judging seeds: no attack uses them)."""
     from gcd_lightning.pipeline.components import run_gcd
 
     return torch.stack([run_gcd(gcd, x, batch_size, indicators.JUDGE_SEED + d * indicators.JUDGE_STRIDE)["label"]
-                        for d in range(JUDGE_DRAWS)])
+                        for d in range(draws)])
+
+
+def gcd_right(gcd: GCD, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) GCD end to end, which answers every image, is right at ``x`` in most of ``JUDGE_DRAWS`` draws of its masks."""
+    return (gcd_draws(gcd, x, batch_size) == y).float().mean(dim=0) > 0.5
 
 
 def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, batch_size: int) -> Target:
@@ -143,6 +187,10 @@ def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, 
         return fooled.float().mean(dim=0) > 0.5
 
     return Target("gcd_end_to_end", RandomizedGCD(gcd, suite.eot_samples), judge, num_classes)
+
+
+def as_suite(suite: str | Path | Suite) -> Suite:
+    return suite if isinstance(suite, Suite) else load_suite(suite)
 
 
 def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, norm: str, eps: float,
@@ -163,33 +211,51 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
         trust_code: for a folder, ``load_defense``'s.
     """
     classifier, detectors, gcd = defense_parts(defense, trust_code)
-    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    suite = as_suite(suite)
     check_inputs(images)
     if labels.shape != (len(images),) or (targets is not None and targets.shape != labels.shape):
         raise ValueError(f"evaluate: labels (and targets) must have shape ({len(images)},), got {tuple(labels.shape)}")
-    norm = Norm(norm)
     device = next(classifier.parameters()).device
     classifier.eval()
     model = GuardedClassifier(classifier, detectors).to(device)
     with torch.no_grad():
         num_classes = classifier(images[:1].to(device)).shape[1]
     targeted = targets is not None
+    correct = None
     if suite.eot_samples:
         if gcd is None or gcd.rectifier is None:
             raise ValueError(f"evaluate: suite {suite.name!r} attacks a randomised defense end to end; give a GCD with its rectifier")
         target = randomized_target(gcd, suite, num_classes, targeted, batch_size)
+        correct = gcd_right(gcd, images, labels, batch_size)
     else:
         target = guarded_target(target_name(detectors), model, num_classes, targeted, batch_size)
+    return evaluate_target(target, model, images, labels, norm=norm, eps=eps, targets=targets, suite=suite, seed=seed,
+                           donors=donors, batch_size=batch_size, progress=progress, references=references, correct=correct)
+
+
+def evaluate_target(target: Target, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, norm: str | Norm, eps: float,
+                    targets: torch.Tensor | None = None, suite: str | Path | Suite = "standard", seed: int = 0,
+                    donors: torch.Tensor | None = None, batch_size: int = 100, progress: bool = False,
+                    references: Sequence[tuple[str, float, float]] = (), correct: torch.Tensor | None = None) -> Evaluation:
+    """``suite`` on a built ``target`` (what ``evaluate`` and the white-box stage share).
+
+    ``model`` is the detected classifier (``GuardedClassifier``) whose clean outputs say where ``f`` is right and the
+    detectors flag, and which the noise and random checks read. ``correct`` given (a randomised defense, which answers
+    every image): it replaces ``f``'s right answers, and nothing counts as flagged.
+    """
+    suite, norm = as_suite(suite), Norm(norm)
     clean = outputs(model, images, batch_size)
-    if suite.eot_samples:  # GCD end to end answers every image: right when most draws of its answer are
-        correct, flagged = (gcd_draws(gcd, images, batch_size) == labels).float().mean(dim=0) > 0.5, torch.zeros_like(labels, dtype=torch.bool)
-    else:
+    num_classes = target.num_classes
+    if correct is None:
         correct, flagged = clean[:, :num_classes].argmax(dim=1) == labels, ensemble_flags(clean[:, num_classes:])
+    else:
+        flagged = torch.zeros_like(labels, dtype=torch.bool)
     result = run_suite(target, images, labels, suite, norm, eps, goal=targets, donors=donors, seed=seed, batch_size=batch_size,
                        progress=progress)
     checks = run_checks(result, model, images, clean, num_classes, batch_size, eps, correct & ~flagged & ~result.won, references)
+    detectors = getattr(model, "detectors", [])
     return Evaluation(target.name, [getattr(d, "name", type(d).__name__) for d in detectors], norm.value, float(eps), suite.name,
-                      targeted, result, correct, flagged, checks)
+                      targets is not None, result, correct, flagged, checks)
 
 
 def run_checks(result: SuiteResult, model: nn.Module, images: torch.Tensor, clean: torch.Tensor, num_classes: int, batch_size: int,

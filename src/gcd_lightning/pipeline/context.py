@@ -43,7 +43,7 @@ TRAIN_SOURCES = ("val", "train")
 # whitebox 2: every batch seeded on its own, batches shared by the ranks of a DDP run; 3: judged by ensemble_flags;
 # 4: AdaptivePGD keeps an image's first success (it leaves the batch)
 CODE_VERSIONS = {"classifier": 1, "adversarial": 1, "detectors": 1, "rectifier": 1, "baselines": 1,
-                 "rectifier_baselines": 1, "density": 1, "whitebox": 4}
+                 "rectifier_baselines": 1, "density": 1, "whitebox": 5}
 
 
 def code_version(stage: str) -> dict[str, int]:

@@ -73,7 +73,7 @@ def rectifier_baseline_lines(m: dict[str, float]) -> list[str]:
     return [
         "### Table 5's defended classifiers under white-box attack",
         "",
-        "Each attacked as NoDET is (the configured attack and joint PGD), through BPDA + EOT "
+        "Each attacked by the suite as NoDET is, through BPDA + EOT "
         f"({fmt(m['whitebox.eot_samples'], 0)} draws per gradient) where a purifier stands in front; accuracy on the same "
         "images, the purifier's randomness drawn from the judging seed. Grey-box: Table 5's cell (attacked through f alone, "
         "over its own pairs).",
@@ -107,51 +107,45 @@ def whitebox_tables(run: Run) -> list[str]:
     names = whitebox_targets(run)
     targets = [t for t in names if t == "nodet" or t == "gcd" or t.removeprefix("det_") in defense_detectors([run])]
     attacked = list(names)  # GCD's targets, then each baseline detector and defended classifier the run attacked
-    variants = sorted({k.split(".")[3] for k in m if k.startswith("whitebox.variant.")})
+    suite = next((k.removeprefix("whitebox.suite.") for k in m if k.startswith("whitebox.suite.")), "?")
+    order = {k.removeprefix("whitebox.attack_order."): v for k, v in m.items() if k.startswith("whitebox.attack_order.")}
+    ran = [k.split(".", 3)[2:] for k in m if k.startswith("whitebox.won_by.")]
+    attacks = sorted({a for t, a in ran if t != "bpda_eot"}, key=lambda a: order.get(a, math.inf))
+    rand = sorted({a for t, a in ran if t == "bpda_eot"}, key=lambda a: order.get(a, math.inf))
 
-    def variant_cell(target: str, variant: str) -> str:
-        key = f"whitebox.variant.{target}.{variant}"
+    def won_by(target: str, attack: str) -> str:
+        key = f"whitebox.won_by.{target}.{attack}"
         return fmt(m[key]) if key in m else ""
 
-    previous = [f"{names[t]} {fmt(m.get(f'whitebox.success_previous.{t}', m[f'whitebox.success.{t}']))}" for t in targets]
+    cascaded = [t for t in attacked if t != "bpda_eot"]
     lines = [
         "## White-box attacks (Table 3: success rate, smaller is better)",
         "",
-        f"{fmt(m['whitebox.n'], 0)} test images. A success fools f and is not flagged by the detector(s), judged by the "
-        "real decision rule (eq. 10-11 for GCD); every image counts the strongest of the attacks below. "
-        "[low, high]: Wilson 95% interval; BPDA+EOT: the attack on the whole randomised GCD, judged under one draw of its "
-        "masks; end to end: GCD's final answer (f_rec on random masks for flagged inputs), "
-        f"the mean over {fmt(m['whitebox.judge_draws'], 0)} mask draws with seeds disjoint from the attacks', "
-        "with a 95% interval over the images.",
+        f"{fmt(m['whitebox.n'], 0)} test images, suite `{suite}` at the row's budget, "
+        f"{'L2' if m.get('whitebox.norm.l2') else 'L∞'} ε = {fmt(m['whitebox.eps'], 3)}. "
+        "A success fools f and is not flagged by the detector(s), judged by the real decision rule (eq. 10-11 for GCD). "
+        "[low, high]: Wilson 95% interval. BPDA+EOT: the whole randomised GCD under the `rand` suite, won where its answer "
+        "is fooled in most draws of its masks; end to end: GCD's final answer (f_rec on random masks for flagged inputs) at "
+        f"the examples found, the mean over {fmt(m['whitebox.judge_draws'], 0)} mask draws with seeds disjoint from the "
+        "attacks', with a 95% interval over the images.",
         "",
         markdown(*table3([run], cells=True)),
-        "\"Earlier attacks\": the configured attack on the L+1-class view (eq. 14 / merged loss, or the target), "
-        f"the stage's only attacks before the adaptive evaluation; their success: {', '.join(previous)}.",
+        "### The cascade: which attack earned its place",
         "",
-        "### Success of each attack",
+        "The share of the images each attack of the suite won that no attack before it had won (an image leaves the cascade "
+        "at its first win; blank: it did not run).",
         "",
-        f"L+1 (`l1_*`): the configured attack on the L+1 view; `hinge_b<β>`: the configured attack on the hinge loss "
-        f"(κ = {m['whitebox.adaptive.kappa']}); orthogonal / selective / joint: PGD of Bryniarski et al. (2022), "
-        f"ε = {fmt(m['whitebox.adaptive.eps'], 3)}, {fmt(m['whitebox.adaptive.steps'], 0)} steps, "
-        f"{fmt(m['whitebox.adaptive.restarts'], 0)} restarts; surrogate: orthogonal PGD with DET_IS differentiated through "
-        "a softplus copy of f (BPDA), beside the exact double backprop. Suffix `_sum`: the same attack with one hinge on the sum "
-        "of the detectors' gaps (eq. 11's boundary) instead of one hinge per detector. Suffix `_nonzero`: the same PGD "
-        "perturbing only the input's non-zero pixels (MNIST's strokes), which a density model prices far below a dense change. "
-        "Suffix `_adam`: the same PGD with C&W's optimiser in the ball (Adam through a tanh map, a sticky box), which picks a "
-        "sparse support of its own. `blend`: BlendSearch, no gradient, toward accepted images of another class; `boundary`: "
-        "HopSkipJump from BlendSearch's unbounded wins along the target's real decision, cut at the budget (on a target whose "
-        "gradient attacks fail the unbounded check).",
-        "",
-        "| attack | " + " | ".join(names[t] for t in attacked) + " |",
-        "|---|" + "---:|" * len(attacked),
-        *(f"| {v} | " + " | ".join(variant_cell(t, v) for t in attacked) + " |" for v in variants),
+        "| attack | " + " | ".join(names[t] for t in cascaded) + " |",
+        "|---|" + "---:|" * len(cascaded),
+        *(f"| {a} | " + " | ".join(won_by(t, a) for t in cascaded) + " |" for a in attacks),
+        *([] if not rand else ["", "BPDA+EOT (`rand`): " + ", ".join(f"{a} {won_by('bpda_eot', a)}" for a in rand) + "."]),
         "",
     ]
     lines += rectifier_baseline_lines(m) + robustness_lines(run) + indicator_lines(m)
     lines += [
         "## Cost and perturbation (Table 4)",
         "",
-        "| target | median L2 of successes | max L∞ | seconds per image (all its attacks) |",
+        "| target | median L2 of successes | max L∞ | seconds per image (the whole cascade) |",
         "|---|---:|---:|---:|",
         *(
             f"| {names[name]} | {fmt(m[f'whitebox.l2_median.{name}'])} | {fmt(m[f'whitebox.linf_max.{name}'])} | "
@@ -172,10 +166,6 @@ def whitebox_tables(run: Run) -> list[str]:
         f"- BPDA+EOT ({fmt(m['whitebox.eot_samples'], 0)} masks per gradient): its images evade the detector in "
         f"{fmt(m['whitebox.success.bpda_eot_evades'])} of cases.",
     ]
-    curve = sorted((float(k.removeprefix("whitebox.budget_l2.gcd.")), v) for k, v in m.items() if k.startswith("whitebox.budget_l2.gcd."))
-    if curve:
-        lines.append("- Share of images attacked successfully on GCD within each L2 norm: "
-                     + ", ".join(f"{fmt(b, 3)}: {fmt(v)}" for b, v in curve) + ".")
     return [*lines, ""]
 
 
@@ -187,12 +177,14 @@ def robustness_lines(run: Run) -> list[str]:
     lines = [
         "## Fixed-budget robustness of GCD",
         "",
-        "Orthogonal PGD at each budget (at the attack's own budget, every attack above). Robust accuracy: the clean image "
+        "The suite at each budget; an image counts as won at a budget when any of GCD's evaluations won it inside that "
+        "ball. Robust accuracy: the clean image "
         f"is not flagged (flagged: {fmt(run.metrics['whitebox.flagged_clean.gcd'])} of the attacked images) and the attack "
         "fails; over the attacked images, and over all test images looked at (f's errors count as errors). Tramèr (2022): "
         "a detector robust at ε implies a classifier robust at ε/2 (the Tramèr radius) with the same accuracy (over all "
-        "examined); the last columns compare it with the best published robust classifier at a radius ≥ ε/2 "
-        "(`paper.ROBUST_CLASSIFIERS`).",
+        "examined); the last columns compare it with the best published robust classifier evaluated at ε/2 "
+        "(`paper.ROBUST_CLASSIFIERS`) and with the run's own Table 5 classifiers evaluated there by the suite on the same "
+        "images (against robust acc).",
         "",
         markdown(columns, rows),
     ]
@@ -213,19 +205,10 @@ def indicator_lines(m: dict[str, float]) -> list[str]:
     rows = [(name, name, m[f"whitebox.indicator.{name}"], m[f"whitebox.indicator.{name}.failed"]) for name in found]
     for label, name, value, failed in rows + targets:
         lines.append(f"- {'**WARNING** ' if failed else 'ok: '}{label}: {fmt(value)} ({INDICATORS[name]})")
-    for target in sorted(key.removeprefix("whitebox.blend_unbounded.") for key in m if key.startswith("whitebox.blend_unbounded.")):
-        lines.append(f"- reach ({target}): {fmt(m[f'whitebox.blend_unbounded.{target}'])} won at L∞ ε = 1 by BlendSearch, "
-                     f"no gradient, at median L∞ {fmt(m[f'whitebox.blend_unbounded_linf.{target}'])} toward an accepted image "
-                     "of another class (near 1: the target flags the blends between its accepted images)")
-    for key in sorted(k for k in m if k.startswith("whitebox.boundary_")):
-        norm, target = key.removeprefix("whitebox.boundary_").split(".", 1)
-        lines.append(f"- boundary walk ({target}): HopSkipJump from those wins, no gradient, came to a median "
-                     f"{'L∞' if norm == 'linf' else 'L2'} of {fmt(m[key])}; within the budget it won "
-                     f"{fmt(m[f'whitebox.variant.{target}.boundary'])}")
     if m.get("whitebox.indicator.random_end_to_end"):
         lines.append("- note: GCD end to end is random (its masks); it is attacked with EOT and judged over several draws.")
     if any(failed for *_, failed in targets):
-        lines += ["", "**An indicator failed on a single-detector target: that detector's Table 3 cell may understate the attacker.**"]
+        lines += ["", "**An indicator failed on another target: that target's Table 3 cell may understate the attacker.**"]
     if any(m[f"whitebox.indicator.{name}.failed"] for name in found):
         lines += ["", "**Some indicators failed: the attacks above may understate the attacker; read Table 3 as an upper bound "
                   "on robustness.**"]
@@ -253,7 +236,7 @@ def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str
     """Markdown: the classifier line, one row per adversarial split, then the defense tables.
 
     The tables read the run as ``tables.Run``: its threat model is the one its metrics show, white-box
-    runs reporting ``whitebox.*``.
+    runs reporting ``whitebox.*`` (``whitebox (<suite>)`` under a suite other than the standard one).
     """
     lines = [f"# {title}", ""]
     if "classifier.test_acc" in metrics:
@@ -284,7 +267,9 @@ def render(metrics: dict[str, float], title: str, dataset: str = "", attack: str
                 f"{fmt(m['l2_median'])} | {fmt(m['linf_max'])} | {fmt(m['seconds'], 1)} | {'yes' if m['cached'] else 'no'} |"
             )
         lines.append("")
-    run = Run(dataset, attack, "whitebox" if "whitebox.success.gcd" in metrics else "greybox", metrics)
+    suite = next((k.removeprefix("whitebox.suite.") for k in metrics if k.startswith("whitebox.suite.")), "standard")
+    threat = ("whitebox" if suite == "standard" else f"whitebox ({suite})") if "whitebox.success.gcd" in metrics else "greybox"
+    run = Run(dataset, attack, threat, metrics)  # a suite other than the standard one is a threat model of its own (tables.run_key)
     if "detector.auc.gcd" in metrics:
         lines += defense_tables(run)
     if "whitebox.success.gcd" in metrics:

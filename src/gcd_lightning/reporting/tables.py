@@ -16,6 +16,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gcd_lightning.intervals import wilson_interval
 from gcd_lightning.reporting.paper import (
@@ -63,16 +64,14 @@ class Run:
 def run_key(config: Mapping) -> tuple[str, str, str]:
     """(data set, attack, threat model) of a run's resolved config.
 
-    White-box runs of an untargeted attack with one objective alone (eq. 14 or merged, instead of
-    the stronger of both) are a threat model of their own (``whitebox (eq14)``), so Table 3 shows each;
-    so are detectors trained on several attacks (``defense.train_attacks``): ``greybox (trained on 8
+    White-box runs under a suite other than the standard one are a threat model of their own (``whitebox (paper)``),
+    so Table 3 shows each; so are detectors trained on several attacks (``defense.train_attacks``): ``greybox (trained on 8
     attacks)``, or ``(trained on 7 others)`` when the run's attack is left out.
     """
     threat, attack = config["threat"], config["attack"]
-    objective = threat.get("untargeted_loss", "eq14")  # runs from before the choice used eq. 14
-    name = threat["name"]
-    if name == "whitebox" and not attack.get("targeted", False) and objective != "both":
-        name = f"whitebox ({objective})"
+    name, suite = threat["name"], Path(str(threat.get("suite", "standard"))).stem
+    if name == "whitebox" and suite != "standard":
+        name = f"whitebox ({suite})"
     trained_on = (config.get("defense") or {}).get("train_attacks") or []
     if trained_on:  # attack-agnostic training: the union of all attacks, or leave-one-out, is a row of its own
         name += f"{TRAINED_ON}{len(trained_on)} {'attacks' if attack['name'] in trained_on else 'others'})"
@@ -185,7 +184,7 @@ class Rate:
 
 def table3_rates(detectors: Sequence[str]) -> tuple[Rate, ...]:
     """Table 3's rates for a defense with ``detectors``: NoDET, ``DET_IS`` and GCD with the paper's numbers, then
-    the defense's other detectors, then GCD under the earlier attacks, end to end and through BPDA + EOT."""
+    the defense's other detectors, then GCD end to end and through BPDA + EOT."""
 
     def own(d: str) -> Rate:
         return Rate(detector_label(d), f"whitebox.success.det_{d}", f"whitebox.success_ci.det_{d}", paper=1 if d == "is" else None)
@@ -197,7 +196,6 @@ def table3_rates(detectors: Sequence[str]) -> tuple[Rate, ...]:
 
 
 GCD_RATES = (
-    Rate("GCD earlier attacks", "whitebox.success_previous.gcd", "whitebox.success_previous_ci.gcd"),
     Rate("GCD end to end", "whitebox.success.gcd_end_to_end", "whitebox.success.gcd_end_to_end_ci", wilson=False),
     Rate("BPDA+EOT", "whitebox.success.bpda_eot", "whitebox.success_ci.bpda_eot"),
     Rate("BPDA+EOT end to end", "whitebox.success.bpda_eot_end_to_end", "whitebox.success.bpda_eot_end_to_end_ci", wilson=False),
@@ -207,8 +205,8 @@ GCD_RATES = (
 def with_wilson(metrics: dict[str, float], rates: Sequence[Rate]) -> dict[str, float]:
     """``metrics`` plus the Wilson 95% interval of each share of ``whitebox.n`` images in Table 3 that lacks one.
 
-    Older runs reported none, and the stage reports none for GCD's earlier attacks; a rate over
-    ``n`` images is ``k / n``, so ``k = round(rate · n)`` and the interval is the stage's own.
+    Older runs reported none; a rate over ``n`` images is ``k / n``, so ``k = round(rate · n)`` and the interval is
+    the stage's own.
     """
     filled = dict(metrics)
     n = metrics["whitebox.n"]
@@ -221,9 +219,9 @@ def with_wilson(metrics: dict[str, float], rates: Sequence[Rate]) -> dict[str, f
 
 INDICATORS = {
     "silent": "images whose first gradient was zero or not finite (gradient masking)",
-    "incomplete": "relative fall of the loss over the last 10% of the steps, on the images the attack lost",
-    "unbounded": "success at L∞ ε = 1, per image the strongest of orthogonal PGD on every pixel, on the non-zero support, "
-                 "Adam's update and through the surrogate (must reach ~1: every image is reachable)",
+    "incomplete": "the suite's first attack: relative fall of its loss over the last 10% of the steps, on the images it lost",
+    "unbounded": "success at L∞ ε = 1: the budget's wins, then the suite's gradient attacks in turn on the rest "
+                 "(must reach ~1: every image is reachable)",
     "noise": "clean images whose decision (label, flag) changes under ±1e-3 uniform noise",
     "random": "the detected classifier answers the same input differently (AutoAttack's check)",
 }
@@ -259,9 +257,9 @@ def table3(runs: Sequence[Run], cells: bool = False) -> Table:
     """White-box success rates against f, f + each detector of the defense (the paper's f + DET_IS, f + DET_org)
     and GCD, ours and the paper's; ours end to end too.
 
-    Each image counts the strongest of the stage's attacks; ``GCD earlier attacks`` is GCD's success
-    under the stage's attacks before the adaptive evaluation alone. ``BPDA+EOT`` attacks the whole
-    randomised GCD, judged end to end under one draw of its masks; the ``end to end`` columns are
+    Each image counts its first win in the suite's cascade (``threat.suite``). ``BPDA+EOT`` attacks the whole
+    randomised GCD (``threat.rand_suite``), won where its answer is fooled in most draws of its masks; the
+    ``end to end`` columns are
     the means over ``threat.judge_draws`` draws. Every rate comes with its 95% interval (``rate_interval``
     / ``mean_interval`` of the stage, Wilson's from the rate where a run did not report one:
     ``with_wilson``): with ``cells=False`` (the CSV, W&B) as ``<column>_low`` / ``<column>_high`` columns
@@ -350,10 +348,11 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
     Attack success with its Wilson 95% interval (as Table 3 shows it), robust accuracy over the
     attacked images and over every examined test image, and Tramèr's (2022) check: the accuracy a
     classifier robust at ε/2 (``Tramèr radius``) would have (``robust acc all examined``), the best
-    published one (``paper.ROBUST_CLASSIFIERS``), and whether it stays at or below it (``plausible``).
+    published one evaluated there (``paper.ROBUST_CLASSIFIERS``), the best of the run's Table 5 classifiers evaluated
+    there by the suite on the same images (against ``robust acc``), and whether it stays at or below both (``plausible``).
     """
     columns = ["dataset", "attack", "threat", "norm", "eps", "success", *([] if cells else ["success_low", "success_high"]),
-               "robust acc", "robust acc all examined", "Tramèr radius", "best published", "plausible"]
+               "robust acc", "robust acc all examined", "Tramèr radius", "best published", "best own classifier", "plausible"]
     rows = []
     for run in runs:
         m = run.metrics
@@ -365,7 +364,7 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
             plausible = m[f"{key}.tramer.plausible"]
             rows.append([run.dataset, run.attack, run.threat, norm, f"{eps:g}", *success, m[f"{key}.robust_acc"],
                          m[f"{key}.robust_acc_all"], f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
-                         None if math.isnan(plausible) else ("yes" if plausible else "no")])
+                         m.get(f"{key}.tramer.own_reference"), None if math.isnan(plausible) else ("yes" if plausible else "no")])
     return columns, rows
 
 

@@ -71,18 +71,6 @@ def defended_decision(outputs: torch.Tensor, num_classes: int, flagged: torch.Te
     return torch.where(flagged, num_classes, outputs[:, :num_classes].argmax(dim=1))
 
 
-def robust_accuracy(flagged_clean: torch.Tensor, success: torch.Tensor) -> float:
-    """Robust accuracy of a detector-defended classifier at a fixed budget (Tramèr 2022; Bryniarski et al. 2022).
-
-    Over the N attacked images (all classified correctly by ``f``), an image counts as right when
-    its clean version is not flagged and the attack did not succeed (``f`` fooled, not flagged).
-    ``evaluate_stage.robust_accuracy`` carries it over to all test images looked at.
-    """
-    if len(success) == 0:
-        return float("nan")
-    return (~flagged_clean & ~success).double().mean().item()
-
-
 def tramer_check(robust: float, eps: float, references: list[tuple[str, float, float]]) -> dict[str, float | str]:
     """Tramèr (2022): a detector robust at ε with accuracy R implies an (inefficient) classifier robust at ε/2 with accuracy R.
 

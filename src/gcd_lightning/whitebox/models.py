@@ -11,31 +11,6 @@ from gcd_lightning.bpda import bpda_eot_probabilities
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.ensemble import ADVERSARIAL, BENIGN
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.whitebox.objectives import detector_as_class_logits, detector_log_probabilities
-
-
-class DetectedClassifier(nn.Module):
-    """``f`` guarded by ``DET_IS`` alone or by both sub-detectors (GCD's ensemble), as L+1 logits.
-
-    The outputs are those of ``detector_as_class_logits``: argmax is "adversarial" (index L)
-    exactly when the detector flags the input, otherwise ``f``'s label. ``DET_IS`` sees the
-    sensitivity ``G(x)`` of ``f``; when ``x`` requires grad, ``G`` stays in the graph, so the
-    attack's gradient reaches ``x`` through ``∂G/∂x`` (double backprop).
-
-    Args:
-        classifier: ``f``, pixels -> L logits.
-        detectors: ``[DET_IS]`` or ``[DET_org, DET_IS]`` (that order: eq. 11 breaks ties for DET_IS).
-    """
-
-    def __init__(self, classifier: nn.Module, detectors: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.detectors = nn.ModuleList(detectors)
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_p = detector_log_probabilities([detector(x) for detector in self.detectors])
-        return detector_as_class_logits(self.classifier(x), log_p)
 
 
 class GuardedClassifier(nn.Module):
@@ -43,7 +18,7 @@ class GuardedClassifier(nn.Module):
 
     ``f``'s L logits, then the two logits ``(benign, adversarial)`` of each detector, in order.
     A detector is any ``nn.Module`` from images in [0, 1] to (N, 2) logits that stays
-    differentiable (``DET_org``, ``DET_IS``, a baseline, or ``SurrogateGradient`` around one);
+    differentiable (``DET_org``, ``DET_IS``, a baseline, or a baseline's ``surrogate()``);
     one detector decides alone, two are GCD's entropy ensemble ``[DET_org, DET_IS]`` (eq. 10-11,
     ``objectives.ensemble_flags``); none leaves ``f`` alone (NoDET), attacked by the same PGD.
     """
@@ -131,3 +106,19 @@ class RandomizedGCD(nn.Module):
         rec = rectifier.expected_probabilities(x, saliency, self.eot_samples)
         clean = torch.softmax(self.gcd.classifier(x), dim=1)
         return log_probabilities(result.p[:, BENIGN, None] * clean + result.p[:, ADVERSARIAL, None] * rec)
+
+
+class Seeded(nn.Module):
+    """A random classifier (TVM's pixel dropout) made one fixed function of its input: every forward pass draws its
+    randomness after seeding ``seed`` (``indicators.JUDGE_SEED``, which no attack uses), so a judge that reads it
+    gives one answer per input, and the decision-based attacks walk along one decision."""
+
+    def __init__(self, model: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.model, self.seed = model, int(seed)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.manual_seed(self.seed)
+            return self.model(x)

@@ -77,71 +77,38 @@ def combined_margins(z: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Ten
     return scores
 
 
-def merged_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The L+1 cross entropy at the merged class {y, adversarial} (N,), ``−log(q_y + q_L)`` with ``q = softmax(z)``.
-
-    An untargeted gradient attack ascends it: the probability of the two outcomes that fail it,
-    ``f`` still right or the input flagged, falls in one softmax, so neither term can run away
-    from the other as eq. 14's unbounded cross entropy can.
-    """
-    rows = torch.arange(len(y), device=z.device)
-    failing = torch.stack([z[rows, y], z[:, -1]], dim=1)
-    return torch.logsumexp(z, dim=1) - torch.logsumexp(failing, dim=1)
-
-
-def merged_margins(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Class scores (N, L) for margin attacks with {y, adversarial} merged: ``z[:, :L]`` with ``v_y = max(z_y, z_L)``.
-
-    The margin of ``y`` over a class ``k`` is below zero exactly when ``k`` beats both ``y`` and
-    the adversarial class: the L+1 prediction is then a natural class other than ``y``.
-    """
-    scores = z[:, :-1].clone()
-    rows = torch.arange(len(y), device=z.device)
-    scores[rows, y] = torch.maximum(z[rows, y], z[:, -1])
-    return scores
-
-
-UNTARGETED_LOSSES = ("eq14", "merged")
-
-
 class DetectorEvasion(Objective):
     """The objective of an attack on the L+1 outputs ``z`` of a detected classifier (section 4.2).
 
     Targeted (C&W 2017a): the plain cross entropy and margins of ``z`` at the target, over all
-    L+1 classes, which push the adversarial class down with the others. Untargeted, by
-    ``untargeted``: ``"eq14"``, the paper's eq. 14 (gradient attacks ascend ``combined_loss``,
-    margin attacks work on ``combined_margins``, weight ``beta``); or ``"merged"``, the same L+1
-    view as the targeted attacks with ``y`` and "adversarial" as one class to leave
-    (``merged_loss``, ``merged_margins``; ``beta`` unused). Success in every case, as C&W 2017a
+    L+1 classes, which push the adversarial class down with the others. Untargeted: the paper's eq. 14
+    (gradient attacks ascend ``combined_loss``, margin attacks work on ``combined_margins``, weight
+    ``beta``). Success in every case, as C&W 2017a
     and section 4.2 count it: the L+1 prediction is a natural class, the target or anything but
     ``y``: ``f`` is fooled and the detector does not flag the input.
 
     Args:
         num_classes: L, the number of natural classes; index L of ``z`` is "adversarial".
-        beta: the weight of the detector loss in eq. 14 (untargeted ``"eq14"``).
+        beta: the weight of the detector loss in eq. 14 (untargeted).
         targeted: the attack reaches a target class.
-        untargeted: the untargeted objective, one of ``UNTARGETED_LOSSES``.
     """
 
-    def __init__(self, num_classes: int, beta: float, targeted: bool, untargeted: str = "eq14") -> None:
+    def __init__(self, num_classes: int, beta: float, targeted: bool) -> None:
         if beta < 0:
             raise ValueError(f"DetectorEvasion: beta must be >= 0, got {beta}")
-        if untargeted not in UNTARGETED_LOSSES:
-            raise ValueError(f"DetectorEvasion: unknown untargeted objective {untargeted!r}; choose one of {UNTARGETED_LOSSES}")
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.targeted = bool(targeted)
-        self.untargeted = untargeted
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.targeted:
             return super().loss(outputs, labels)
-        return merged_loss(outputs, labels) if self.untargeted == "merged" else combined_loss(outputs, labels, self.beta)
+        return combined_loss(outputs, labels, self.beta)
 
     def margins(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.targeted:
             return outputs
-        return merged_margins(outputs, labels) if self.untargeted == "merged" else combined_margins(outputs, labels, self.beta)
+        return combined_margins(outputs, labels, self.beta)
 
     def predictions_succeed(self, pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         return super().predictions_succeed(pred, labels, targeted) & (pred != self.num_classes)
