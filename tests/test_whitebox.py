@@ -587,3 +587,25 @@ def test_seeded_makes_a_random_classifier_one_function_and_leaves_the_global_str
     torch.manual_seed(0)
     assert torch.equal(seeded(x), first) and torch.equal(torch.rand(1), after)  # the same answer, the same stream after
     assert not torch.equal(Dropout()(x), Dropout()(x))
+
+
+def test_adaptive_pgd_against_a_random_target_moves_on_until_its_hinge_is_met():
+    """``stop="loss"``: an image does not leave at its first success of the averaged model, whose single draws that does not
+    decide, but when its margin reaches κ; ``stop="success"`` leaves it just past the boundary."""
+    f, _, _ = linear_pair(seed=3)
+    model = GuardedClassifier(f, [])
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    y = f(x).argmax(1)
+    objective = HingeEvasion(2, kappa=1.0, beta=1.0, targeted=False)
+    margins = {}
+    for stop in ("success", "loss"):
+        attack = AdaptivePGD(model, objective, "linf", 1.0, steps=200, step_size=0.01, mode="joint", stop=stop)
+        x_adv = attack.run(x, y)["x_adv"]
+        with torch.no_grad():
+            logits = f(x_adv)
+        margins[stop] = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, 1 - y[:, None]).squeeze(1)
+    assert (margins["success"] < 0).all() and (margins["loss"] <= -1.0 + 1e-4).all()  # every image won, the hinge met
+    assert margins["success"].max() > -1.0  # the first success lies nearer the boundary than κ
+    with pytest.raises(ValueError, match="unknown stop"):
+        AdaptivePGD(model, objective, "linf", 1.0, stop="never")

@@ -186,7 +186,7 @@ def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, 
         fooled = answers == labels if targeted else answers != labels
         return fooled.float().mean(dim=0) > 0.5
 
-    return Target("gcd_end_to_end", RandomizedGCD(gcd, suite.eot_samples), judge, num_classes)
+    return Target("gcd_end_to_end", RandomizedGCD(gcd, suite.eot_samples), judge, num_classes, random=True)
 
 
 def as_suite(suite: str | Path | Suite) -> Suite:

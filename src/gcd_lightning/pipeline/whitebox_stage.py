@@ -136,7 +136,7 @@ def defended_target(name: str, defense: Preprocessed, identity: str, num_classes
     if defense.preprocess is None:
         return Attacked(guarded_target(name, judged, num_classes, targeted, batch_size), judged, {"rectifier_baseline": identity})
     attacked = GuardedClassifier(PurifiedClassifier(defense, eot_samples), [])
-    return Attacked(guarded_target(name, judged, num_classes, targeted, batch_size, attacked), judged,
+    return Attacked(guarded_target(name, judged, num_classes, targeted, batch_size, attacked, random=True), judged,
                     {"rectifier_baseline": identity, "eot": eot_samples})
 
 

@@ -35,7 +35,8 @@ the best loss moved since then. ``step_size`` and the fixed halving schedule are
 
 Every iterate is judged by the real decision (the objective's ``success``). An image leaves the
 batch at its first success, which it keeps, or when its loss reaches zero (its gradient is zero:
-it cannot move); otherwise it keeps its iterate of lowest loss. So an image's result does not
+it cannot move); otherwise it keeps its iterate of lowest loss. Against a random target (``stop="loss"``) a
+success of the averaged model does not decide a single draw, so an image moves on until its loss is zero. So an image's result does not
 depend on which images share its batch. Restarts from random points of the ball rerun the images
 not yet won.
 """
@@ -54,6 +55,7 @@ from gcd_lightning.whitebox.objectives import HingeEvasion
 MODES = ("joint", "orthogonal", "selective")
 SUPPORTS = ("all", "nonzero")
 UPDATES = ("steepest", "adam", "apgd")
+STOPS = ("success", "loss")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-12
 APGD_MOMENTUM, APGD_RHO, APGD_FIRST_STEP = 0.75, 0.75, 2.0  # α, ρ and η⁽⁰⁾/ε of Croce & Hein (2020)
 
@@ -201,6 +203,8 @@ class AdaptivePGD(Attack):
         update: ``"steepest"``, projected steps ``sign(g)`` (L∞) or ``g/‖g‖₂`` (L2); ``"adam"``, Adam on
             the free variable of the module docstring, ``step_size`` its learning rate (``w`` in units of ``eps``);
             or ``"apgd"``, APGD's step-size control and momentum (``step_size`` unused).
+        stop: ``"success"``, an image leaves at its first success; ``"loss"``, only at zero loss (every hinge met with
+            its margin κ): for a random target, whose single draws a success of the averaged model does not decide.
     """
 
     def __init__(
@@ -216,6 +220,7 @@ class AdaptivePGD(Attack):
         targeted: bool = False,
         support: str = "all",
         update: str = "steepest",
+        stop: str = "success",
     ) -> None:
         super().__init__(model, targeted, objective)
         if not isinstance(objective, HingeEvasion):
@@ -228,6 +233,8 @@ class AdaptivePGD(Attack):
             raise ValueError(f"AdaptivePGD: unknown support {support!r}; choose one of {SUPPORTS}")
         if update not in UPDATES:
             raise ValueError(f"AdaptivePGD: unknown update {update!r}; choose one of {UPDATES}")
+        if stop not in STOPS:
+            raise ValueError(f"AdaptivePGD: unknown stop {stop!r}; choose one of {STOPS}")
         if not eps > 0 or not steps >= 1 or not step_size > 0 or not restarts >= 1:
             raise ValueError(
                 f"AdaptivePGD: need eps > 0, steps >= 1, step_size > 0, restarts >= 1; "
@@ -241,6 +248,7 @@ class AdaptivePGD(Attack):
         self.mode = mode
         self.support = support
         self.update = update
+        self.stop = stop
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return self._run(x, target if self.targeted else y)["x_adv"]
@@ -290,7 +298,9 @@ class AdaptivePGD(Attack):
                 best_success[rows[better]] = success[better]
                 if restart == 0:
                     trace[rows, step:] = total.detach()[:, None]
-                moving = ~success & (total.detach() > 0)  # won, or at zero loss (a zero gradient: it would not move)
+                moving = total.detach() > 0  # at zero loss the gradient is zero: it would not move
+                if self.stop == "success":
+                    moving &= ~success
                 if step == self.steps or not bool(moving.any()):
                     break
                 g = self._gradient(w, class_loss, detector_loss) * self._free(xs)

@@ -176,6 +176,8 @@ class Target:
         judged: the model whose outputs the judge reads (``GuardedClassifier``), or None when the judge is
             random (GCD end to end): the decision-based attacks then do not run.
         num_classes: L.
+        random: ``attacked`` averages draws of a random defense (EOT): the gradient attacks push each image until their
+            hinge is met with its margin, not only until the average is fooled (``AdaptivePGD(stop="loss")``).
     """
 
     name: str
@@ -183,17 +185,18 @@ class Target:
     judge: Judge
     num_classes: int
     judged: nn.Module | None = None
+    random: bool = False
 
 
 def guarded_target(name: str, model: nn.Module, num_classes: int, targeted: bool, batch_size: int = 100,
-                   attacked: nn.Module | None = None) -> Target:
+                   attacked: nn.Module | None = None, random: bool = False) -> Target:
     """A ``GuardedClassifier`` judged by its own outputs: ``f`` fooled, and not flagged by its detectors (eq. 10-11)."""
     rule = HingeEvasion(num_classes, 0.0, 1.0, targeted)
 
     def judge(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return rule.success(outputs(model, x_adv, batch_size), labels, targeted)
 
-    return Target(name, model if attacked is None else attacked, judge, num_classes, judged=model)
+    return Target(name, model if attacked is None else attacked, judge, num_classes, judged=model, random=random)
 
 
 @dataclasses.dataclass
@@ -273,7 +276,7 @@ def likely_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, n
 def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float, targeted: bool) -> AdaptivePGD:
     objective = HingeEvasion(target.num_classes, KAPPA, 1.0, targeted, attack.term)
     return AdaptivePGD(target.attacked, objective, norm.value, eps, attack.steps, 0.1, attack.restarts, attack.mode, targeted,
-                       attack.support, attack.update)
+                       attack.support, attack.update, "loss" if target.random else "success")
 
 
 def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
