@@ -159,7 +159,7 @@ def test_failed_indicators_names_the_failed_ones():
     assert failed_indicators({**ok, **targets, "whitebox.indicator.silent.failed": 1.0}) == "silent, unbounded (det_pd)"
     lines = "\n".join(indicator_lines({**{f"whitebox.indicator.{n}": 0.0 for n in INDICATORS}, **ok, **targets}))
     assert "**WARNING** unbounded (det_pd): 0.0000" in lines and "ok: unbounded (det_is): 1.0000" in lines
-    assert "that detector's Table 3 cell may understate the attacker" in lines
+    assert "that target's Table 3 cell may understate the attacker" in lines
 
 
 def test_aggregate_without_runs_says_what_it_expected(tmp_path):
