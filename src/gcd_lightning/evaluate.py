@@ -172,6 +172,13 @@ def gcd_draws(gcd: GCD, x: torch.Tensor, batch_size: int, draws: int = JUDGE_DRA
                         for d in range(draws)])
 
 
+def gcd_fooled(gcd: GCD, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool, batch_size: int,
+               draws: int = JUDGE_DRAWS) -> torch.Tensor:
+    """(draws, N) float: GCD's final answer at ``x_adv`` is fooled (the target, or not the label) under each draw of its masks."""
+    answers = gcd_draws(gcd, x_adv, batch_size, draws)
+    return (answers == labels if targeted else answers != labels).double()
+
+
 def gcd_right(gcd: GCD, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N,) GCD end to end, which answers every image, is right at ``x`` in most of ``JUDGE_DRAWS`` draws of its masks."""
     return (gcd_draws(gcd, x, batch_size) == y).float().mean(dim=0) > 0.5
@@ -182,9 +189,7 @@ def randomized_target(gcd: GCD, suite: Suite, num_classes: int, targeted: bool, 
     its final answer is fooled in most of ``JUDGE_DRAWS`` draws of its masks."""
 
     def judge(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        answers = gcd_draws(gcd, x_adv, batch_size)
-        fooled = answers == labels if targeted else answers != labels
-        return fooled.float().mean(dim=0) > 0.5
+        return gcd_fooled(gcd, x_adv, labels, targeted, batch_size).mean(dim=0) > 0.5
 
     return Target("gcd_end_to_end", RandomizedGCD(gcd, suite.eot_samples), judge, num_classes, random=True)
 

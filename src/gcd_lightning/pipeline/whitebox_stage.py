@@ -43,15 +43,15 @@ from gcd_lightning.cache import Key
 from gcd_lightning.defense.base import Detector
 from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.defense.gcd import GCD
-from gcd_lightning.evaluate import Evaluation, Evaluations, as_suite, evaluate_target, gcd_draws, gcd_right, randomized_target
+from gcd_lightning.evaluate import Evaluation, Evaluations, as_suite, evaluate_target, gcd_fooled, gcd_right, randomized_target
 from gcd_lightning.intervals import mean_interval, rate_interval
 from gcd_lightning.pipeline.context import CODE_VERSIONS, CONF_DIR, RunContext
 from gcd_lightning.reporting.paper import ROBUST_CLASSIFIERS
 from gcd_lightning.utils.hashing import spec_hash, state_dict_hash, tensor_hash
 from gcd_lightning.whitebox import indicators
 from gcd_lightning.whitebox.models import GuardedClassifier, PurifiedClassifier, Seeded
-from gcd_lightning.whitebox.objectives import HingeEvasion, ensemble_flags
-from gcd_lightning.whitebox.suite import CLEAN, Target, guarded_target, in_ball, suite_names
+from gcd_lightning.whitebox.objectives import HingeEvasion
+from gcd_lightning.whitebox.suite import CLEAN, Suite, Target, guarded_target, in_ball, suite_names
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ class Attacked:
 
 
 def build_targets(ctx: RunContext, gcd: GCD, ids: Mapping[str, str], baselines: Mapping[str, Detector],
-                  table5: Mapping[str, tuple[Preprocessed, str]], x: torch.Tensor, y: torch.Tensor, targeted: bool) -> dict[str, Attacked]:
-    """The run's targets (module docstring), in the report's order."""
+                  table5: Mapping[str, tuple[Preprocessed, str]], rand: Suite, x: torch.Tensor, y: torch.Tensor,
+                  targeted: bool) -> dict[str, Attacked]:
+    """The run's targets (module docstring), in the report's order; ``rand``: the suite of the random ones (its EOT draws)."""
     cfg, bs = ctx.cfg, int(ctx.cfg.threat.batch_size)
     classifier, num_classes = gcd.classifier, int(cfg.dataset.num_classes)
 
@@ -109,7 +110,6 @@ def build_targets(ctx: RunContext, gcd: GCD, ids: Mapping[str, str], baselines: 
     found |= {f"det_{d.name}": guarded(f"det_{d.name}", [d], {"detectors": ids["detectors"], "detector": d.name}) for d in gcd.detectors}
     found["gcd"] = guarded("gcd", list(gcd.detectors), {"detectors": ids["detectors"]})
     if gcd.rectifier is not None:
-        rand = as_suite(cfg.threat.rand_suite)
         found["bpda_eot"] = Attacked(randomized_target(gcd, rand, num_classes, targeted, bs), found["gcd"].model,
                                      {"detectors": ids["detectors"], "rectifier": ids["rectifier"],
                                       "gcd": [cfg.rectifier.alpha, cfg.rectifier.p]},
@@ -124,7 +124,7 @@ def build_targets(ctx: RunContext, gcd: GCD, ids: Mapping[str, str], baselines: 
         found[f"det_{name}"] = guarded(f"det_{name}", [detector], spec, None if detector.differentiable else [stand_in])
     for name, (defense, identity) in table5.items():
         found[f"rec_{name}"] = defended_target(f"rec_{name}", defense, identity, num_classes, targeted, bs,
-                                               as_suite(cfg.threat.rand_suite).eot_samples)
+                                               rand.eot_samples)
     return found
 
 
@@ -171,30 +171,32 @@ def run_whitebox_stage(
     if set(defended or {}) - set(table5):
         log.info("white-box: rectifier baselines %s are not attacked (threat.rectifier_baselines=%s)",
                  sorted(set(defended) - set(table5)), list(threat.rectifier_baselines))
-    targets = build_targets(ctx, gcd, {"detectors": detectors_id, "rectifier": rectifier_id}, baselines or {}, table5, x, y, targeted)
+    suite, rand = as_suite(threat.suite), as_suite(threat.rand_suite)  # each read once
+    targets = build_targets(ctx, gcd, {"detectors": detectors_id, "rectifier": rectifier_id}, baselines or {}, table5, rand, x, y,
+                            targeted)
     base_spec = {"version": CODE_VERSIONS["whitebox"], "images": spec_hash({"index": index.tolist(), "labels": labels.tolist()}),
                  "classifier": classifier_id, "seed": int(cfg.seed), "batch_size": bs,
                  "donors": None if donors is None else tensor_hash(donors)}
 
-    def evaluated(name: str, suite_name: str, at: Norm, budget: float) -> Evaluation:
-        entry, suite = targets[name], as_suite(suite_name)
-        spec = {**base_spec, **entry.spec, "target": name, "suite": dataclasses.asdict(suite), "norm": at.value, "eps": budget}
-        key = Key(f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{suite.name}_{at.value}{budget:g}", spec)
+    def evaluated(name: str, at: Norm, budget: float) -> Evaluation:
+        entry, chosen = targets[name], rand if name == "bpda_eot" else suite
+        spec = {**base_spec, **entry.spec, "target": name, "suite": dataclasses.asdict(chosen), "norm": at.value, "eps": budget}
+        key = Key(f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{chosen.name}_{at.value}{budget:g}", spec)
         return ctx.cache.get_or_build(EVALUATIONS, key, lambda _: evaluate_target(
-            entry.target, entry.model, x, y, norm=at, eps=budget, targets=goal, suite=suite, seed=int(cfg.seed), donors=donors,
+            entry.target, entry.model, x, y, norm=at, eps=budget, targets=goal, suite=chosen, seed=int(cfg.seed), donors=donors,
             batch_size=bs, progress=bool(cfg.progress), correct=entry.correct))[0]
 
-    results = {name: evaluated(name, threat.rand_suite if name == "bpda_eot" else threat.suite, norm, eps) for name in targets}
+    results = {name: evaluated(name, norm, eps) for name in targets}
     metrics: dict[str, float] = {"whitebox.n": float(n), "whitebox.eps": eps, "whitebox.judge_draws": float(threat.judge_draws),
-                                 "whitebox.eot_samples": float(as_suite(threat.rand_suite).eot_samples),
-                                 f"whitebox.suite.{as_suite(threat.suite).name}": 1.0, f"whitebox.norm.{norm.value}": 1.0}
+                                 "whitebox.eot_samples": float(rand.eot_samples), f"whitebox.suite.{suite.name}": 1.0,
+                                 f"whitebox.norm.{norm.value}": 1.0}
     for name, evaluation in results.items():
         metrics.update(target_metrics(name, evaluation, n))
 
     guarded = targets["gcd"].model
     draws = int(threat.judge_draws)
     for name in [name for name in ("gcd", "bpda_eot") if name in results]:  # GCD end to end, over draws of its masks
-        fooled = end_to_end(gcd, results[name].result.x_adv, labels, targeted, bs, draws)
+        fooled = gcd_fooled(gcd, results[name].result.x_adv, labels, targeted, bs, draws)
         key = f"whitebox.success.{name}_end_to_end"
         metrics[key], metrics[f"{key}_ci.low"], metrics[f"{key}_ci.high"] = mean_interval(fooled.mean(dim=0))
         metrics[f"{key}_draws.min"], metrics[f"{key}_draws.max"] = fooled.mean(1).min().item(), fooled.mean(1).max().item()
@@ -202,12 +204,12 @@ def run_whitebox_stage(
         metrics["whitebox.success.bpda_eot_evades"] = targets["gcd"].target.judge(results["bpda_eot"].result.x_adv, labels).float().mean().item()
     grey = adv_test.x_adv[:n]
     metrics["whitebox.greybox.success.gcd"] = targets["gcd"].target.judge(grey, labels).float().mean().item()
-    metrics["whitebox.greybox.success.end_to_end"] = end_to_end(gcd, grey, labels, targeted, bs, draws).mean().item()
+    metrics["whitebox.greybox.success.end_to_end"] = gcd_fooled(gcd, grey, labels, targeted, bs, draws).mean().item()
     hinge = HingeEvasion(num_classes, 1.0, 1.0, targeted, "sum")
     clean_outputs = outputs(guarded, x, bs)
     for point, out in (("clean", clean_outputs), ("adv", outputs(guarded, results["gcd"].result.x_adv, bs))):
         metrics[f"whitebox.loss.gcd.{point}"] = hinge.total_loss(out, labels).mean().item()
-    metrics["whitebox.flagged_clean.gcd"] = ensemble_flags(clean_outputs[:, num_classes:]).float().mean().item()
+    metrics["whitebox.flagged_clean.gcd"] = results["gcd"].flagged.float().mean().item()
     for check in results["gcd"].checks:
         if check.name != "tramer":  # Tramèr's check runs at each fixed budget (fixed_budget_robustness)
             metrics[f"whitebox.indicator.{check.name}"], metrics[f"whitebox.indicator.{check.name}.failed"] = check.value, float(check.failed)
@@ -227,9 +229,9 @@ def run_whitebox_stage(
     budgets = [(at, float(b)) for at, bs_ in ((Norm.LINF, threat.robustness.linf_eps), (Norm.L2, threat.robustness.l2_eps))
                for b in sorted(bs_)]
     if budgets:
-        gcd_results = [results["gcd"]] + [evaluated("gcd", threat.suite, at, b) for at, b in budgets
+        gcd_results = [results["gcd"]] + [evaluated("gcd", at, b) for at, b in budgets
                                           if not (at is norm and abs(b - eps) < 1e-12)]
-        references = {(at, b): [(f"{name} classifier, this run's suite", b / 2, evaluated(f"rec_{name}", threat.suite, at, b / 2)
+        references = {(at, b): [(f"{name} classifier, this run's suite", b / 2, evaluated(f"rec_{name}", at, b / 2)
                                  .robust.float().mean().item()) for name in table5] for at, b in budgets}
         metrics.update(fixed_budget_robustness(cfg.dataset.name, budgets, gcd_results, references, adv_test))
     return metrics
@@ -254,12 +256,6 @@ def target_metrics(name: str, evaluation: Evaluation, n: int) -> dict[str, float
         metrics[f"whitebox.target_indicator.{name}.unbounded"] = result.unbounded
         metrics[f"whitebox.target_indicator.{name}.unbounded.failed"] = float(result.unbounded < indicators.UNBOUNDED_MIN)
     return metrics
-
-
-def end_to_end(gcd: GCD, x_adv: torch.Tensor, labels: torch.Tensor, targeted: bool, batch_size: int, draws: int) -> torch.Tensor:
-    """(draws, N) float: GCD's final answer is fooled at ``x_adv``, under each of ``draws`` draws of its masks."""
-    answers = gcd_draws(gcd, x_adv, batch_size, draws)
-    return (answers == labels if targeted else answers != labels).double()
 
 
 def fixed_budget_robustness(dataset: str, budgets: list[tuple[Norm, float]], gcd_results: list[Evaluation],
