@@ -339,3 +339,33 @@ def test_evaluate_takes_f_with_a_fitted_baseline_or_a_users_own_detector(folder)
         assert (result.result.linf[won] <= 0.1 + 1e-6).all()
         assert torch.equal(result.robust, result.correct & ~result.flagged & ~result.result.won)
     assert not evaluate((f, [Brightness()]), x * 0 + 0.9, y, norm="linf", eps=0.1, suite=quick).result.won.any()  # all flagged
+
+
+class DeadAtTheImage(nn.Module):
+    """Two classes: 0 with a constant logit, 1 rising with the pixels' sum only beyond ``threshold`` (a ReLU): at images
+    summing below it, class 1's logit is flat (no gradient), so an attack toward class 1 must start elsewhere."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.slope = nn.Parameter(torch.tensor(10.0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rise = torch.relu(x.flatten(1).sum(1) - self.threshold) * self.slope
+        return torch.stack([torch.ones_like(rise), rise], dim=1)
+
+
+def test_on_a_targeted_goal_the_targeted_attack_restarts_at_random_where_the_first_run_started_at_the_image():
+    """A targeted row gives the goal: ``apgd_targeted``'s run from ``x`` would repeat ``apgd_joint``'s step for step; it
+    starts at a random point of the ball instead, and wins images whose gradient at ``x`` is flat."""
+    torch.manual_seed(6)
+    x = torch.rand(40, 1, 4, 4) * 0.5 + 0.25
+    x = x * 8.0 / x.flatten(1).sum(1).view(-1, 1, 1, 1)  # every image sums to 8, 0.3 below the threshold
+    f = DeadAtTheImage(8.3)
+    y, goal = torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.long)
+    suite = load_suite({"name": "restart", "attacks": [{"name": "apgd_joint"}, {"name": "apgd_targeted", "classes": 9}]})
+    result = run_suite(guarded_target("nodet", GuardedClassifier(f, []), 2, True), x, y, suite, "linf", 0.3, goal=goal)
+    joint, targeted = result.log
+    assert joint.won == 0  # from x: a flat logit, nothing to climb
+    assert targeted.attacked == 40 and targeted.won >= 5  # from random starts past the threshold, then up
+    assert (result.linf[result.won] <= 0.3 + 1e-6).all()

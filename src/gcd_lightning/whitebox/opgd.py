@@ -56,6 +56,7 @@ MODES = ("joint", "orthogonal", "selective")
 SUPPORTS = ("all", "nonzero")
 UPDATES = ("steepest", "adam", "apgd")
 STOPS = ("success", "loss")
+STARTS = ("clean", "random")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-12
 APGD_MOMENTUM, APGD_RHO, APGD_FIRST_STEP = 0.75, 0.75, 2.0  # α, ρ and η⁽⁰⁾/ε of Croce & Hein (2020)
 
@@ -196,7 +197,7 @@ class AdaptivePGD(Attack):
         eps: the budget, > 0.
         steps: iterations per restart, ≥ 1.
         step_size: the step as a fraction of ``eps``; it halves after 50% and 75% of the steps.
-        restarts: runs per image, ≥ 1; the first starts at ``x``, the others at random points.
+        restarts: runs per image, ≥ 1; the first starts at ``x`` (``start="clean"``), the others at random points.
         mode: one of ``MODES``.
         targeted: reach ``target`` (must match the objective).
         support: ``"all"``, or ``"nonzero"``: perturb only the elements where the input is not zero.
@@ -205,6 +206,8 @@ class AdaptivePGD(Attack):
             or ``"apgd"``, APGD's step-size control and momentum (``step_size`` unused).
         stop: ``"success"``, an image leaves at its first success; ``"loss"``, only at zero loss (every hinge met with
             its margin κ): for a random target, whose single draws a success of the averaged model does not decide.
+        start: ``"clean"``, the first run starts at ``x``; ``"random"``, every run starts at a random point of the
+            ball (a restart of another attack that already started at ``x`` with the same settings).
     """
 
     def __init__(
@@ -221,6 +224,7 @@ class AdaptivePGD(Attack):
         support: str = "all",
         update: str = "steepest",
         stop: str = "success",
+        start: str = "clean",
     ) -> None:
         super().__init__(model, targeted, objective)
         if not isinstance(objective, HingeEvasion):
@@ -235,6 +239,8 @@ class AdaptivePGD(Attack):
             raise ValueError(f"AdaptivePGD: unknown update {update!r}; choose one of {UPDATES}")
         if stop not in STOPS:
             raise ValueError(f"AdaptivePGD: unknown stop {stop!r}; choose one of {STOPS}")
+        if start not in STARTS:
+            raise ValueError(f"AdaptivePGD: unknown start {start!r}; choose one of {STARTS}")
         if not eps > 0 or not steps >= 1 or not step_size > 0 or not restarts >= 1:
             raise ValueError(
                 f"AdaptivePGD: need eps > 0, steps >= 1, step_size > 0, restarts >= 1; "
@@ -249,6 +255,7 @@ class AdaptivePGD(Attack):
         self.support = support
         self.update = update
         self.stop = stop
+        self.start = start
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return self._run(x, target if self.targeted else y)["x_adv"]
@@ -280,7 +287,8 @@ class AdaptivePGD(Attack):
             if len(rows) == 0:
                 break
             xs, ls = x[rows], labels[rows]
-            delta = torch.zeros_like(xs) if restart == 0 else random_start(xs, self.norm, self.eps) * self._free(xs)
+            clean = restart == 0 and self.start == "clean"
+            delta = torch.zeros_like(xs) if clean else random_start(xs, self.norm, self.eps) * self._free(xs)
             w = delta if self.update != "adam" else ball_preimage(delta, self.norm, self.eps)  # the variable stepped
             moments = torch.zeros_like(xs), torch.zeros_like(xs)  # Adam's, per element
             apgd = ApgdState(delta, self.eps, self.steps) if self.update == "apgd" else None

@@ -77,7 +77,8 @@ class SuiteAttack:
             ``blend`` (``BlendSearch``) or ``boundary`` (``HopSkipJump`` from
             ``BlendSearch``'s unbounded wins, cut at the budget).
         mode, term, support, update: ``AdaptivePGD``'s (``apgd``; ``term`` also ``ddn``'s).
-        classes: 0, or targeted at each of ``f``'s ``classes`` most likely other classes in turn (untargeted goals).
+        classes: 0, or targeted at each of ``f``'s ``classes`` most likely other classes in turn (untargeted goals); on
+            a given goal, its ``restarts`` runs toward it from random starts (``run_gradient``).
         steps, restarts: iterations per run and runs per image (``apgd``; ``ddn``, ``paper``, ``boundary``: its iterations).
         fallback: decision-based; runs only where the gradient attacks fail the unbounded check.
     """
@@ -273,18 +274,22 @@ def likely_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, n
     return logits.topk(min(k, num_classes - 1), dim=1).indices
 
 
-def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float, targeted: bool) -> AdaptivePGD:
+def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float, targeted: bool,
+                    start: str = "clean") -> AdaptivePGD:
     objective = HingeEvasion(target.num_classes, KAPPA, 1.0, targeted, attack.term)
     return AdaptivePGD(target.attacked, objective, norm.value, eps, attack.steps, 0.1, attack.restarts, attack.mode, targeted,
-                       attack.support, attack.update, "loss" if target.random else "success")
+                       attack.support, attack.update, "loss" if target.random else "success", start)
 
 
 def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
                  norm: Norm, eps: float, seed: int, batch_size: int, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping its first judged win."""
+    """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping its first judged win. With ``classes``
+    and a given ``goal`` (a targeted row: one class to reach) its runs start at random points of the ball: from ``x`` it
+    would repeat the suite's untargeted-view run on that goal step for step (APGD is deterministic from ``x``)."""
     if not attack.classes or goal is not None:
-        result = run_adaptive(gradient_attack(target, attack, norm, eps, goal is not None), x, y, goal, batch_size, seed, progress,
-                              f"{target.name} {attack.name}")
+        start = "random" if attack.classes else "clean"
+        result = run_adaptive(gradient_attack(target, attack, norm, eps, goal is not None, start), x, y, goal, batch_size, seed,
+                              progress, f"{target.name} {attack.name}")
         return result.pop("x_adv"), result
     classes = likely_classes(target.attacked, x, y, attack.classes, target.num_classes, batch_size)
     x_adv, won, first = x.clone(), torch.zeros(len(x), dtype=torch.bool), {}
