@@ -86,3 +86,9 @@ def tiny_cfg(tmp_path):
         return shrink(compose_config(list(overrides), tmp_path))
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first: pytest -n's workers then take the long ones early and share out the short ones at the
+    end, instead of one worker starting a long test while the other has nothing left (``make test``'s wall time)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -82,6 +82,7 @@ Cache(Path(sys.argv[1])).merge(Memo("baselines", "memo"), Key("memo", {"f": 1}),
 """
 
 
+@pytest.mark.slow
 def test_memos_of_parallel_runs_are_merged_not_overwritten(tmp_path):
     """Three processes add to one memo at once: each one's result stays."""
     cache, key, kind = Cache(tmp_path), Key("memo", {"f": 1}), Memo("baselines", "memo")

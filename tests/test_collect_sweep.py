@@ -33,6 +33,7 @@ def test_sweep_table_has_a_row_per_run_sorted_by_alpha(tmp_path, capsys):
     assert capsys.readouterr().out == table
 
 
+@pytest.mark.slow
 def test_sweep_logs_a_wandb_line_plot_offline(tmp_path):
     for job, alpha in enumerate((0.3, 0.7)):
         run = tmp_path / str(job)

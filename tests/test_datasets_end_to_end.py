@@ -7,6 +7,7 @@ subsets are shrunk so that the whole GCD pipeline runs in seconds on a CPU.
 
 from __future__ import annotations
 
+import pytest
 from omegaconf import open_dict
 
 from conftest import compose_config, shrink
@@ -40,11 +41,13 @@ def check(metrics: dict[str, float], eps: float) -> None:
     assert metrics["detector.auc.gcd"] > 0.5
 
 
+@pytest.mark.slow
 def test_cifar10_experiment_runs_end_to_end_on_a_batches_py_fixture(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=40, n_test=40, learnable=True)
     check(*tiny_run(tmp_path, "cifar_pgd_untargeted", tmp_path / "data"))
 
 
+@pytest.mark.slow
 def test_imagenet_subset_experiment_runs_end_to_end_on_an_image_folder_fixture(tmp_path):
     classes = tuple(f"n0{i:07d}" for i in range(4))
     write_image_folder(tmp_path / "data" / "imagenet_subset", classes=classes, n_train=40, n_test=10)

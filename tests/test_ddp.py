@@ -175,6 +175,7 @@ def sharded_work_worker(rank: int, port: int, tmp_path: Path) -> None:
     distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_sharded_attack_and_saliency_equal_one_process_on_every_rank(tmp_path):
     spawn(sharded_work_worker, tmp_path)
 
@@ -216,6 +217,7 @@ def fit_worker(rank: int, port: int, tmp_path: Path) -> None:
     distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_ddp_fit_best_trains_each_rank_on_its_share_and_keeps_the_same_epoch(tmp_path):
     spawn(fit_worker, tmp_path)
 
@@ -225,9 +227,9 @@ def pipeline_config(tmp_path: Path, *overrides: str):
     cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted", "threat=whitebox", *overrides], tmp_path))
     with open_dict(cfg):
         cfg.adversarial.batch_size = 40  # attacks 5 + 3 batches, the clean split 5 batches
-        cfg.threat.batch_size = 4  # white-box: 3 batches, two on rank 0
+        cfg.threat.batch_size = 2  # white-box: 3 batches, two on rank 0
         cfg.detector.max_epochs, cfg.rectifier.max_epochs = 4, 2  # every module trained with DDP, briefly
-    return lean_whitebox(cfg, n_test=10)  # each kind of white-box attack once, every one shared by the ranks
+    return lean_whitebox(cfg, n_test=6)  # each kind of white-box attack once, every one shared by the ranks
 
 
 def pipeline_worker(rank: int, port: int, tmp_path: Path) -> None:
@@ -243,6 +245,7 @@ def comparable(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if "seconds" not in key and "cached" not in key}
 
 
+@pytest.mark.slow
 def test_ddp_pipeline_trains_every_module_and_shares_evaluation_like_one_process(tmp_path):
     """``trainer=ddp_cpu`` from scratch: f, both detectors and f_rec trained with DDP, every pass shared.
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import CONF, DATA
 from gcd_lightning.utils.locks import entry_lock
 
@@ -22,6 +24,7 @@ with entry_lock(sys.argv[1], "test"):
 """
 
 
+@pytest.mark.slow
 def test_a_killed_holder_never_blocks_the_next_process(tmp_path):
     entry = tmp_path / "cache" / "model.pt"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(entry)], stdout=subprocess.PIPE, text=True)
@@ -47,6 +50,7 @@ SWEEP = [sys.executable, "-m", "gcd_lightning", "-m", "hydra/launcher=joblib", "
          "classifier.max_epochs=1", "adversarial.n_train=40", "adversarial.n_test=20", "adversarial.batch_size=20"]
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_on_an_empty_cache_trains_f_once_and_its_jobs_share_it(tmp_path):
     """Two jobs of one sweep started at once by the joblib launcher, each in its own process: the first builds
     f and the adversarial sets, the other waits for the lock and loads them."""

@@ -6,6 +6,7 @@ import copy
 import csv
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from filelock import FileLock
 from omegaconf import open_dict
 
 from conftest import SUITES, compose_config, lean_whitebox, shrink, shrink_whitebox
@@ -62,13 +64,28 @@ def rerun_config(cfg, output_dir):
     return cfg
 
 
+FIRST_RUN = ["+experiment=mnist_pgd_targeted"]
+
+
 @pytest.fixture(scope="session")
 def first_run(tmp_path_factory):
-    """One tiny PGD-T run of every stage whose caches later tests reuse (session scope: once per pytest -n worker, however
-    its tests interleave with other modules')."""
+    """One tiny PGD-T run of every stage whose caches later tests reuse: ``(folder, config, metrics)``.
+
+    Under pytest -n the run is made once, by the first worker that needs it, in the session's shared temp folder (under
+    a lock); each worker then works on its own copy of its cache and outputs, so that what one worker's tests add to
+    the cache never reaches another's."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg = shrink(compose_config(["+experiment=mnist_pgd_targeted"], tmp))
-    return tmp, cfg, run(cfg)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing to share
+        cfg = shrink(compose_config(FIRST_RUN, tmp))
+        return tmp, cfg, run(cfg)
+    shared = tmp_path_factory.getbasetemp().parent / "first_run"  # this session's, shared by its workers
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "metrics.json").exists():
+            metrics = run(shrink(compose_config(FIRST_RUN, shared)))
+            (shared / "metrics.json").write_text(json.dumps(metrics))
+    for part in ("cache", "out"):
+        shutil.copytree(shared / part, tmp / part)
+    return tmp, shrink(compose_config(FIRST_RUN, tmp)), json.loads((shared / "metrics.json").read_text())
 
 
 def test_run_writes_every_metric_config_and_report(first_run):
@@ -122,6 +139,7 @@ def test_rerun_hits_every_cache_and_reproduces(first_run, tmp_path):
     assert reproduced(again) == pytest.approx(reproduced(metrics), nan_ok=True)
 
 
+@pytest.mark.slow
 def test_retraining_from_cached_inputs_reproduces_the_cold_run(first_run, tmp_path):
     """Detectors and f_rec retrained over a cached classifier and cached sets equal those of the cold run."""
     tmp, cfg, metrics = first_run
@@ -221,16 +239,17 @@ WHITEBOX_KEYS = [
 ]
 
 
+@pytest.mark.slow
 def test_whitebox_stage_drives_the_suite_on_every_target_and_reuses_the_greybox_caches(first_run, tmp_path, monkeypatch):
     tmp, cfg, _ = first_run
     cfg = rerun_config(cfg, tmp_path / "whitebox")
     with open_dict(cfg):
         cfg.threat = compose_config(["threat=whitebox"], tmp).threat
-    metrics = run(shrink_whitebox(cfg, n_test=12))
+    metrics = run(shrink_whitebox(cfg, n_test=8))
     for key in WHITEBOX_KEYS:
         assert key in metrics, key
     assert all(metrics[flag] == 1.0 for flag in CACHE_FLAGS)  # grey-box parts are reused, not retrained
-    assert metrics["whitebox.n"] == 12 and metrics["whitebox.suite.quick"] == 1.0
+    assert metrics["whitebox.n"] == 8 and metrics["whitebox.suite.quick"] == 1.0
     assert metrics["whitebox.success.nodet"] >= 0.9
     # one cached evaluation per target at the row's budget, and GCD's at each other budget; each is the metrics' source
     whitebox = Path(cfg.paths.cache_dir) / "whitebox"
@@ -266,7 +285,7 @@ def test_whitebox_stage_drives_the_suite_on_every_target_and_reuses_the_greybox_
     assert metrics["whitebox.robust_linf.0.1000.robust_acc"] >= robust
     assert metrics["whitebox.robust_linf.0.3000.success"] >= metrics["whitebox.success.gcd"]
     report = (tmp_path / "whitebox" / "report.md").read_text()
-    row = next(line for line in report.splitlines() if line.startswith("| mnist | pgd_targeted | whitebox (quick) | 12 |"))
+    row = next(line for line in report.splitlines() if line.startswith("| mnist | pgd_targeted | whitebox (quick) | 8 |"))
     cells = row.strip("| ").split(" | ")  # Table 3: the paper's NoDET, DET_IS and GCD beside ours
     assert "Table 3" in report and (cells[5], cells[7], cells[9]) == ("1.0000", "1.0000", "0.4370")
     assert "which attack earned its place" in report and "| apgd_joint |" in report
@@ -285,6 +304,7 @@ def test_whitebox_stage_drives_the_suite_on_every_target_and_reuses_the_greybox_
     )
 
 
+@pytest.mark.slow
 def test_whitebox_suite_paper_is_the_papers_protocol_in_a_row_of_its_own(first_run, tmp_path):
     tmp, cfg, _ = first_run
     cfg = rerun_config(cfg, tmp_path / "paper")
@@ -471,6 +491,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(first_run, tmp_path, m
     assert metrics["detector.train_seconds.org"] > before > 0  # the time before the interruption counts
 
 
+@pytest.mark.slow
 def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_path, monkeypatch):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "baselines")
@@ -493,6 +514,7 @@ def test_baselines_are_fitted_once_and_scored_on_gcds_test_pairs(first_run, tmp_
     assert {k: v for k, v in again.items() if k.startswith("detector.")} == {k: v for k, v in metrics.items() if k.startswith("detector.")}
 
 
+@pytest.mark.slow
 def test_a_baseline_detector_is_a_whitebox_target_of_its_own(first_run, tmp_path):
     tmp, first_cfg, _ = first_run
     cfg = rerun_config(first_cfg, tmp_path / "whitebox_baseline")
@@ -534,6 +556,7 @@ def test_transfer_scores_every_detector_on_attacks_it_never_saw(first_run, tmp_p
     assert metrics["detector.auc.gcd"] == first_metrics["detector.auc.gcd"]
 
 
+@pytest.mark.slow
 def test_attack_agnostic_training_learns_from_the_union_of_other_attacks(first_run, tmp_path):
     _, first_cfg, _ = first_run
     cfg = rerun_config(first_cfg, tmp_path / "agnostic")
@@ -577,6 +600,7 @@ def test_union_all_keeps_every_row_and_balanced_keeps_each_image_once():
         union([], "balanced")
 
 
+@pytest.mark.slow
 def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_run, tmp_path):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "rectifier_baselines")
@@ -609,6 +633,7 @@ def test_rectifier_baselines_train_once_for_every_attack_and_fill_table5(first_r
     assert network_key(ctx, "f", "pgd", pgd).id == network_key(RunContext.build(cfg), "f", "pgd", pgd).id
 
 
+@pytest.mark.slow
 def test_whitebox_attacks_table5s_classifiers_through_bpda_eot(first_run, tmp_path):
     """Reuses the Table 5 networks of the test above where the same worker ran it (module cache), trains them otherwise."""
     tmp, first_cfg, _ = first_run
@@ -637,6 +662,7 @@ def test_whitebox_attacks_table5s_classifiers_through_bpda_eot(first_run, tmp_pa
     assert sorted(name.split("_rec_")[1].rsplit("_", 1)[0] for name in cached) == ["pgd_quick_linf0.3", "tvm_quick_linf0.3"]
 
 
+@pytest.mark.slow
 def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first_run, tmp_path):
     tmp, first_cfg, first_metrics = first_run
     cfg = rerun_config(first_cfg, tmp_path / "pixeldefend")
@@ -657,7 +683,7 @@ def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first
     # what PixelDefend computed depends on the PixelCNN: another density config keys new cache entries
     again = rerun_config(cfg, tmp_path / "pixeldefend_other_density")
     with open_dict(again):
-        again.density.limit_train_batches = 10
+        again.density.limit_train_batches = 3  # another PixelCNN (its quality is not the subject here)
     other = run(again)
     assert other["baseline.cached.pd"] == 0.0  # DET_PD refitted on the other PixelCNN
     assert len(list((Path(cfg.paths.cache_dir) / "density").glob("*.pt"))) == 2

@@ -53,6 +53,7 @@ def pinned(tmp_path_factory):
     return wheel, install(wheel, tmp / "pinned", ["-c", str(REPO / "constraints.txt")])
 
 
+@pytest.mark.slow
 def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_without_it(pinned, tmp_path):
     wheel, _ = pinned
     python, _ = install(wheel, tmp_path / "ranges", [])
@@ -62,6 +63,7 @@ def test_the_wheel_resolves_its_declared_ranges_with_the_constraints_file_and_wi
     assert "torch>=2.1" in requires and not pins  # ranges for users, the tested pins only in constraints.txt
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_stage_outside_the_repository(pinned, tmp_path):
     _, (python, site) = pinned
     venv = python.parents[1]
