@@ -84,11 +84,11 @@ Cache(Path(sys.argv[1])).merge(Memo("baselines", "memo"), Key("memo", {"f": 1}),
 
 @pytest.mark.slow
 def test_memos_of_parallel_runs_are_merged_not_overwritten(tmp_path):
-    """Three processes add to one memo at once: each one's result stays."""
+    """Two processes add to one memo at once: each one's result stays."""
     cache, key, kind = Cache(tmp_path), Key("memo", {"f": 1}), Memo("baselines", "memo")
     assert cache.read(kind, key, {}) == {}
-    runs = [subprocess.Popen([sys.executable, "-c", MERGE, str(tmp_path), f"image{i}", str(i)]) for i in range(3)]
-    assert [run.wait(timeout=120) for run in runs] == [0] * 3
-    assert cache.read(kind, key, {}) == {f"image{i}": (float(i),) for i in range(3)}
+    runs = [subprocess.Popen([sys.executable, "-c", MERGE, str(tmp_path), f"image{i}", str(i)]) for i in range(2)]
+    assert [run.wait(timeout=120) for run in runs] == [0] * 2
+    assert cache.read(kind, key, {}) == {f"image{i}": (float(i),) for i in range(2)}
     cache.merge(kind, key, {"image0": (0.0,)})  # nothing new: the file is not rewritten
-    assert cache.read(kind, key, {})["image2"] == (2.0,)
+    assert cache.read(kind, key, {})["image1"] == (1.0,)
