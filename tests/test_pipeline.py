@@ -669,7 +669,7 @@ def test_pixeldefend_trains_one_pixelcnn_for_its_detector_and_its_purifier(first
     with open_dict(cfg):
         composed = compose_config(["baseline=[pd]", "rectifier_baseline=[pd]"], tmp)
         cfg.baseline, cfg.rectifier_baseline = composed.baseline, composed.rectifier_baseline
-        cfg.density.net.hidden, cfg.density.net.layers, cfg.density.limit_train_batches = 4, 1, 30
+        cfg.density.net.hidden, cfg.density.net.layers, cfg.density.limit_train_batches = 4, 1, 20
         cfg.density.optimizer.lr = 0.01
         cfg.rectifier_baseline.pd.max_images = 8
     metrics = run(cfg)
