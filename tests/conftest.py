@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -76,6 +79,24 @@ def lean_whitebox(cfg: DictConfig, n_test: int = 20) -> DictConfig:
         cfg.threat.judge_draws, cfg.threat.donors = 2, 40
         cfg.threat.robustness.linf_eps, cfg.threat.robustness.l2_eps = [], []
     return cfg
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``build`` filled, once per test session: under pytest -n by the first worker that asks for it, in the
+    session's temp folder that the workers share (under a lock: the others wait, then use it); in one process, in
+    its own temp folder. Tests read it; what they change goes to a copy of their own."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():  # a worker that failed half-way leaves no mark: build again from scratch
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture

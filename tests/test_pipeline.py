@@ -6,7 +6,6 @@ import copy
 import csv
 import importlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from filelock import FileLock
 from omegaconf import open_dict
 
-from conftest import SUITES, compose_config, lean_whitebox, shrink, shrink_whitebox
+from conftest import SUITES, built_once, compose_config, lean_whitebox, shrink, shrink_whitebox
 from gcd_lightning.adversarial import AdversarialSet, union
 from gcd_lightning import load_defense
 from gcd_lightning.defense.baselines import TurningWeakness
@@ -69,20 +67,15 @@ FIRST_RUN = ["+experiment=mnist_pgd_targeted"]
 
 @pytest.fixture(scope="session")
 def first_run(tmp_path_factory):
-    """One tiny PGD-T run of every stage whose caches later tests reuse: ``(folder, config, metrics)``.
+    """One tiny PGD-T run of every stage whose caches later tests reuse: ``(folder, config, metrics)``. Made once per
+    session (``built_once``); each pytest -n worker works on its own copy of its cache and outputs, so that what one
+    worker's tests add to the cache never reaches another's."""
 
-    Under pytest -n the run is made once, by the first worker that needs it, in the session's shared temp folder (under
-    a lock); each worker then works on its own copy of its cache and outputs, so that what one worker's tests add to
-    the cache never reaches another's."""
+    def build(folder: Path) -> None:
+        (folder / "metrics.json").write_text(json.dumps(run(shrink(compose_config(FIRST_RUN, folder)))))
+
+    shared = built_once(tmp_path_factory, "first_run", build)
     tmp = tmp_path_factory.mktemp("run")
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing to share
-        cfg = shrink(compose_config(FIRST_RUN, tmp))
-        return tmp, cfg, run(cfg)
-    shared = tmp_path_factory.getbasetemp().parent / "first_run"  # this session's, shared by its workers
-    with FileLock(f"{shared}.lock"):
-        if not (shared / "metrics.json").exists():
-            metrics = run(shrink(compose_config(FIRST_RUN, shared)))
-            (shared / "metrics.json").write_text(json.dumps(metrics))
     for part in ("cache", "out"):
         shutil.copytree(shared / part, tmp / part)
     return tmp, shrink(compose_config(FIRST_RUN, tmp)), json.loads((shared / "metrics.json").read_text())

@@ -9,16 +9,14 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, built_once
 
 
-def build_wheel(tmp_path: Path, lock: Path) -> Path:
-    """The package's wheel in ``tmp_path/dist``; one build at a time (``lock``): builds in one source tree collide."""
-    with FileLock(lock):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
-                       check=True, capture_output=True)
+def build_wheel(tmp_path: Path) -> Path:
+    """The package's wheel in ``tmp_path/dist``."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
+                   check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("gcd_lightning-*.whl")
     return wheel
 
@@ -47,10 +45,17 @@ def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path
 
 @pytest.fixture(scope="session")
 def pinned(tmp_path_factory):
-    """The wheel, and a fresh venv it is installed in with the constraints file (as make install installs)."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(tmp, tmp_path_factory.getbasetemp().parent / "wheel.lock")  # shared by pytest -n's workers
-    return wheel, install(wheel, tmp / "pinned", ["-c", str(REPO / "constraints.txt")])
+    """The wheel, and a fresh venv it is installed in with the constraints file (as make install installs); built once
+    per session (``built_once``: builds in one source tree would collide), the tests only read them."""
+
+    def build(folder: Path) -> None:
+        python, site = install(build_wheel(folder), folder / "pinned", ["-c", str(REPO / "constraints.txt")])
+        (folder / "venv.json").write_text(json.dumps({"python": str(python), "site": str(site)}))
+
+    folder = built_once(tmp_path_factory, "wheel", build)
+    (wheel,) = (folder / "dist").glob("gcd_lightning-*.whl")
+    venv = json.loads((folder / "venv.json").read_text())
+    return wheel, (Path(venv["python"]), Path(venv["site"]))
 
 
 @pytest.mark.slow
