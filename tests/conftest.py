@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+from gcd_lightning.utils.locks import entry_lock
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one torch thread each ...
     torch.set_num_threads(1)
@@ -90,7 +91,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
         build(folder)
         return folder
     folder = tmp_path_factory.getbasetemp().parent / name
-    with FileLock(f"{folder}.lock"):
+    with entry_lock(folder, f"test session ({name})"):  # the cache's own lock: the others wait, and a log line says so
         if not (folder / ".built").exists():  # a worker that failed half-way leaves no mark: build again from scratch
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
