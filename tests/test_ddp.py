@@ -260,7 +260,7 @@ def test_ddp_pipeline_trains_every_module_and_shares_evaluation_like_one_process
     assert rank0["detector.auc.gcd"] > 0.8 and rank0["gcd.acc.adv"] > rank0["base.acc.adv"]
     assert rank0["whitebox.success.nodet"] >= 5 / 6  # the quick suite misses at most one of the 6 images
 
-    shutil.copytree(tmp_path / "ddp" / "cache", tmp_path / "alone" / "cache", ignore=shutil.ignore_patterns("whitebox"))
+    shutil.copytree(tmp_path / "ddp" / "cache", tmp_path / "alone" / "cache", ignore=shutil.ignore_patterns("evaluation", "whitebox"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' arithmetic
     try:
@@ -269,4 +269,5 @@ def test_ddp_pipeline_trains_every_module_and_shares_evaluation_like_one_process
         torch.set_num_threads(threads)
     assert (tmp_path / "alone" / "cache" / "whitebox").is_dir()  # recomputed in one process
     assert all(alone[flag] == 1.0 for flag in ("classifier.cached", "attack.test.cached", "rectifier.cached"))
+    assert alone["evaluate.cached"] == 0.0  # the grey-box evaluation recomputed in one process too
     assert comparable(alone) == pytest.approx(comparable(rank0), nan_ok=True)

@@ -18,6 +18,7 @@ from gcd_lightning.pipeline.classifier_stage import classifier_key
 from gcd_lightning.pipeline.checks import check_config
 from gcd_lightning.pipeline.context import CODE_VERSIONS, RunContext
 from gcd_lightning.pipeline.detectors_stage import detectors_group
+from gcd_lightning.pipeline.evaluate_stage import evaluation_key
 from gcd_lightning.pipeline.rectifier_stage import rectifier_key
 from gcd_lightning.utils import hashing
 
@@ -205,3 +206,23 @@ def test_defense_seed_keys_the_detectors_and_the_rectifier_but_not_f_or_the_atta
     assert one[:2] == default[:2] and one[2] != default[2] and one[3] != default[3]
     with pytest.raises(ValueError, match="defense_seed"):
         check_config(compose_config(["defense_seed=-1"], tmp_path))
+
+
+def test_the_grey_box_evaluation_is_keyed_by_every_part_and_setting_it_reads(tmp_path):
+    """A rerun finds the evaluation; another part (f, detectors, rectifier, test set) or another setting it reads
+    (mask draws, clean images, the defense's config, batch size, seed) keys a new one; the transfer attacks do not."""
+    data_dir = tmp_path / "data"
+    mnist_files(data_dir, seed=0)
+    ids = {"classifier": "f", "detectors": "d", "rectifier": "r", "adv_test": "t"}
+
+    def key(*overrides: str, **changed: str) -> str:
+        cfg = compose_config([f"paths.data_dir={data_dir}", "dataset.datamodule.download=false", "dataset.datamodule.val_size=2",
+                              "+experiment=mnist_pgd_untargeted", *overrides], tmp_path)
+        return evaluation_key(RunContext.build(cfg), ids | changed).id
+
+    base = key()
+    assert key() == base and key("evaluate.transfer_attacks=[fgsm_untargeted]") == base
+    others = [key(**{part: "other"}) for part in ids]
+    others += [key(o) for o in ("evaluate.mask_draws=3", "evaluate.n_clean=50", "rectifier.alpha=0.2", "adversarial.batch_size=50",
+                                "seed=1")]
+    assert len({base, *others}) == len(others) + 1

@@ -21,20 +21,24 @@ and ``‖G‖₂`` of clean and successful adversarial images) and their figures
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from gcd_lightning import distributed
 from gcd_lightning.adversarial import AdversarialSet, predict, robust_accuracy, stack
+from gcd_lightning.cache import Key, Kind
 from gcd_lightning.defense.gcd import GCD
 from gcd_lightning.defense.rectifier import zero_most_salient
 from gcd_lightning.defense.sensitivity import input_sensitivity
 from gcd_lightning.pipeline.components import ensemble_saliency, gcd_batch, run_gcd
-from gcd_lightning.pipeline.context import RunContext
+from gcd_lightning.pipeline.context import RunContext, code_version
 from gcd_lightning.reporting import figures
 from gcd_lightning.scoring import auc
-from gcd_lightning.utils.files import save_torch
+from gcd_lightning.utils.files import load_torch, save_torch
+from gcd_lightning.utils.hashing import to_plain
 
 TABLE1_FRACTIONS = (0.05, 0.10)
 DRAW_STRIDE = 100_003  # seeds of successive mask draws lie this far apart, beyond any set's batch count
@@ -144,8 +148,57 @@ def clean_answers(
     )
 
 
-def run_evaluate_stage(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> dict[str, float]:
-    """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images.
+@dataclasses.dataclass(frozen=True)
+class Evaluated(Kind[tuple[dict, dict]]):
+    """The stage's result in the cache: its metrics and the per-image scores (``scores.pt``'s content)."""
+
+    folder: str = "evaluation"
+    what: str = "grey-box evaluation"
+    suffix: str = ".pt"
+
+    def load(self, path: Path) -> tuple[dict, dict]:
+        saved = load_torch(path, f"cached {self.what}")
+        return saved["metrics"], saved["scores"]
+
+    def save(self, value: tuple[dict, dict], path: Path) -> None:
+        metrics, scores = value
+        save_torch({"metrics": metrics, "scores": scores}, path)
+
+
+def evaluation_key(ctx: RunContext, ids: dict[str, str]) -> Key:
+    """The stage's entry: ``ids`` (``f``, the detectors, the rectifier, the adversarial test set, each by its cache
+    id), the defense's config, ``evaluate``'s settings (but the transfer attacks, a stage of their own), the batch
+    size and the seed."""
+    cfg = ctx.cfg
+    spec = {
+        **ids,
+        "defense": to_plain({"detectors": cfg.defense.detectors, "rectifier": cfg.defense.rectifier}),
+        "evaluate": {"n_clean": cfg.evaluate.n_clean, "mask_draws": cfg.evaluate.mask_draws},
+        "batch_size": cfg.adversarial.batch_size,
+        "seed": cfg.seed,
+        **code_version("evaluate"),
+    }
+    return Key(f"{cfg.dataset.name}_{cfg.attack.name}", spec)
+
+
+def run_evaluate_stage(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet, ids: dict[str, str]) -> dict[str, float]:
+    """``evaluate`` (the metrics and the scores), cached under ``evaluation_key(ctx, ids)``; writes ``scores.pt`` and
+    the figures of the run either way."""
+    (metrics, scores), cached = ctx.cache.get_or_build(Evaluated(), evaluation_key(ctx, ids), lambda _: evaluate(ctx, gcd, adv_test))
+    title = f"{ctx.cfg.dataset.name} {ctx.cfg.attack.name}"
+    distributed.write_on_rank_zero(save_torch, scores, ctx.output_dir / "scores.pt")
+    distributed.write_on_rank_zero(
+        figures.roc_curves, scores["clean"], scores["adv"], f"ROC, {title}", ctx.output_dir / "roc.png"
+    )
+    distributed.write_on_rank_zero(
+        figures.sensitivity_histogram,
+        scores["g_norm"]["clean"], scores["g_norm"]["adv"], f"input sensitivity, {title}", ctx.output_dir / "sensitivity.png",
+    )
+    return metrics | {"evaluate.cached": float(cached)}
+
+
+def evaluate(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> tuple[dict[str, float], dict]:
+    """Detection AUCs, accuracies of ``f`` and of GCD on clean and adversarial test images; and the scores.
 
     One pass over the clean test split answers both for the clean accuracies (its first
     ``n_clean`` images) and for the clean halves of the test pairs; in a DDP run every pass is
@@ -169,21 +222,12 @@ def run_evaluate_stage(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> d
     for name in names:
         metrics[f"detector.auc.{name}"] = auc(on_clean[name], on_adv[name][won])
         metrics[f"detector.auc_all.{name}"] = auc(on_clean[name], on_adv[name])
-    title = f"{cfg.dataset.name} {cfg.attack.name}"
     scores = {
         "clean": {name: on_clean[name] for name in names},
         "adv": {name: on_adv[name][won] for name in names},
         "g_norm": {"clean": on_clean["g_norm"], "adv": sensitivity_norms(classifier64, adv_test.x_adv[won], bs)},
     }
     del classifier64
-    distributed.write_on_rank_zero(save_torch, scores, ctx.output_dir / "scores.pt")
-    distributed.write_on_rank_zero(
-        figures.roc_curves, scores["clean"], scores["adv"], f"ROC, {title}", ctx.output_dir / "roc.png"
-    )
-    distributed.write_on_rank_zero(
-        figures.sensitivity_histogram,
-        scores["g_norm"]["clean"], scores["g_norm"]["adv"], f"input sensitivity, {title}", ctx.output_dir / "sensitivity.png",
-    )
     metrics.update(saliency_ablation(ctx, gcd, adv_test))
     metrics["detector.tpr.adv"] = on_adv["flagged"][won].float().mean().item()
     for k, name in enumerate(gcd.detector_names):  # the share of the successful attacks each detector decided
@@ -201,4 +245,4 @@ def run_evaluate_stage(ctx: RunContext, gcd: GCD, adv_test: AdversarialSet) -> d
     metrics["base.acc.clean"] = (on_split["f_label"] == on_split["y"])[counted].double().mean().item()
     metrics["gcd.acc.clean"] = (on_split["label"] == on_split["y"])[counted].double().mean().item()
     metrics["detector.fpr.clean"] = on_split["flagged"][counted].double().mean().item()
-    return metrics
+    return metrics, scores

@@ -135,7 +135,7 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     with ctx.timed("attack"):
         sets, attack_metrics = run_attack_stage(ctx, model, classifier_id)
     metrics.update(attack_metrics)
-    (adv_train, train_path), (adv_test, _) = sets["train"], sets["test"]
+    (adv_train, train_path), (adv_test, test_path) = sets["train"], sets["test"]
     if not stage.includes(Stage.DETECTORS):
         return metrics
     with ctx.timed("detectors"):
@@ -153,7 +153,8 @@ def stages(ctx: RunContext, stage: Stage) -> dict[str, float]:
     if not stage.includes(Stage.EVALUATE):
         return metrics
     with ctx.timed("evaluate"):
-        metrics.update(run_evaluate_stage(ctx, gcd, adv_test))
+        ids = {"classifier": classifier_id, "detectors": detectors_group, "rectifier": rectifier_id, "adv_test": test_path.stem}
+        metrics.update(run_evaluate_stage(ctx, gcd, adv_test, ids))
     with ctx.timed("baselines"):
         baselines, baseline_metrics = run_baselines_stage(ctx, model, classifier_id, adv_train, train_path, adv_test)
     metrics.update(baseline_metrics)
