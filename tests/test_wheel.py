@@ -22,24 +22,27 @@ def build_wheel(tmp_path: Path) -> Path:
 
 
 def fresh_venv(venv: Path) -> tuple[Path, Path]:
-    """A new venv whose dependencies (torch, Lightning, Hydra ...) come from this environment: its python and site folder."""
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    """A new venv without pip of its own (this environment's pip installs into it: ``pip --python``), whose
+    dependencies (torch, Lightning, Hydra ...) come from this environment: its python and site folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # the venv's own old setuptools would hide this environment's, which torch requires
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True, capture_output=True)
     return python, site
+
+
+def pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+    """This environment's pip acting on the venv of ``python``."""
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args], capture_output=True, text=True)
 
 
 def install(wheel: Path, venv: Path, constraints: list[str]) -> tuple[Path, Path]:
     """``wheel`` pip-installed offline into a fresh venv at ``venv`` with ``constraints``; its python and site folder."""
     python, site = fresh_venv(venv)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", *constraints, str(wheel)],
-                          capture_output=True, text=True)
+    done = pip(python, "install", "-q", "--no-index", *constraints, str(wheel))
     assert done.returncode == 0, done.stderr[-2000:]  # every dependency resolved (offline: against the tested versions)
-    assert subprocess.run([str(python), "-m", "pip", "check"], capture_output=True).returncode == 0
+    assert pip(python, "check").returncode == 0
     return python, site
 
 
