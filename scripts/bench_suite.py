@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     classifier_arguments(parser, 200)
     parser.add_argument("--norms", nargs="+", default=["linf", "l2"])
+    parser.add_argument("--eps", nargs="+", type=float, default=None,
+                        help="only these budgets of the chosen norms (default: every budget of BUDGETS)")
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/bench_suite")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"checkpoint": str(args.checkpoint), "n": len(x), "suite": args.suite, "machine": platform.node(),
                     "threads": torch.get_num_threads()}
     for norm in args.norms:
-        for eps in BUDGETS[norm]:
+        for eps in [eps for eps in BUDGETS[norm] if args.eps is None or eps in args.eps]:
             start = time.perf_counter()
             ours = evaluate(model, x, y, norm=norm, eps=eps, suite=args.suite, seed=args.seed)
             ours_seconds = time.perf_counter() - start
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{key}.won_only_by_ours"] = int((ours.result.won & theirs).sum())
             result[f"{key}.won_only_by_autoattack"] = int((~ours.result.won & ~theirs).sum())
             result[f"{key}.seconds_ours"], result[f"{key}.seconds_autoattack"] = ours_seconds, theirs_seconds
-    save_measures(result, Path(args.out), f"bench_suite_{args.checkpoint.parent.name}")
+    save_measures(result, Path(args.out), f"bench_suite_{args.checkpoint.stem}")
     return 0
 
 
