@@ -45,8 +45,9 @@ def test_a_killed_holder_never_blocks_the_next_process(tmp_path):
 
 
 SWEEP = [sys.executable, "-m", "gcd_lightning", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-         "+experiment=mnist_ddn_targeted", "rectifier.alpha=0.5,0.6", "stage=attack", "logger=none", "progress=false",
-         "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=3", "+trainer.enable_model_summary=false",
+         "+experiment=mnist_fgsm_untargeted", "rectifier.alpha=0.5,0.6", "stage=attack", "logger=none", "progress=false",
+         "+trainer.limit_train_batches=30", "+trainer.limit_val_batches=3", "+trainer.limit_test_batches=3",
+         "+trainer.enable_model_summary=false",
          "classifier.max_epochs=1", "adversarial.n_train=40", "adversarial.n_test=20", "adversarial.batch_size=20"]
 
 
