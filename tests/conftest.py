@@ -51,7 +51,7 @@ def shrink(cfg: DictConfig) -> DictConfig:
         cfg.adversarial.n_train = 200
         cfg.adversarial.n_test = 100
         cfg.adversarial.batch_size = 100
-        cfg.detector.max_epochs = 10
+        cfg.detector.max_epochs = 5
         cfg.detector.batch_size = 32
         cfg.rectifier.max_epochs = 4
         cfg.rectifier.k = 4
