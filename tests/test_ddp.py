@@ -228,7 +228,8 @@ def pipeline_config(tmp_path: Path, *overrides: str):
     with open_dict(cfg):
         cfg.adversarial.batch_size = 40  # attacks 5 + 3 batches, the clean split 5 batches
         cfg.threat.batch_size = 2  # white-box: 3 batches, two on rank 0
-        cfg.detector.max_epochs, cfg.rectifier.max_epochs = 4, 2  # every module trained with DDP, briefly
+        cfg.trainer.limit_train_batches = 40  # per rank (two ranks: 80 batches in all)
+        cfg.detector.max_epochs, cfg.rectifier.max_epochs = 3, 2  # every module trained with DDP, briefly
     return lean_whitebox(cfg, n_test=6)  # each kind of white-box attack once, every one shared by the ranks
 
 
