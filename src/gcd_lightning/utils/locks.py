@@ -13,20 +13,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from gcd_lightning import distributed
-
 log = logging.getLogger(__name__)
+
+
+def rank_zero() -> bool:
+    """Whether this process is rank 0 of its process group, or has none. A process that never imported
+    ``torch.distributed`` has none: taking a lock there loads neither torch nor Lightning (``distributed`` imports both)."""
+    if "torch.distributed" not in sys.modules:
+        return True
+    from gcd_lightning import distributed
+
+    return distributed.is_rank_zero()
 
 
 @contextlib.contextmanager
 def entry_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold the lock of the cache entry at ``path`` (module docstring); a log line says when another process holds it."""
-    if not distributed.is_rank_zero():
+    if not rank_zero():
         yield
         return
     path = Path(path)
