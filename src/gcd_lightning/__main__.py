@@ -9,11 +9,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from gcd_lightning.pipeline import run
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from gcd_lightning.pipeline import run  # here: --help, --cfg and a refused override answer without loading torch
+
     run(cfg)
 
 
