@@ -595,11 +595,11 @@ def test_union_all_keeps_every_row_and_balanced_keeps_each_image_once():
 
 def with_table5(cfg, tmp: Path):
     """``cfg`` with Table 5's PGD- and TVM-defended classifiers (``rectifier_baseline=[pgd,tvm]``), each fine-tuned on
-    20 batches."""
+    10 batches."""
     with open_dict(cfg):
         cfg.rectifier_baseline = compose_config(["rectifier_baseline=[pgd,tvm]"], tmp).rectifier_baseline
         for name in ("pgd", "tvm"):
-            cfg.rectifier_baseline[name].max_epochs, cfg.rectifier_baseline[name].limit_train_batches = 1, 20
+            cfg.rectifier_baseline[name].max_epochs, cfg.rectifier_baseline[name].limit_train_batches = 1, 10
     return cfg
 
 
