@@ -32,14 +32,18 @@ BUDGETS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0]}
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     classifier_arguments(parser, 200)
-    parser.add_argument("--norms", nargs="+", default=["linf", "l2"])
+    parser.add_argument("--norms", nargs="+", choices=list(BUDGETS), default=["linf", "l2"])
     parser.add_argument("--eps", nargs="+", type=float, default=None,
                         help="only these budgets of the chosen norms (default: every budget of BUDGETS)")
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/bench_suite")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    known = sorted({eps for norm in args.norms for eps in BUDGETS[norm]})
+    if args.eps is not None and set(args.eps) - set(known):
+        parser.error(f"--eps {sorted(set(args.eps) - set(known))}: not a budget of --norms {' '.join(args.norms)}; choose from {known}")
+    return args
 
 
 def autoattack_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, seed: int) -> torch.Tensor:
