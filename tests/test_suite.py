@@ -104,6 +104,27 @@ def test_the_cascade_attacks_only_what_is_still_robust_and_logs_each_attacks_new
     assert result.unbounded >= 0.99
 
 
+def test_a_guarded_target_does_not_attack_what_f_alone_resists_and_loses_nothing_by_it():
+    f, model = detected_pair()
+    torch.manual_seed(0)
+    x = torch.rand(40, 1, 4, 4)
+    y = f(x).argmax(1)
+    suite = Suite("test", (SuiteAttack("joint", mode="joint", steps=20), SuiteAttack("orthogonal", mode="orthogonal", steps=20)))
+    alone = run_suite(guarded_target("nodet", GuardedClassifier(f, []), L, False), x, y, suite, "linf", 0.06)
+    resists = ~alone.won
+    assert 0 < resists.sum() < 40  # a budget where f alone resists some images, not all
+    assert alone.log[1].note == "skipped: without detectors it repeats joint"  # orthogonal on f alone is joint, step for step
+    counting = CountingModel(model).eval()
+    pruned = run_suite(guarded_target("det_is", model, L, False, attacked=counting), x, y, suite, "linf", 0.06, f_resists=resists)
+    full = run_suite(guarded_target("det_is", model, L, False), x, y, suite, "linf", 0.06)
+    assert pruned.log[0].attacked == 40 - int(resists.sum())  # clean f is right everywhere: the rest all attacked
+    assert torch.equal(pruned.f_resists, resists) and not (pruned.won & resists).any()
+    assert not (full.won & resists).any()  # a win must fool f: the full cascade wins none of them either
+    assert torch.equal(pruned.won, full.won)  # and each image's attack does not depend on its batch: the same verdict
+    with pytest.raises(ValueError, match="f_resists must be a \\(40,\\) bool"):
+        run_suite(guarded_target("det_is", model, L, False), x, y, suite, "linf", 0.06, f_resists=resists.float())
+
+
 class Quantised(nn.Module):
     """``f`` on pixels rounded to quarters: its input gradient is zero almost everywhere (masked)."""
 

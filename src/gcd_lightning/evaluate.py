@@ -109,7 +109,7 @@ class Evaluation:
             "clean_accuracy": self.correct.float().mean().item(), "flagged_clean": self.flagged.float().mean().item(),
             "l2_median": result.l2[won].median().item() if won.any() else float("nan"),
             "linf_median": result.linf[won].median().item() if won.any() else float("nan"),
-            "seconds": result.seconds,
+            "seconds": result.seconds, "f_resists": int(result.f_resists.sum()),
             "cascade": [dataclasses.asdict(record) for record in result.log],
             "checks": {check.name: {"value": check.value, "failed": check.failed, "meaning": check.meaning} for check in self.checks},
         }
@@ -201,7 +201,7 @@ def as_suite(suite: str | Path | Suite) -> Suite:
 def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, norm: str, eps: float,
              targets: torch.Tensor | None = None, suite: str | Path | Suite = "standard", seed: int = 0,
              donors: torch.Tensor | None = None, batch_size: int = 100, progress: bool = False,
-             references: Sequence[tuple[str, float, float]] = (), trust_code: bool = False) -> Evaluation:
+             references: Sequence[tuple[str, float, float]] = (), trust_code: bool = False, f_first: bool = True) -> Evaluation:
     """Attack ``defense`` with ``suite`` on ``images`` and judge every result by its real decision.
 
     Args:
@@ -214,6 +214,8 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
         donors: the attacker's own clean images for the decision-based fallback (None: left out).
         references: robust classifiers ``(name, radius, accuracy)`` for Tramèr's check at ε/2.
         trust_code: for a folder, ``load_defense``'s.
+        f_first: with detectors, run the suite on ``f`` alone first and do not attack the images it resists there
+            (a win must fool ``f``; ``run_suite``'s ``f_resists``): the same verdict for a fraction of the work.
     """
     classifier, detectors, gcd = defense_parts(defense, trust_code)
     suite = as_suite(suite)
@@ -234,19 +236,29 @@ def evaluate(defense: Defense, images: torch.Tensor, labels: torch.Tensor, *, no
         correct = gcd_right(gcd, images, labels, batch_size)
     else:
         target = guarded_target(target_name(detectors), model, num_classes, targeted, batch_size)
-    return evaluate_target(target, model, images, labels, norm=norm, eps=eps, targets=targets, suite=suite, seed=seed,
-                           donors=donors, batch_size=batch_size, progress=progress, references=references, correct=correct)
+    first = None
+    if detectors and f_first and not suite.eot_samples:
+        alone = GuardedClassifier(classifier, []).to(device)
+        first = run_suite(guarded_target("nodet", alone, num_classes, targeted, batch_size), images, labels, suite, norm, eps,
+                          goal=targets, donors=donors, seed=seed, batch_size=batch_size, progress=progress)
+    evaluation = evaluate_target(target, model, images, labels, norm=norm, eps=eps, targets=targets, suite=suite, seed=seed,
+                                 donors=donors, batch_size=batch_size, progress=progress, references=references, correct=correct,
+                                 f_resists=None if first is None else ~first.won)
+    if first is not None:  # its time is the evaluation's
+        evaluation.result = dataclasses.replace(evaluation.result, seconds=evaluation.result.seconds + first.seconds)
+    return evaluation
 
 
 def evaluate_target(target: Target, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, norm: str | Norm, eps: float,
                     targets: torch.Tensor | None = None, suite: str | Path | Suite = "standard", seed: int = 0,
                     donors: torch.Tensor | None = None, batch_size: int = 100, progress: bool = False,
-                    references: Sequence[tuple[str, float, float]] = (), correct: torch.Tensor | None = None) -> Evaluation:
+                    references: Sequence[tuple[str, float, float]] = (), correct: torch.Tensor | None = None,
+                    f_resists: torch.Tensor | None = None) -> Evaluation:
     """``suite`` on a built ``target`` (what ``evaluate`` and the white-box stage share).
 
     ``model`` is the detected classifier (``GuardedClassifier``) whose clean outputs say where ``f`` is right and the
     detectors flag, and which the noise and random checks read. ``correct`` given (a randomised defense, which answers
-    every image): it replaces ``f``'s right answers, and nothing counts as flagged.
+    every image): it replaces ``f``'s right answers, and nothing counts as flagged. ``f_resists``: ``run_suite``'s.
     """
     suite, norm = as_suite(suite), Norm(norm)
     clean = outputs(model, images, batch_size)
@@ -256,7 +268,7 @@ def evaluate_target(target: Target, model: nn.Module, images: torch.Tensor, labe
     else:
         flagged = torch.zeros_like(labels, dtype=torch.bool)
     result = run_suite(target, images, labels, suite, norm, eps, goal=targets, donors=donors, seed=seed, batch_size=batch_size,
-                       progress=progress)
+                       progress=progress, f_resists=f_resists)
     checks = run_checks(result, model, images, clean, num_classes, batch_size, eps, correct & ~flagged & ~result.won, references)
     detectors = getattr(model, "detectors", [])
     return Evaluation(target.name, [getattr(d, "name", type(d).__name__) for d in detectors], norm.value, float(eps), suite.name,
@@ -306,6 +318,7 @@ def report(evaluation: Evaluation) -> str:
         "## The cascade",
         "",
         f"Won at the clean image, not attacked (f wrong and not flagged): {int((evaluation.result.by == CLEAN).sum())}.",
+        f"Not attacked, as f alone resisted the same suite there (a win must fool f): {s['f_resists']}.",
         "",
         "| attack | attacked | won (new) | robust after | seconds | note |",
         "|---|---|---|---|---|---|",

@@ -44,7 +44,7 @@ TRAIN_SOURCES = ("val", "train")
 # 4: AdaptivePGD keeps an image's first success (it leaves the batch); 5: the stage a driver of the suite; 6: on a
 # targeted row's goal, a suite attack with classes starts at random points
 CODE_VERSIONS = {"classifier": 1, "adversarial": 1, "detectors": 1, "rectifier": 1, "evaluate": 1, "baselines": 1,
-                 "rectifier_baselines": 1, "density": 1, "whitebox": 6}
+                 "rectifier_baselines": 1, "density": 1, "whitebox": 7}
 
 
 def code_version(stage: str) -> dict[str, int]:

@@ -5,7 +5,8 @@ The stage is a driver of ``gcd_lightning.evaluate``: it builds the run's targets
 decision), on the first ``threat.n_test`` images of the grey-box test set, at the row's budget (an L∞ attack's ε;
 ``threat.l2_eps`` for an L2 attack), targeted at the grey-box targets on a targeted row:
 
-* ``nodet``: ``f`` alone (NoDET of Table 3);
+* ``nodet``: ``f`` alone (NoDET of Table 3), evaluated first at every budget: a target that guards ``f`` with
+  detectors does not attack the images ``f`` alone resists there (a win must fool ``f``; ``run_suite``'s ``f_resists``);
 * ``det_<name>``: ``f`` guarded by one detector of the defense (GCD: ``det_org``, ``det_is``), or by one baseline
   (``baseline=[...]``); a baseline that is not differentiable is attacked through its ``surrogate()`` (BPDA/EOT)
   and judged by itself;
@@ -85,13 +86,15 @@ def check_threat(threat: DictConfig) -> None:
 @dataclasses.dataclass
 class Attacked:
     """One target of the stage: what the suite attacks (``target``), the detected classifier its checks read
-    (``model``), what its cached evaluations depend on beyond the images (``spec``) and, for a randomised target, its
-    clean answers (``correct``)."""
+    (``model``), what its cached evaluations depend on beyond the images (``spec``), for a randomised target its
+    clean answers (``correct``), and whether it is ``f`` guarded by detectors (``guards_f``: a win must fool ``f``, so
+    the images ``f`` alone resists are not attacked, ``run_suite``'s ``f_resists``)."""
 
     target: Target
     model: nn.Module
     spec: dict
     correct: torch.Tensor | None = None
+    guards_f: bool = False
 
 
 def build_targets(ctx: RunContext, gcd: GCD, ids: Mapping[str, str], baselines: Mapping[str, Detector],
@@ -104,7 +107,7 @@ def build_targets(ctx: RunContext, gcd: GCD, ids: Mapping[str, str], baselines: 
     def guarded(name: str, detectors: list[nn.Module], spec: dict, attacked: list[nn.Module] | None = None) -> Attacked:
         model = GuardedClassifier(classifier, detectors)
         through = None if attacked is None else GuardedClassifier(classifier, attacked)
-        return Attacked(guarded_target(name, model, num_classes, targeted, bs, through), model, spec)
+        return Attacked(guarded_target(name, model, num_classes, targeted, bs, through), model, spec, guards_f=bool(detectors))
 
     found = {"nodet": guarded("nodet", [], {})}
     found |= {f"det_{d.name}": guarded(f"det_{d.name}", [d], {"detectors": ids["detectors"], "detector": d.name}) for d in gcd.detectors}
@@ -180,11 +183,13 @@ def run_whitebox_stage(
 
     def evaluated(name: str, at: Norm, budget: float) -> Evaluation:
         entry, chosen = targets[name], rand if name == "bpda_eot" else suite
-        spec = {**base_spec, **entry.spec, "target": name, "suite": dataclasses.asdict(chosen), "norm": at.value, "eps": budget}
+        f_resists = ~evaluated("nodet", at, budget).result.won if entry.guards_f else None  # f alone first, at this budget
+        spec = {**base_spec, **entry.spec, "target": name, "suite": dataclasses.asdict(chosen), "norm": at.value, "eps": budget,
+                "f_resists": None if f_resists is None else f_resists.nonzero().flatten().tolist()}
         key = Key(f"{cfg.dataset.name}_{cfg.attack.name}_{name}_{chosen.name}_{at.value}{budget:g}", spec)
         return ctx.cache.get_or_build(EVALUATIONS, key, lambda _: evaluate_target(
             entry.target, entry.model, x, y, norm=at, eps=budget, targets=goal, suite=chosen, seed=int(cfg.seed), donors=donors,
-            batch_size=bs, progress=bool(cfg.progress), correct=entry.correct))[0]
+            batch_size=bs, progress=bool(cfg.progress), correct=entry.correct, f_resists=f_resists))[0]
 
     results = {name: evaluated(name, norm, eps) for name in targets}
     metrics: dict[str, float] = {"whitebox.n": float(n), "whitebox.eps": eps, "whitebox.judge_draws": float(threat.judge_draws),
@@ -233,7 +238,8 @@ def run_whitebox_stage(
                                           if not (at is norm and abs(b - eps) < 1e-12)]
         references = {(at, b): [(f"{name} classifier, this run's suite", b / 2, evaluated(f"rec_{name}", at, b / 2)
                                  .robust.float().mean().item()) for name in table5] for at, b in budgets}
-        metrics.update(fixed_budget_robustness(cfg.dataset.name, budgets, gcd_results, references, adv_test))
+        f_alone = {(at, b): evaluated("nodet", at, b).robust.double().mean().item() for at, b in budgets}
+        metrics.update(fixed_budget_robustness(cfg.dataset.name, budgets, gcd_results, references, adv_test, f_alone))
     return metrics
 
 
@@ -247,7 +253,8 @@ def target_metrics(name: str, evaluation: Evaluation, n: int) -> dict[str, float
                f"whitebox.l2_median.{name}": result.l2[attacked].median().item() if attacked.any() else float("nan"),
                f"whitebox.linf_max.{name}": result.linf.max().item(),
                f"whitebox.seconds_per_image.{name}": result.seconds / n,
-               f"whitebox.won_clean.{name}": (result.by == CLEAN).float().mean().item()}
+               f"whitebox.won_clean.{name}": (result.by == CLEAN).float().mean().item(),
+               f"whitebox.f_resists.{name}": result.f_resists.float().mean().item()}
     for i, record in enumerate(result.log):  # an attack that was skipped (every image won, or its conditions unmet) is left out
         metrics[f"whitebox.attack_order.{record.name}"] = float(i)
         if not record.note:
@@ -260,8 +267,9 @@ def target_metrics(name: str, evaluation: Evaluation, n: int) -> dict[str, float
 
 def fixed_budget_robustness(dataset: str, budgets: list[tuple[Norm, float]], gcd_results: list[Evaluation],
                             references: Mapping[tuple[Norm, float], list[tuple[str, float, float]]],
-                            adv_test: AdversarialSet) -> dict[str, float]:
-    """GCD's success and robust accuracy at each fixed budget, and Tramèr's check at ε/2.
+                            adv_test: AdversarialSet, f_alone: Mapping[tuple[Norm, float], float]) -> dict[str, float]:
+    """GCD's success and robust accuracy at each fixed budget beside ``f_alone``'s (``f`` undefended, the same suite and
+    images: ``robust_acc_f``), and Tramèr's check at ε/2.
 
     An image counts as won at a budget when any evaluation of GCD (at any budget or norm) won it inside that ball, so
     robust accuracy never rises with ε. Robust accuracy: clean image not flagged and not won, over the attacked images
@@ -282,6 +290,7 @@ def fixed_budget_robustness(dataset: str, budgets: list[tuple[Norm, float]], gcd
         robust_all = robust_accuracy(robust, len(adv_test), adv_test.n_examined)
         metrics[f"{key}.success"], metrics[f"{key}.success_ci.low"], metrics[f"{key}.success_ci.high"] = rate, low, high
         metrics[f"{key}.robust_acc"], metrics[f"{key}.robust_acc_all"] = robust, robust_all
+        metrics[f"{key}.robust_acc_f"] = f_alone[(at, budget)]
         against_published = indicators.tramer_check(robust_all, budget, published.get(at.value, []))
         against_own = indicators.tramer_check(robust, budget, references.get((at, budget), []))
         verdicts = [c["plausible"] for c in (against_published, against_own) if c["plausible"] == c["plausible"]]

@@ -346,13 +346,14 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
     """GCD's fixed-budget robustness in white-box runs: one row per run, norm and budget (``whitebox.robust_*``).
 
     Attack success with its Wilson 95% interval (as Table 3 shows it), robust accuracy over the
-    attacked images and over every examined test image, and Tramèr's (2022) check: the accuracy a
+    attacked images and over every examined test image, ``f`` alone's under the same suite on the same images
+    (``robust acc f``), and Tramèr's (2022) check: the accuracy a
     classifier robust at ε/2 (``Tramèr radius``) would have (``robust acc all examined``), the best
     published one evaluated there (``paper.ROBUST_CLASSIFIERS``), the best of the run's Table 5 classifiers evaluated
     there by the suite on the same images (against ``robust acc``), and whether it stays at or below both (``plausible``).
     """
     columns = ["dataset", "attack", "threat", "norm", "eps", "success", *([] if cells else ["success_low", "success_high"]),
-               "robust acc", "robust acc all examined", "Tramèr radius", "best published", "best own classifier", "plausible"]
+               "robust acc", "robust acc all examined", "robust acc f", "Tramèr radius", "best published", "best own classifier", "plausible"]
     rows = []
     for run in runs:
         m = run.metrics
@@ -363,7 +364,7 @@ def robustness(runs: Sequence[Run], cells: bool = False) -> Table:
                        else [m[f"{key}.success"], m[f"{key}.success_ci.low"], m[f"{key}.success_ci.high"]])
             plausible = m[f"{key}.tramer.plausible"]
             rows.append([run.dataset, run.attack, run.threat, norm, f"{eps:g}", *success, m[f"{key}.robust_acc"],
-                         m[f"{key}.robust_acc_all"], f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
+                         m[f"{key}.robust_acc_all"], m.get(f"{key}.robust_acc_f"), f"{m[f'{key}.tramer.radius']:g}", m[f"{key}.tramer.reference"],
                          m.get(f"{key}.tramer.own_reference"), None if math.isnan(plausible) else ("yes" if plausible else "no")])
     return columns, rows
 

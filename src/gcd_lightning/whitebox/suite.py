@@ -16,6 +16,9 @@ classifier guarded by detectors:
 * ``kind: paper`` is the paper's own attack (section 4.2, ``suite=paper``): PGD (L∞) or DDN (L2) with fixed
   steps on the L+1 view of the detected classifier, eq. 14's loss untargeted (``DetectorEvasion``), to
   reproduce its protocol beside the standard suite;
+* a target guarded by detectors can only be won where ``f`` is fooled (the win must also evade them): given
+  ``f_resists``, the images the same suite could not win on ``f`` alone at this budget, it does not attack them
+  (they count as robust; ``SuiteResult.f_resists``). The white-box stage and ``evaluate`` run ``f`` alone first;
 * the *unbounded check* then attacks the images still robust with the suite's gradient attacks in turn
   at L∞ ε = 1, where every image is reachable; when they win fewer than ``UNBOUNDED_MIN`` of all the
   gradient misleads, and the decision-based attacks (``kind: blend``, then ``kind: boundary``,
@@ -62,6 +65,7 @@ GRADIENT = ("apgd", "paper")  # the kinds the unbounded check runs again at L∞
 DECISION_BASED = ("blend", "boundary")
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 CLEAN = -2  # SuiteResult.by of an image won at its clean version
+CLASS_CHUNK = 3  # a classes attack's classes run this many at a time, an image and a class per row (run_gradient)
 KAPPA = 1.0  # confidence of the hinges the gradient attacks descend (an image leaves at its first judged win, so it only shapes the loss)
 SUITE_DIR = Path(__file__).resolve().parents[1] / "conf" / "suite"
 
@@ -229,6 +233,7 @@ class SuiteResult:
         silent, incomplete: the first attack's share of images with a zero first gradient, and its loss still
             falling at the end on the images it lost (``indicators``); nan unless the first attack is an ``apgd``.
         seconds: the cascade's wall time.
+        f_resists: (N,) bool, not attacked because ``f`` alone resisted the suite there (``run_suite``'s ``f_resists``).
     """
 
     won: torch.Tensor
@@ -242,6 +247,7 @@ class SuiteResult:
     silent: float
     incomplete: float
     seconds: float
+    f_resists: torch.Tensor
 
 
 def in_ball(size: torch.Tensor, eps: float) -> torch.Tensor:
@@ -283,9 +289,12 @@ def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float,
 
 def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
                  norm: Norm, eps: float, seed: int, batch_size: int, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping its first judged win. With ``classes``
-    and a given ``goal`` (a targeted row: one class to reach) its runs start at random points of the ball: from ``x`` it
-    would repeat the suite's untargeted-view run on that goal step for step (APGD is deterministic from ``x``)."""
+    """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping the win of its most likely class.
+    The classes go ``CLASS_CHUNK`` at a time, each pair of an image and a class one row of the batch (an image won in a
+    chunk leaves before the next): few robust images make a full batch, and a run from ``x`` does not depend on its
+    batch. With ``classes`` and a given ``goal`` (a targeted row: one class to reach) its runs start at random points of
+    the ball: from ``x`` it would repeat the suite's untargeted-view run on that goal step for step (APGD is
+    deterministic from ``x``)."""
     if not attack.classes or goal is not None:
         start = "random" if attack.classes else "clean"
         result = run_adaptive(gradient_attack(target, attack, norm, eps, goal is not None, start), x, y, goal, batch_size, seed,
@@ -293,15 +302,21 @@ def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.
         return result.pop("x_adv"), result
     classes = likely_classes(target.attacked, x, y, attack.classes, target.num_classes, batch_size)
     x_adv, won, first = x.clone(), torch.zeros(len(x), dtype=torch.bool), {}
-    for rank in range(classes.shape[1]):
+    for begin in range(0, classes.shape[1], CLASS_CHUNK):
         rows = (~won).nonzero().flatten()
         if len(rows) == 0:
             break
-        result = run_adaptive(gradient_attack(target, attack, norm, eps, True), x[rows], y[rows], classes[rows, rank], batch_size,
-                              seed + rank, progress, f"{target.name} {attack.name} (class {rank + 1})")
-        first = first or result
-        hit = target.judge(result["x_adv"], y[rows])
-        x_adv[rows[hit]], won[rows[hit]] = result["x_adv"][hit], True
+        ranks = range(begin, min(begin + CLASS_CHUNK, classes.shape[1]))
+        pairs = rows.repeat(len(ranks))  # rank-major: the rows of each class in turn
+        result = run_adaptive(gradient_attack(target, attack, norm, eps, True), x[pairs], y[pairs],
+                              torch.cat([classes[rows, rank] for rank in ranks]), batch_size, seed + begin, progress,
+                              f"{target.name} {attack.name} (classes {begin + 1}-{ranks[-1] + 1})")
+        first = first or {key: value[:len(rows)] for key, value in result.items() if key != "x_adv"}  # the likeliest class's run
+        hits = target.judge(result["x_adv"], y[pairs]).view(len(ranks), len(rows))
+        found = result["x_adv"].view(len(ranks), len(rows), *x.shape[1:])
+        for hit, example in zip(hits, found):  # the likeliest class first
+            new = hit & ~won[rows]
+            x_adv[rows[new]], won[rows[new]] = example[new], True
     return x_adv, first
 
 
@@ -361,7 +376,7 @@ def run_decision(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.
 
 def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, norm: Norm | str, eps: float, *,
               goal: torch.Tensor | None = None, donors: torch.Tensor | None = None, seed: int = 0, batch_size: int = 100,
-              progress: bool = False) -> SuiteResult:
+              progress: bool = False, f_resists: torch.Tensor | None = None) -> SuiteResult:
     """Run ``suite`` on ``target`` as a cascade (module docstring).
 
     Args:
@@ -369,6 +384,8 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
         norm, eps: the threat model.
         goal: (N,) target classes of a targeted attack, None for untargeted.
         donors: the attacker's clean images for the decision-based fallback; None leaves it out.
+        f_resists: (N,) bool, for a target whose every win must fool ``f``: the images ``f`` alone resisted under the
+            same suite, budget and goal; the cascade does not attack them (the unbounded check does, at L∞ ε = 1).
     """
     norm = Norm(norm)
     if not eps > 0 or (norm is Norm.LINF and eps > 1):
@@ -377,10 +394,17 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
     start = time.perf_counter()
     won = target.judge(x, labels)  # won without a perturbation (f wrong and not flagged): never attacked, as AutoAttack does
     by, x_adv = torch.where(won, CLEAN, -1), x.clone()
+    if f_resists is None:
+        f_resists = torch.zeros_like(won)
+    if f_resists.shape != won.shape or f_resists.dtype != torch.bool:
+        raise ValueError(f"run_suite: f_resists must be a ({len(x)},) bool tensor, got {tuple(f_resists.shape)} {f_resists.dtype}")
+    f_resists = f_resists & ~won
     log: list[AttackRecord] = []
     silent = incomplete = float("nan")
     unbounded = float("nan")
     gradient = [attack for attack in suite.attacks if attack.kind in GRADIENT]  # the unbounded check's attacks
+    detected = outputs(target.attacked, x[:1], 1).shape[1] > target.num_classes
+    ran: dict[SuiteAttack, str] = {}  # without detectors, an apgd attack's mode and term change nothing: each runs once
 
     def take(i: int, rows: torch.Tensor, found: torch.Tensor, began: float) -> None:
         hit = target.judge(found, labels[rows]) & within(x[rows], found, norm, eps)
@@ -390,9 +414,10 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
                                 time.perf_counter() - began))
 
     for i, attack in enumerate(suite.attacks):
-        rows = (~won).nonzero().flatten()
+        rows = (~won & ~f_resists).nonzero().flatten()
         if len(rows) == 0:
-            log.append(AttackRecord(attack.name, 0, 0, 0.0, 0.0, "skipped: every image already won"))
+            note = "every image already won" if won.all() else "every image left is one f alone resists"
+            log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0, f"skipped: {note}"))
             continue
         if attack.fallback:
             if unbounded != unbounded:  # nan: the unbounded check has not run yet
@@ -406,6 +431,12 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
         if attack.kind == "ddn" and norm is not Norm.L2:
             log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0, "skipped: an L2 attack, the budget is L∞"))
             continue
+        same = dataclasses.replace(attack, name="", mode="joint", term="sum")
+        if attack.kind == "apgd" and not detected and same in ran:  # the same steps from the same seeds: it cannot win more
+            log.append(AttackRecord(attack.name, 0, 0, 1 - won.float().mean().item(), 0.0,
+                                    f"skipped: without detectors it repeats {ran[same]}"))
+            continue
+        ran.setdefault(same, attack.name)
         began = time.perf_counter()
         args = (target, attack, x[rows], y[rows], None if goal is None else goal[rows])
         if attack.kind == "ddn":
@@ -424,7 +455,7 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
         unbounded = unbounded_check(target, gradient, x, y, goal, won, seed, batch_size, progress)
     l2, linf = perturbation_norms(x, x_adv)
     return SuiteResult(won, by, [a.name for a in suite.attacks], x_adv, l2, linf, log, unbounded, silent, incomplete,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, f_resists)
 
 
 def unbounded_check(target: Target, attacks: list[SuiteAttack], x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
