@@ -79,19 +79,24 @@ attribution: install data
 # reuses every cached stage (a cold cache first trains the grey-box stages). Sized for 2 CPU cores: see docs/whitebox.md
 WHITEBOX_ATTACKS ?= fgsm_untargeted pgd_untargeted pgd_targeted deepfool_untargeted cw_untargeted cw_targeted ddn_untargeted ddn_targeted
 WHITEBOX_ARGS ?= threat.n_test=100
-# fixed-budget robustness (threat.robustness) only on these rows, one per norm; the others skip it
-WHITEBOX_ROBUSTNESS ?= pgd_untargeted ddn_untargeted
+# fixed-budget robustness (threat.robustness): its L∞ budgets on the rows of WHITEBOX_ROBUSTNESS_LINF, its L2 budgets on
+# those of WHITEBOX_ROBUSTNESS_L2 (one row per norm); the other rows skip it. Both norms on a row: name it in both
+WHITEBOX_ROBUSTNESS_LINF ?= pgd_untargeted
+WHITEBOX_ROBUSTNESS_L2 ?= ddn_untargeted
+WHITEBOX_ROBUSTNESS := $(sort $(WHITEBOX_ROBUSTNESS_LINF) $(WHITEBOX_ROBUSTNESS_L2))
 # baseline detectors attacked beside GCD's (each a Table 3 target det_<name>); empty: GCD's detectors only
 WHITEBOX_BASELINES ?=
 # Table 5's defended classifiers attacked white-box (targets rec_<name>, BPDA + EOT behind a purifier), e.g. [pgd,ddn,tvm]
 WHITEBOX_RECTIFIERS ?=
 # rows run WHITEBOX_JOBS at a time, the cores shared out (torch threads = cores / jobs: two one-thread runs do ~1.6x the
-# work of one two-thread run on 2 cores), the costliest first: the rows with robustness, then L2, then L∞
+# work of one two-thread run on 2 cores), the costliest first: the L2 rows (robust images go through the whole cascade),
+# then the L∞ rows; in each, the one with fixed budgets first
 WHITEBOX_JOBS ?= 2
 WHITEBOX_THREADS = $(shell n=$$(( $$(nproc) / $(WHITEBOX_JOBS) )); echo $$(( n > 0 ? n : 1 )))
 WHITEBOX_LINF := $(filter fgsm_% pgd_%,$(WHITEBOX_ATTACKS))
-WHITEBOX_ROWS := $(addprefix whitebox-,$(filter $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_ATTACKS)) \
-  $(filter-out $(WHITEBOX_ROBUSTNESS) $(WHITEBOX_LINF),$(WHITEBOX_ATTACKS)) $(filter-out $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_LINF)))
+WHITEBOX_L2 := $(filter-out $(WHITEBOX_LINF),$(WHITEBOX_ATTACKS))
+WHITEBOX_ROWS := $(addprefix whitebox-,$(filter $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_L2)) $(filter-out $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_L2)) \
+  $(filter $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_LINF)) $(filter-out $(WHITEBOX_ROBUSTNESS),$(WHITEBOX_LINF)))
 whitebox: install data
 	$(MAKE) --no-print-directory -j$(WHITEBOX_JOBS) $(WHITEBOX_ROWS)
 	$(BIN)/python scripts/aggregate.py outputs/whitebox
@@ -99,7 +104,8 @@ whitebox: install data
 # one row of make whitebox: make whitebox-ddn_targeted
 whitebox-%: install data
 	OMP_NUM_THREADS=$(WHITEBOX_THREADS) $(BIN)/python -m gcd_lightning +experiment=mnist_$* threat=whitebox progress=false $(WHITEBOX_ARGS) \
-	  $(if $(filter $*,$(WHITEBOX_ROBUSTNESS)),,'threat.robustness.linf_eps=[]' 'threat.robustness.l2_eps=[]') \
+	  $(if $(filter $*,$(WHITEBOX_ROBUSTNESS_LINF)),,'threat.robustness.linf_eps=[]') \
+	  $(if $(filter $*,$(WHITEBOX_ROBUSTNESS_L2)),,'threat.robustness.l2_eps=[]') \
 	  $(if $(WHITEBOX_BASELINES),'baseline=$(WHITEBOX_BASELINES)') $(if $(WHITEBOX_RECTIFIERS),'rectifier_baseline=$(WHITEBOX_RECTIFIERS)') \
 	  hydra.run.dir=outputs/whitebox/mnist_$*
 

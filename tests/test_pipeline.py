@@ -248,8 +248,17 @@ def test_whitebox_stage_drives_the_suite_on_every_target_and_reuses_the_greybox_
     whitebox = Path(cfg.paths.cache_dir) / "whitebox"
     entries = {p.name.rsplit("_", 1)[0]: p for p in whitebox.glob("*.pt")}
     expected = {f"mnist_pgd_targeted_{t}_quick_linf0.3" for t in ("nodet", "det_is", "det_org", "gcd")}
-    expected |= {"mnist_pgd_targeted_bpda_eot_quick_rand_linf0.3", "mnist_pgd_targeted_gcd_quick_linf0.1", "mnist_pgd_targeted_gcd_quick_l21"}
+    expected |= {"mnist_pgd_targeted_bpda_eot_quick_rand_linf0.3"}
+    expected |= {f"mnist_pgd_targeted_{t}_quick_{budget}" for t in ("nodet", "gcd") for budget in ("linf0.1", "l21")}
     assert set(entries) == expected
+    # f alone first at every budget: the targets that guard f do not attack what it resists there
+    for budget in ("linf0.3", "linf0.1", "l21"):
+        alone = Evaluations().load(entries[f"mnist_pgd_targeted_nodet_quick_{budget}"]).result
+        guarded = Evaluations().load(entries[f"mnist_pgd_targeted_gcd_quick_{budget}"]).result
+        assert torch.equal(guarded.f_resists, ~alone.won & ~guarded.won) and not (guarded.won & ~alone.won).any()
+    assert metrics["whitebox.f_resists.gcd"] == pytest.approx(1 - metrics["whitebox.success.nodet"])
+    assert metrics["whitebox.robust_l2.1.0000.robust_acc_f"] == pytest.approx(
+        Evaluations().load(entries["mnist_pgd_targeted_nodet_quick_l21"]).robust.double().mean().item())
     for name in ("nodet", "det_is", "det_org", "gcd", "bpda_eot"):
         evaluation = Evaluations().load(entries[f"mnist_pgd_targeted_{name}_quick{'_rand' if name == 'bpda_eot' else ''}_linf0.3"])
         result = evaluation.result

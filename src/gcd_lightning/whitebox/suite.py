@@ -65,7 +65,6 @@ GRADIENT = ("apgd", "paper")  # the kinds the unbounded check runs again at L∞
 DECISION_BASED = ("blend", "boundary")
 UNBOUNDED_LINF = 1.0  # an L∞ budget of 1 reaches every image in [0, 1]
 CLEAN = -2  # SuiteResult.by of an image won at its clean version
-CLASS_CHUNK = 3  # a classes attack's classes run this many at a time, an image and a class per row (run_gradient)
 KAPPA = 1.0  # confidence of the hinges the gradient attacks descend (an image leaves at its first judged win, so it only shapes the loss)
 SUITE_DIR = Path(__file__).resolve().parents[1] / "conf" / "suite"
 
@@ -290,11 +289,12 @@ def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float,
 def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Tensor, goal: torch.Tensor | None,
                  norm: Norm, eps: float, seed: int, batch_size: int, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``attack`` on ``x``; with ``classes`` once per likely class, each image keeping the win of its most likely class.
-    The classes go ``CLASS_CHUNK`` at a time, each pair of an image and a class one row of the batch (an image won in a
-    chunk leaves before the next): few robust images make a full batch, and a run from ``x`` does not depend on its
-    batch. With ``classes`` and a given ``goal`` (a targeted row: one class to reach) its runs start at random points of
-    the ball: from ``x`` it would repeat the suite's untargeted-view run on that goal step for step (APGD is
-    deterministic from ``x``)."""
+    The classes go as many at a time as fill one batch (one at a time against a random target), each pair of an image
+    and a class one row (an image won leaves before the next classes): few robust images make a full batch, and a run
+    from ``x`` does not depend on its batch.
+    With ``classes`` and a given ``goal`` (a targeted row: one class to reach) its runs start at random points of the
+    ball: from ``x`` it would repeat the suite's untargeted-view run on that goal step for step (APGD is deterministic
+    from ``x``)."""
     if not attack.classes or goal is not None:
         start = "random" if attack.classes else "clean"
         result = run_adaptive(gradient_attack(target, attack, norm, eps, goal is not None, start), x, y, goal, batch_size, seed,
@@ -302,15 +302,19 @@ def run_gradient(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.
         return result.pop("x_adv"), result
     classes = likely_classes(target.attacked, x, y, attack.classes, target.num_classes, batch_size)
     x_adv, won, first = x.clone(), torch.zeros(len(x), dtype=torch.bool), {}
-    for begin in range(0, classes.shape[1], CLASS_CHUNK):
+    begin = 0
+    while begin < classes.shape[1]:
         rows = (~won).nonzero().flatten()
         if len(rows) == 0:
             break
-        ranks = range(begin, min(begin + CLASS_CHUNK, classes.shape[1]))
+        # against a random target a run goes on to zero loss even where an earlier class already won: one class at a time
+        per = 1 if target.random else max(1, batch_size // len(rows))
+        ranks = range(begin, min(begin + per, classes.shape[1]))
+        begin = ranks[-1] + 1
         pairs = rows.repeat(len(ranks))  # rank-major: the rows of each class in turn
         result = run_adaptive(gradient_attack(target, attack, norm, eps, True), x[pairs], y[pairs],
-                              torch.cat([classes[rows, rank] for rank in ranks]), batch_size, seed + begin, progress,
-                              f"{target.name} {attack.name} (classes {begin + 1}-{ranks[-1] + 1})")
+                              torch.cat([classes[rows, rank] for rank in ranks]), batch_size, seed + ranks[0], progress,
+                              f"{target.name} {attack.name} (classes {ranks[0] + 1}-{ranks[-1] + 1})")
         first = first or {key: value[:len(rows)] for key, value in result.items() if key != "x_adv"}  # the likeliest class's run
         hits = target.judge(result["x_adv"], y[pairs]).view(len(ranks), len(rows))
         found = result["x_adv"].view(len(ranks), len(rows), *x.shape[1:])
