@@ -19,3 +19,11 @@ def test_eps_picks_budgets_of_the_chosen_norms_and_refuses_others(capsys):
     assert "--eps [0.3]: not a budget of --norms l2; choose from [1.0, 2.0]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench_suite.parse_args(["--checkpoint", "f.pt", "--norms", "l1"])
+
+
+def test_a_purifier_is_one_of_table5s_random_preprocesses(capsys):
+    assert bench_suite.parse_args(["--checkpoint", "f.pt", "--purifier", "tvm"]).purifier == "tvm"
+    assert bench_suite.parse_args(["--checkpoint", "f.pt"]).purifier is None
+    with pytest.raises(SystemExit):
+        bench_suite.parse_args(["--checkpoint", "f.pt", "--purifier", "jpeg"])
+    assert "invalid choice: 'jpeg'" in capsys.readouterr().err
