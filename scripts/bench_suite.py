@@ -31,7 +31,6 @@ from omegaconf import OmegaConf
 from bench_attacks import CONF_DIR, classifier_arguments, compose_config, load_classifier
 from bench_tvm import save_measures
 from gcd_lightning.adversarial import select_correct, stack
-from gcd_lightning.defense.baselines.robust_training import Preprocessed
 from gcd_lightning.evaluate import evaluate, evaluate_target
 from gcd_lightning.pipeline.whitebox_stage import defended_target
 from gcd_lightning.whitebox.models import PurifiedClassifier
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     target = None
     if args.purifier:  # Table 5's defended classifier: BPDA + EOT on both sides, one fixed draw judges
         recipe = OmegaConf.load(CONF_DIR / "rectifier_baseline" / f"{args.purifier}.yaml")[args.purifier]
-        defense = Preprocessed(model, hydra.utils.instantiate(recipe.preprocess)).eval()
+        defense = hydra.utils.instantiate(recipe).defense(model).eval()
         eot = load_suite("rand").eot_samples
         target = defended_target(f"rec_{args.purifier}", defense, args.purifier, int(cfg.dataset.num_classes), False, 250, eot)
         model, judged, eot_iter = PurifiedClassifier(defense, 1), target.model, eot

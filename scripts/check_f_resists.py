@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from gcd_lightning import load_defense
-from gcd_lightning.evaluate import Evaluations, evaluate
+from gcd_lightning.evaluate import Evaluations, defense_parts, evaluate
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not entries:
         parser.error(f"no cached evaluation {args.cache / 'whitebox' / pattern}; run the white-box stage with that budget first")
     evaluation = Evaluations().load(entries[-1])  # the latest
-    skipped = evaluation.result.f_resists
-    x = evaluation.result.x_adv[skipped]  # never attacked: the clean images
     if evaluation.targeted:
         parser.error("a targeted row: its goals are not in the cached evaluation; check an untargeted row")
+    skipped = evaluation.result.f_resists
+    x = evaluation.result.x_adv[skipped]  # never attacked: the clean images
     defense = load_defense(args.run / "defense")
     if args.target != "gcd":
         defense = (defense.classifier, [d for d in defense.detectors if f"det_{d.name}" == args.target])
-    classifier = defense.classifier if args.target == "gcd" else defense[0]
+    classifier, _, _ = defense_parts(defense)
     with torch.no_grad():
         labels = classifier(x).argmax(dim=1)  # f is right on every one of them (else the clean image was won)
     again = evaluate(defense, x, labels, norm=args.norm, eps=args.eps, suite=suite, seed=int(cfg.seed), f_first=False)

@@ -30,6 +30,7 @@ Each evaluation is cached (``cache/whitebox``) by what it depends on. After them
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -181,6 +182,7 @@ def run_whitebox_stage(
                  "classifier": classifier_id, "seed": int(cfg.seed), "batch_size": bs,
                  "donors": None if donors is None else tensor_hash(donors)}
 
+    @functools.cache  # each evaluation is read from the cache (or built) once per run
     def evaluated(name: str, at: Norm, budget: float) -> Evaluation:
         entry, chosen = targets[name], rand if name == "bpda_eot" else suite
         f_resists = ~evaluated("nodet", at, budget).result.won if entry.guards_f else None  # f alone first, at this budget

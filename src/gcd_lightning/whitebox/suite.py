@@ -279,6 +279,11 @@ def likely_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, n
     return logits.topk(min(k, num_classes - 1), dim=1).indices
 
 
+def has_detectors(target: Target, x: torch.Tensor) -> bool:
+    """Whether ``target``'s attacked model outputs detector logits after ``f``'s (one forward pass on ``x[:1]``)."""
+    return outputs(target.attacked, x[:1], 1).shape[1] > target.num_classes
+
+
 def gradient_attack(target: Target, attack: SuiteAttack, norm: Norm, eps: float, targeted: bool,
                     start: str = "clean") -> AdaptivePGD:
     objective = HingeEvasion(target.num_classes, KAPPA, 1.0, targeted, attack.term)
@@ -345,7 +350,7 @@ def run_paper(target: Target, attack: SuiteAttack, x: torch.Tensor, y: torch.Ten
     cross entropy of the target targeted (``DetectorEvasion``, β = 1); L∞: PGD from a random start with Madry et al.'s
     step ``2.5 ε / steps``; L2: DDN capped at ``eps``. Without detectors (NoDET) the same attack on ``f`` alone."""
     targeted = goal is not None
-    detected = outputs(target.attacked, x[:1], 1).shape[1] > target.num_classes
+    detected = has_detectors(target, x)
     model = LPlusOneView(target.attacked, target.num_classes) if detected else target.attacked
     objective = DetectorEvasion(target.num_classes, 1.0, targeted) if detected else PLAIN
     if norm is Norm.LINF:
@@ -407,7 +412,7 @@ def run_suite(target: Target, x: torch.Tensor, y: torch.Tensor, suite: Suite, no
     silent = incomplete = float("nan")
     unbounded = float("nan")
     gradient = [attack for attack in suite.attacks if attack.kind in GRADIENT]  # the unbounded check's attacks
-    detected = outputs(target.attacked, x[:1], 1).shape[1] > target.num_classes
+    detected = has_detectors(target, x)
     ran: dict[SuiteAttack, str] = {}  # without detectors, an apgd attack's mode and term change nothing: each runs once
 
     def take(i: int, rows: torch.Tensor, found: torch.Tensor, began: float) -> None:
